@@ -1,0 +1,30 @@
+# Two commands: `make demo` and `make test`. Each sets up .venv itself on first use.
+#   TORCH_VERSION     torch release to pin (default 2.13.0, a CPU build here)
+#   TORCH_INDEX_URL   wheel index for another build, e.g. https://download.pytorch.org/whl/cu126
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX_URL ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(TORCH_VERSION)
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -c "import torch; assert torch.__version__.split('+')[0] == '$(TORCH_VERSION)', torch.__version__"
+	touch $@
+
+demo: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) train.py demo
+
+test: $(STAMP)
+	WANDB_MODE=disabled $(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs outputs wandb lightning_logs
