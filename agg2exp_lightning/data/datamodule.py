@@ -1,0 +1,146 @@
+"""LightningDataModule over a TotalSegmentator v2 root or a manifest (the synthetic cohort by default)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from agg2exp_lightning.data.subjects import SubjectRecord, discover_records, select_split
+from agg2exp_lightning.data.transforms import preprocessing, training_augmentation
+from agg2exp_lightning.errors import DataError
+from agg2exp_lightning.labels import NUM_CLASSES, load_structure_mapping
+
+log = logging.getLogger(__name__)
+
+
+def _positive_int(name: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"Expected argument `{name}` to be a positive integer, but got {value!r}")
+    return value
+
+
+class ThoraxDataModule(pl.LightningDataModule):
+    """Thorax CT scans with 17-label segmentations.
+
+    Args:
+        data_root: a TotalSegmentator v2 root (``sXXXX/`` folders + ``meta.csv``) or a manifest CSV
+            (columns ``image``, ``label``, metadata).
+        mapping_file: YAML of label -> TotalSegmentator structures (default: the shipped mapping).
+        spacing: resampling spacing in mm (paper: 1.5).
+        roi_size: training crop size (every side divisible by 32 for Swin-UNETR).
+        batch_size: training batch size (volumes x samples_per_volume crops per step).
+        samples_per_volume: random crops drawn from each training volume.
+        pos_neg: relative frequency of crops centred on foreground / background voxels.
+        num_workers: DataLoader workers.
+        cache_rate: fraction of the preprocessed volumes kept in memory.
+        synthetic_cohort: when given and ``data_root`` holds no ``meta.csv``, a synthetic cohort is
+            generated there first with these keyword arguments to
+            :func:`agg2exp_lightning.data.synthetic.generate_cohort` (e.g. ``{"n_subjects": 36, "seed": 0}``).
+        train_split / val_split / test_split: split names in ``meta.csv``.
+        max_val_subjects: cap on validation scans (None: all).
+
+    Example:
+        >>> dm = ThoraxDataModule("data/synthetic_thorax", spacing=(5, 5, 5), roi_size=(64, 64, 64))
+    """
+
+    def __init__(
+        self,
+        data_root: str = "data/synthetic_thorax",
+        mapping_file: str | None = None,
+        spacing: Sequence[float] = (1.5, 1.5, 1.5),
+        roi_size: Sequence[int] = (96, 96, 96),
+        batch_size: int = 2,
+        samples_per_volume: int = 1,
+        pos_neg: Sequence[float] = (1.0, 1.0),
+        num_workers: int = 0,
+        cache_rate: float = 1.0,
+        synthetic_cohort: dict[str, Any] | None = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        max_val_subjects: int | None = None,
+    ) -> None:
+        super().__init__()
+        if len(spacing) != 3 or any(float(s) <= 0 for s in spacing):
+            raise ValueError(f"Expected argument `spacing` to be three positive numbers (mm), but got {spacing!r}")
+        if len(roi_size) != 3:
+            raise ValueError(f"Expected argument `roi_size` to be three integers, but got {roi_size!r}")
+        for s in roi_size:
+            _positive_int("roi_size", s)
+        _positive_int("batch_size", batch_size)
+        _positive_int("samples_per_volume", samples_per_volume)
+        if not 0.0 <= cache_rate <= 1.0:
+            raise ValueError(f"Expected argument `cache_rate` in [0, 1], but got {cache_rate!r}")
+        self.save_hyperparameters()
+        self.data_root = Path(data_root)
+        self.mapping = load_structure_mapping(mapping_file)
+        self.records: list[SubjectRecord] = []
+        self.datasets: dict[str, Any] = {}
+
+    # -- set-up -------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        cohort = self.hparams.synthetic_cohort
+        if cohort is not None and not (self.data_root / "meta.csv").exists():
+            from agg2exp_lightning.data.synthetic import generate_cohort
+
+            log.info("generating the synthetic thorax cohort in %s", self.data_root)
+            generate_cohort(self.data_root, **cohort)
+
+    def _dataset(self, records: list[SubjectRecord], train: bool):
+        from monai.data import CacheDataset
+        from monai.transforms import Compose
+
+        steps = preprocessing(self.mapping, NUM_CLASSES, self.hparams.spacing, with_labels=all(r.labels for r in records))
+        if train:
+            steps += training_augmentation(self.hparams.roi_size, self.hparams.samples_per_volume, *self.hparams.pos_neg)
+        items = [dataclasses.asdict(r) for r in records]
+        return CacheDataset(items, Compose(steps), cache_rate=self.hparams.cache_rate, num_workers=0, progress=False)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.records:
+            self.records = discover_records(self.data_root)
+        hp = self.hparams
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
+            if split in self.datasets:
+                continue
+            name = {"train": hp.train_split, "val": hp.val_split, "test": hp.test_split}[split]
+            records = select_split(self.records, name, source=self.data_root)
+            if split == "val" and hp.max_val_subjects:
+                records = records[: hp.max_val_subjects]
+            if split == "train" and not all(r.labels for r in records):
+                raise DataError(f"{self.data_root}: every training subject needs labels")
+            log.info("%s split: %d subjects", name, len(records))
+            self.datasets[split] = self._dataset(records, train=split == "train")
+
+    # -- loaders ------------------------------------------------------------------------------
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        from monai.data import list_data_collate
+
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            collate_fn=list_data_collate,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", 1, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", 1, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", 1, shuffle=False)

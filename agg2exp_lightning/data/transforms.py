@@ -1,0 +1,118 @@
+"""MONAI transform pipelines as the published model used them.
+
+RAS orientation, resampling to a configured spacing, HU window [-1024, 1024] scaled to [0, 1] with
+clipping, a crop to the body, and for training random crops by positive/negative label plus light
+intensity augmentation. No left/right flips: they would swap the left and right labels.
+"""
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from agg2exp_lightning.data.nifti import check_same_grid, load_nifti
+from agg2exp_lightning.data.totalsegmentator import load_totalsegmentator_subject
+from agg2exp_lightning.errors import DataError
+
+HU_WINDOW: tuple[float, float] = (-1024.0, 1024.0)
+#: Body threshold on the windowed [0, 1] image: HU above about -500.
+BODY_THRESHOLD = 0.25
+
+
+def _is_body(x: torch.Tensor) -> torch.Tensor:
+    return x > BODY_THRESHOLD
+
+
+def load_subject_arrays(
+    record: Mapping[str, Any], mapping: Mapping[str, Sequence[str]], num_classes: int
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Load ``(ct HU float32, labels uint8 or None, affine)`` for a record dict from :class:`SubjectRecord`."""
+    sid = record["subject_id"]
+    if record["layout"] == "totalsegmentator":
+        from agg2exp_lightning.labels import THORAX_CLASSES
+
+        names = THORAX_CLASSES if num_classes == len(THORAX_CLASSES) else None
+        if names is None:
+            raise DataError(
+                f"subject {sid}: TotalSegmentator structures merge into the {len(THORAX_CLASSES)} thorax labels, "
+                f"but the model expects {num_classes} classes"
+            )
+        return load_totalsegmentator_subject(record["labels"], mapping, class_names=names)
+    ct, affine = load_nifti(record["image"], what=f"image of subject {sid}")
+    ct = ct.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(ct)):
+        raise DataError(f"image of subject {sid}: {record['image']} holds NaN or infinite voxels")
+    if record.get("labels") is None:
+        return ct, None, affine
+    labels, label_affine = load_nifti(record["labels"], what=f"labels of subject {sid}")
+    check_same_grid(ct.shape, affine, labels.shape, label_affine, what=f"labels of subject {sid} ({record['labels']})")
+    if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(
+            f"labels of subject {sid}: {record['labels']} must hold integer label ids in [0, {num_classes}), "
+            f"found values in [{labels.min()}, {labels.max()}]"
+        )
+    return ct, labels.astype(np.uint8), affine
+
+
+class LoadSubjectd:
+    """Dict transform: a :class:`SubjectRecord` dict -> ``image`` / ``label`` MetaTensors ``[1, X, Y, Z]``.
+
+    Keeps ``subject_id`` and ``metadata`` in the dict so they travel with each sample.
+    """
+
+    def __init__(self, mapping: Mapping[str, Sequence[str]], num_classes: int) -> None:
+        self.mapping = dict(mapping)
+        self.num_classes = num_classes
+
+    def __call__(self, record: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from monai.data import MetaTensor
+
+        ct, labels, affine = load_subject_arrays(record, self.mapping, self.num_classes)
+        aff = torch.as_tensor(affine, dtype=torch.float64)
+        out: dict[Hashable, Any] = {"subject_id": record["subject_id"], "metadata": dict(record["metadata"])}
+        out["image"] = MetaTensor(torch.from_numpy(np.ascontiguousarray(ct))[None], affine=aff.clone())
+        if labels is not None:
+            out["label"] = MetaTensor(torch.from_numpy(np.ascontiguousarray(labels)).float()[None], affine=aff.clone())
+        return out
+
+
+def preprocessing(
+    mapping: Mapping[str, Sequence[str]], num_classes: int, spacing: Sequence[float], *, with_labels: bool = True
+) -> list:
+    """Deterministic transforms (cacheable): load, RAS, resample, window, crop to the body."""
+    from monai import transforms as T
+
+    keys = ["image", "label"] if with_labels else ["image"]
+    modes = ("bilinear", "nearest") if with_labels else ("bilinear",)
+    return [
+        LoadSubjectd(mapping, num_classes),
+        T.Orientationd(keys=keys, axcodes="RAS"),
+        T.Spacingd(keys=keys, pixdim=tuple(spacing), mode=modes),
+        T.ScaleIntensityRanged(keys="image", a_min=HU_WINDOW[0], a_max=HU_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
+        T.CropForegroundd(keys=keys, source_key="image", select_fn=_is_body, margin=2, allow_smaller=True),
+        T.EnsureTyped(keys=keys, dtype=torch.float32, track_meta=True),
+    ]
+
+
+def training_augmentation(roi_size: Sequence[int], samples_per_volume: int, pos: float, neg: float) -> list:
+    """Random transforms: pad to the crop size, crops by positive/negative label, intensity jitter."""
+    from monai import transforms as T
+
+    keys = ["image", "label"]
+    return [
+        T.SpatialPadd(keys=keys, spatial_size=tuple(roi_size)),
+        T.RandCropByPosNegLabeld(
+            keys=keys,
+            label_key="label",
+            spatial_size=tuple(roi_size),
+            pos=pos,
+            neg=neg,
+            num_samples=samples_per_volume,
+            image_key="image",
+            image_threshold=0.0,
+        ),
+        T.RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        T.RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+    ]

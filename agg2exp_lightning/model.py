@@ -1,0 +1,230 @@
+"""The segmentation LightningModule: MONAI Swin-UNETR, DiceCE loss, AdamW + cosine, sliding-window validation."""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from agg2exp_lightning.errors import DataError
+from agg2exp_lightning.labels import THORAX_CLASSES
+from agg2exp_lightning.segmentation_metrics import dice_per_class
+
+log = logging.getLogger(__name__)
+
+
+def build_swin_unetr(
+    in_channels: int = 1,
+    num_classes: int = 17,
+    feature_size: int = 48,
+    depths: Sequence[int] = (2, 2, 2, 2),
+    num_heads: Sequence[int] = (3, 6, 12, 24),
+    norm_name: str | tuple = "instance",
+    use_v2: bool = False,
+    use_checkpoint: bool = False,
+) -> nn.Module:
+    """MONAI's Swin-UNETR with arguments checked up front (feature_size divisible by 12)."""
+    from monai.networks.nets import SwinUNETR
+
+    if feature_size % 12 != 0 or feature_size <= 0:
+        raise ValueError(f"Expected argument `feature_size` to be a positive multiple of 12, but got {feature_size}")
+    if len(depths) != 4 or len(num_heads) != 4:
+        raise ValueError(f"Expected four `depths` and four `num_heads`, got {tuple(depths)} and {tuple(num_heads)}")
+    if isinstance(norm_name, list):
+        norm_name = (norm_name[0], dict(norm_name[1])) if len(norm_name) == 2 else tuple(norm_name)
+    return SwinUNETR(
+        in_channels=in_channels,
+        out_channels=num_classes,
+        feature_size=feature_size,
+        depths=tuple(depths),
+        num_heads=tuple(num_heads),
+        norm_name=norm_name,
+        use_v2=use_v2,
+        use_checkpoint=use_checkpoint,
+        spatial_dims=3,
+    )
+
+
+class SegmentationModule(pl.LightningModule):
+    """Swin-UNETR trained on 17 thorax labels.
+
+    Args:
+        num_classes: output classes (17 thorax labels by default).
+        in_channels: input channels (1 for CT).
+        feature_size, depths, num_heads, norm_name, use_v2, use_checkpoint: Swin-UNETR settings
+            (``use_checkpoint`` is gradient checkpointing).
+        lr, weight_decay: AdamW settings.
+        warmup_fraction: share of the optimisation steps with a linear warm-up before the cosine decay.
+        roi_size, sw_batch_size, sw_overlap, sw_mode: sliding-window inference for validation.
+        class_names: label names, for logging.
+
+    Example:
+        >>> module = SegmentationModule(feature_size=12, depths=(1, 1, 1, 1), roi_size=(64, 64, 64))
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 17,
+        in_channels: int = 1,
+        feature_size: int = 48,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        norm_name: str | list = "instance",
+        use_v2: bool = False,
+        use_checkpoint: bool = False,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-5,
+        warmup_fraction: float = 0.02,
+        roi_size: Sequence[int] = (96, 96, 96),
+        sw_batch_size: int = 2,
+        sw_overlap: float = 0.25,
+        sw_mode: str = "gaussian",
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if class_names is None:
+            class_names = THORAX_CLASSES if num_classes == len(THORAX_CLASSES) else [f"class_{i}" for i in range(num_classes)]
+        if len(class_names) != num_classes:
+            raise ValueError(f"Expected {num_classes} `class_names`, got {len(class_names)}")
+        if any(int(s) % 32 for s in roi_size):
+            raise ValueError(f"Expected every side of `roi_size` divisible by 32 (Swin-UNETR), got {tuple(roi_size)}")
+        self.save_hyperparameters(ignore=["class_names"])
+        self.hparams["class_names"] = list(class_names)
+        self.class_names = list(class_names)
+        self.net = build_swin_unetr(in_channels, num_classes, feature_size, depths, num_heads, norm_name, use_v2, use_checkpoint)
+        from monai.losses import DiceCELoss
+
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self._dice_sum = torch.zeros(num_classes, dtype=torch.float64)
+        self._dice_count = torch.zeros(num_classes, dtype=torch.float64)
+        #: Per-scan Dice of the last validation epoch: subject id -> [C] (NaN: class absent from both).
+        self.last_val_dice: dict[str, Tensor] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    # -- training -----------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        logits = self.net(batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"])
+        label = batch["label"]
+        label = label.as_tensor() if hasattr(label, "as_tensor") else label
+        loss = self.loss(logits, label)
+        if not torch.isfinite(loss):
+            log.warning("non-finite training loss at step %d; skipping this batch", self.global_step)
+            return None  # Lightning skips the optimiser step
+        self.log("train/loss", loss, prog_bar=True, batch_size=label.shape[0])
+        return loss
+
+    # -- inference ----------------------------------------------------------------------------
+    def predict_logits(self, image: Tensor) -> Tensor:
+        """Logits ``[B, C, *S]`` for whole volumes by sliding-window inference."""
+        from monai.inferers import sliding_window_inference
+
+        hp = self.hparams
+        image = image.as_tensor() if hasattr(image, "as_tensor") else image
+        return sliding_window_inference(
+            image, tuple(hp.roi_size), hp.sw_batch_size, self.net, overlap=hp.sw_overlap, mode=hp.sw_mode
+        )
+
+    def on_validation_epoch_start(self) -> None:
+        self._dice_sum.zero_()
+        self._dice_count.zero_()
+        self.last_val_dice = {}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        logits = self.predict_logits(batch["image"])
+        pred = logits.argmax(1)
+        label = batch["label"]
+        label = (label.as_tensor() if hasattr(label, "as_tensor") else label)[:, 0].long()
+        out = {}
+        for i in range(pred.shape[0]):
+            dice = dice_per_class(pred[i], label[i], self.hparams.num_classes).cpu()
+            ok = ~torch.isnan(dice)
+            self._dice_sum += torch.where(ok, dice, 0)
+            self._dice_count += ok
+            sid = batch["subject_id"][i]
+            self.last_val_dice[sid] = dice
+            out[sid] = dice
+        return out
+
+    def on_validation_epoch_end(self) -> None:
+        total, count = self._dice_sum.to(self.device), self._dice_count.to(self.device)
+        if self.trainer.world_size > 1:
+            total = self.all_gather(total).sum(0)
+            count = self.all_gather(count).sum(0)
+        mean = (total / count).float()  # NaN for a class absent from every scan
+        for name, value in zip(self.class_names, mean):
+            if not math.isnan(value):
+                self.log(f"val/dice/{name}", value, sync_dist=False)
+        fg = mean[1:][~torch.isnan(mean[1:])]
+        self.log("val/mean_dice_fg", fg.mean() if fg.numel() else torch.tensor(0.0), prog_bar=True, sync_dist=False)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        logits = self.predict_logits(batch["image"])
+        return {"subject_id": batch["subject_id"], "prediction": logits.argmax(1)}
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_fraction * total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_segmentation_checkpoint(
+    path: str | Path, *, num_classes: int | None = None, in_channels: int | None = None, map_location: str = "cpu"
+) -> SegmentationModule:
+    """Load a :class:`SegmentationModule` from a Lightning checkpoint without unpickling arbitrary objects.
+
+    Args:
+        path: a ``.ckpt`` written by this toolkit's training.
+        num_classes / in_channels: what the caller needs; a checkpoint for another number is refused.
+        map_location: device to load the weights to.
+
+    Returns:
+        The module in eval mode.
+
+    Raises:
+        DataError: the file is missing, corrupt, not a checkpoint of this module, or for another number
+            of classes or channels.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"checkpoint {p} does not exist")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise DataError(
+            f"checkpoint {p} cannot be loaded with weights_only=True ({type(err).__name__}): it is truncated, "
+            "not a torch checkpoint, or holds objects other than tensors and plain containers, which are "
+            "never unpickled here"
+        ) from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise DataError(f"checkpoint {p}: expected a Lightning checkpoint with 'state_dict' and 'hyper_parameters'")
+    import inspect
+
+    accepted = set(inspect.signature(SegmentationModule.__init__).parameters) - {"self"}
+    hparams = {k: v for k, v in dict(ckpt["hyper_parameters"]).items() if k in accepted}
+    for name, wanted in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if wanted is not None and hparams.get(name) != wanted:
+            raise DataError(f"checkpoint {p} is for {name}={hparams.get(name)}, expected {name}={wanted}")
+    try:
+        module = SegmentationModule(**hparams)
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except (TypeError, RuntimeError, ValueError) as err:
+        raise DataError(f"checkpoint {p} does not fit SegmentationModule: {str(err).splitlines()[0][:300]}") from err
+    return module.eval()
