@@ -1,0 +1,198 @@
+"""Are the outliers a subgroup? Outliers vs inliers for every metadata column.
+
+How metadata values are read (:func:`classify_metadata`):
+
+- **Missing**: NaN/None, empty or whitespace-only strings and the tokens ``nan``, ``na``,
+  ``n/a``, ``none``, ``null`` (any case). Missing values are left out of each test.
+- Other values are stripped of surrounding whitespace and otherwise kept as written: text is
+  case-sensitive, and markup such as ``<script>`` is ordinary text (reports escape it).
+- **numeric**: every value parses as a finite number and there are at least 3 distinct values;
+  tested with a two-sided Mann-Whitney U, effect size the rank-biserial correlation
+  ``2 U_out / (n_out n_in) - 1`` (positive: outliers tend to have higher values).
+- **categorical**: everything else, including numbers with at most 2 distinct values (codes) and
+  columns mixing numbers and text (compared as text). A 2-level column is tested with Fisher's
+  exact test (effect: the sample odds ratio of being an outlier at the first level, in sorted
+  order, vs the second); more levels with a chi-square test of independence (effect: Cramer's V),
+  replaced by a seeded permutation test of the same statistic when an expected count is below 5.
+  ``detail`` names the level with the highest outlier rate.
+- **skipped** (with the reason recorded): fewer than 2 distinct values, or text with every value
+  distinct (ids, free text); a comparison where outliers or inliers have no value.
+
+All p-values of one :func:`bias_tests` call form one family for the Benjamini-Hochberg q-values.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy.stats import chi2_contingency, fisher_exact, mannwhitneyu
+
+from agg2exp_lightning.analysis.correlation import benjamini_hochberg
+
+MetadataKind = Literal["numeric", "categorical"]
+
+_MISSING = frozenset({"", "nan", "na", "n/a", "none", "null"})
+#: Permutations of the chi-square permutation test.
+N_PERMUTATIONS = 9999
+_TEST_COLUMNS = ["group", "column", "kind", "test", "n_outliers", "n_inliers", "statistic", "p", "effect", "effect_size", "detail"]
+
+
+@dataclass(frozen=True)
+class BiasResult:
+    """Results of :func:`bias_tests`.
+
+    Attributes:
+        tests: one row per (group, column) test; columns ``group``, ``column``, ``kind``,
+            ``test``, ``n_outliers``, ``n_inliers``, ``statistic``, ``p``, ``effect``,
+            ``effect_size``, ``detail``, ``q`` (BH over all rows).
+        skipped: ``group`` (``"*"`` for all groups), ``column`` (``"*"`` for all columns), ``reason``.
+    """
+
+    tests: pd.DataFrame
+    skipped: pd.DataFrame
+
+
+def _clean(series: pd.Series) -> pd.Series:
+    """Strings stripped, missing tokens -> None; object dtype."""
+    def one(v: object) -> object:
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+            return None
+        s = str(v).strip()
+        return None if s.lower() in _MISSING else s
+    return series.astype(object).map(one)
+
+
+def classify_metadata(series: pd.Series) -> tuple[MetadataKind | None, pd.Series, str]:
+    """Decide how a metadata column is tested (rules in the module docstring).
+
+    Args:
+        series: raw values of one column.
+
+    Returns:
+        ``(kind, values, note)``: ``kind`` is ``None`` when the column is skipped; ``values``
+        holds floats (numeric) or strings (categorical) with ``None`` for missing; ``note``
+        explains a skip or a notable reading (e.g. mixed numbers and text).
+    """
+    values = _clean(series)
+    present = values.dropna()
+    if present.nunique() < 2:
+        return None, values, f"fewer than 2 distinct values ({present.nunique()})"
+    numbers = pd.to_numeric(present, errors="coerce")
+    parsed = numbers.notna() & np.isfinite(numbers.astype(float))
+    if parsed.all():
+        if present.nunique() >= 3:
+            return "numeric", pd.to_numeric(values, errors="coerce").astype(float), ""
+        return "categorical", values, "numeric codes with 2 values, tested as categories"
+    if present.nunique() == len(present):
+        return None, values, "text with every value distinct (id-like)"
+    note = "mixed numbers and text, compared as text" if parsed.any() else ""
+    return "categorical", values, note
+
+
+def _chi2_statistic(table: np.ndarray) -> np.ndarray:
+    """Pearson chi-square of a batch of ``[..., 2, L]`` tables (no continuity correction)."""
+    total = table.sum(axis=(-2, -1), keepdims=True)
+    expected = table.sum(-1, keepdims=True) * table.sum(-2, keepdims=True) / total
+    return ((table - expected) ** 2 / expected).sum(axis=(-2, -1))
+
+
+def _permutation_chi2(is_out: np.ndarray, level_idx: np.ndarray, n_levels: int, seed: int) -> tuple[float, float]:
+    """Chi-square statistic and its permutation p-value (margins fixed by shuffling the flags)."""
+    def tables(flags: np.ndarray) -> np.ndarray:
+        out = np.stack([np.bincount(level_idx, weights=f, minlength=n_levels) for f in np.atleast_2d(flags)])
+        col = np.bincount(level_idx, minlength=n_levels)
+        return np.stack([out, col - out], axis=1)
+    observed = float(_chi2_statistic(tables(is_out.astype(float)))[0])
+    rng = np.random.default_rng(seed)
+    perms = rng.permuted(np.tile(is_out.astype(float), (N_PERMUTATIONS, 1)), axis=1)
+    null = _chi2_statistic(tables(perms))
+    p = (1 + int((null >= observed - 1e-12).sum())) / (N_PERMUTATIONS + 1)
+    return observed, p
+
+
+def _categorical_test(is_out: np.ndarray, values: np.ndarray, seed: int) -> tuple[str, float, float, str, float, str]:
+    levels = sorted(set(values))
+    idx = np.array([levels.index(v) for v in values])
+    table = np.stack([np.bincount(idx[is_out], minlength=len(levels)), np.bincount(idx[~is_out], minlength=len(levels))])
+    rates = table[0] / table.sum(0)
+    top = int(np.argmax(rates))
+    detail = f"highest outlier rate: {levels[top]!s} ({table[0, top]}/{table.sum(0)[top]} = {rates[top]:.0%} vs {is_out.mean():.0%} overall)"
+    n = table.sum()
+    if len(levels) == 2:
+        res = fisher_exact(table)
+        return "fisher_exact", float(res.statistic), float(res.pvalue), "odds_ratio", float(res.statistic), detail + f"; odds ratio {levels[0]!s} vs {levels[1]!s}"
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / n
+    if (expected < 5).any():
+        stat, p = _permutation_chi2(is_out, idx, len(levels), seed)
+        test = "chi2_permutation"
+    else:
+        res = chi2_contingency(table, correction=False)
+        stat, p, test = float(res.statistic), float(res.pvalue), "chi2"
+    return test, stat, p, "cramers_v", math.sqrt(stat / n), detail
+
+
+def _numeric_test(is_out: np.ndarray, values: np.ndarray) -> tuple[str, float, float, str, float, str]:
+    x, y = values[is_out], values[~is_out]
+    res = mannwhitneyu(x, y, alternative="two-sided")
+    r = 2.0 * float(res.statistic) / (len(x) * len(y)) - 1.0
+    return "mannwhitneyu", float(res.statistic), float(res.pvalue), "rank_biserial", r, f"median {np.median(x):.4g} (outliers) vs {np.median(y):.4g} (inliers)"
+
+
+def bias_tests(metadata: pd.DataFrame, groups: Mapping[str, pd.Series | np.ndarray], *, seed: int = 0) -> BiasResult:
+    """Test every metadata column for a difference between outliers and inliers, per group.
+
+    Args:
+        metadata: one row per scan, one column per metadata field (any dtypes).
+        groups: name -> per-scan outlier flag aligned with ``metadata`` rows: ``True`` outlier,
+            ``False`` inlier, missing (``pd.NA``/NaN) for scans not scored in that group.
+        seed: seed of the permutation tests.
+
+    Returns:
+        A :class:`BiasResult`; ``tests`` is empty when nothing could be tested.
+
+    Raises:
+        ValueError: a group's flags do not have one entry per metadata row.
+
+    Example:
+        >>> meta = pd.DataFrame({"scanner": ["A"] * 6 + ["B"] * 6})
+        >>> res = bias_tests(meta, {"any": np.array([True] * 5 + [False] * 7)})
+        >>> res.tests.loc[0, "test"]
+        'fisher_exact'
+    """
+    rows: list[tuple] = []
+    skipped: list[tuple[str, str, str]] = []
+    kinds = {col: classify_metadata(metadata[col]) for col in metadata.columns}
+    for col, (kind, _, note) in kinds.items():
+        if kind is None:
+            skipped.append(("*", str(col), note))
+    for name, flags in groups.items():
+        flags = pd.Series(np.asarray(flags, dtype=object)).map(lambda v: None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else bool(v))
+        if len(flags) != len(metadata):
+            raise ValueError(f"Expected group {name!r} to have {len(metadata)} flags, got {len(flags)}")
+        if not flags.dropna().any():
+            skipped.append((str(name), "*", "no outliers"))
+            continue
+        for col, (kind, values, note) in kinds.items():
+            if kind is None:
+                continue
+            keep = (flags.notna() & values.reset_index(drop=True).notna()).to_numpy()
+            is_out = flags[keep].astype(bool).to_numpy()
+            vals = values.reset_index(drop=True)[keep].to_numpy()
+            if is_out.all() or not is_out.any():
+                skipped.append((str(name), str(col), "outliers or inliers have no value"))
+                continue
+            if kind == "numeric":
+                result = _numeric_test(is_out, vals.astype(float))
+            else:
+                result = _categorical_test(is_out, vals.astype(str), seed)
+            test, stat, p, effect, size, detail = result
+            if note:
+                detail = f"{detail}; {note}"
+            rows.append((str(name), str(col), kind, test, int(is_out.sum()), int((~is_out).sum()), stat, p, effect, size, detail))
+    tests = pd.DataFrame(rows, columns=_TEST_COLUMNS)
+    tests["q"] = benjamini_hochberg(tests["p"].to_numpy(dtype=float)) if len(tests) else pd.Series(dtype=float)
+    return BiasResult(tests=tests, skipped=pd.DataFrame(skipped, columns=["group", "column", "reason"]))

@@ -1,0 +1,183 @@
+"""The whole cohort analysis of one table of aggregated explanations, and its JSON summary.
+
+``summary.json`` schema (:meth:`CohortAnalysis.summary`; NaN is written as ``null``)::
+
+    {
+      "schema_version": 1,
+      "n_scans": int,
+      "classes": [str], "regions": [str],          # our label names, label-id order
+      "anomaly": {
+        "method": "IsolationForest", "random_state": int,
+        "score": "-decision_function (higher = more anomalous)",
+        "outlier": "predict == -1",
+        "fitted_on": "audited scans" | "reference scans",
+        "n_reference": {class: int},             # scans each forest was fitted on
+        "n_outlier_scans": int                   # outlier for at least one class
+      },
+      "per_class": {class: {
+        "rho": float|null, "p": float|null, "q": float|null, "n": int,   # Spearman(score, Dice), BH q
+        "n_outliers": int, "own_share": float, "context_reliance": float, "background_share": float
+      }},
+      "global_roi_importance": {class: {region: float}},   # mean share e_{region->class}
+      "strongest_dependencies": [{"region": str, "class": str, "share": float}],  # off-diagonal, no background
+      "extreme_cases": {class: {"most_anomalous": [{"id": str, "score": float}],
+                                "least_anomalous": [{"id": str, "score": float}]}},
+      "bias_tests": [{"group": "any_class"|class, "column": str, "kind": str, "test": str,
+                      "n_outliers": int, "n_inliers": int, "statistic": float, "p": float,
+                      "q": float, "effect": str, "effect_size": float, "detail": str}],
+      "bias_skipped": [{"group": str, "column": str, "reason": str}]
+    }
+
+``rho``/``p``/``q`` are ``null`` when the table has no Dice for the class.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE, AnomalyResult, class_anomaly_scores, extreme_cases
+from agg2exp_lightning.analysis.bias import BiasResult, bias_tests
+from agg2exp_lightning.analysis.correlation import anomaly_dice_correlation
+from agg2exp_lightning.analysis.importance import context_reliance, global_roi_importance, strongest_dependencies
+from agg2exp_lightning.analysis.tables import ExplanationTable, to_published_frame
+from agg2exp_lightning.errors import DataError
+
+SCHEMA_VERSION = 1
+#: Name of the union-over-classes group in the bias tests.
+ANY_CLASS = "any_class"
+
+
+@dataclass(frozen=True)
+class CohortAnalysis:
+    """Everything the audit reports about a cohort (see :func:`analyze_cohort`)."""
+
+    table: ExplanationTable
+    importance: np.ndarray
+    reliance: pd.DataFrame
+    dependencies: pd.DataFrame
+    anomaly: AnomalyResult
+    correlation: pd.DataFrame
+    bias: BiasResult
+    extremes: pd.DataFrame
+    fitted_on_reference: bool
+    random_state: int
+
+    def per_scan_frame(self) -> pd.DataFrame:
+        """The audited table in the published column format plus, per class ``a`` (published
+        spelling), ``{a}_anomaly_score`` and ``{a}_outlier``, and ``any_class_outlier``."""
+        from agg2exp_lightning.analysis.tables import PUBLISHED_SPELLING
+
+        extra: dict[str, np.ndarray] = {}
+        for i, a in enumerate(self.table.classes):
+            spelled = PUBLISHED_SPELLING.get(a, a)
+            extra[f"{spelled}_anomaly_score"] = self.anomaly.scores[:, i]
+            extra[f"{spelled}_outlier"] = self.anomaly.outliers[:, i]
+        extra[f"{ANY_CLASS}_outlier"] = self.anomaly.any_outlier
+        return to_published_frame(self.table, extra)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-ready summary; schema in the module docstring."""
+        classes, regions = list(self.table.classes), list(self.table.regions)
+        per_class = {}
+        for i, a in enumerate(classes):
+            corr = self.correlation.loc[a]
+            rel = self.reliance.loc[a] if a in self.reliance.index else None
+            per_class[a] = {
+                "rho": _num(corr["rho"]), "p": _num(corr["p"]), "q": _num(corr["q"]), "n": int(corr["n"]),
+                "n_outliers": int(self.anomaly.outliers[:, i].sum()),
+                "own_share": _num(rel["own_share"]) if rel is not None else None,
+                "context_reliance": _num(rel["context_reliance"]) if rel is not None else None,
+                "background_share": _num(rel["background_share"]) if rel is not None else None,
+            }
+        extremes: dict[str, dict[str, list[dict[str, Any]]]] = {a: {"most_anomalous": [], "least_anomalous": []} for a in classes}
+        for row in self.extremes.itertuples(index=False):
+            extremes[row[0]][row.end].append({"id": row.id, "score": _num(row.score)})
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "n_scans": len(self.table),
+            "classes": classes,
+            "regions": regions,
+            "anomaly": {
+                "method": "IsolationForest",
+                "random_state": self.random_state,
+                "score": "-decision_function (higher = more anomalous)",
+                "outlier": "predict == -1",
+                "fitted_on": "reference scans" if self.fitted_on_reference else "audited scans",
+                "n_reference": {a: int(n) for a, n in zip(classes, self.anomaly.n_reference)},
+                "n_outlier_scans": int(self.anomaly.any_outlier.sum()),
+            },
+            "per_class": per_class,
+            "global_roi_importance": {a: {b: _num(self.importance[i, j]) for j, b in enumerate(regions)} for i, a in enumerate(classes)},
+            "strongest_dependencies": [{"region": r, "class": c, "share": _num(s)} for r, c, s in self.dependencies.itertuples(index=False)],
+            "extreme_cases": extremes,
+            "bias_tests": [{k: _num(v) if isinstance(v, float) else v for k, v in row.items()} for row in self.bias.tests.to_dict("records")],
+            "bias_skipped": self.bias.skipped.to_dict("records"),
+        }
+
+
+def _num(v: Any) -> float | None:
+    v = float(v)
+    return None if math.isnan(v) or math.isinf(v) else v
+
+
+def analyze_cohort(
+    table: ExplanationTable,
+    reference: ExplanationTable | None = None,
+    *,
+    random_state: int = DEFAULT_RANDOM_STATE,
+    n_dependencies: int = 12,
+    n_extremes: int = 3,
+    seed: int = 0,
+) -> CohortAnalysis:
+    """Run the cohort analysis: RoI importance, anomalies, correlation with Dice, bias tests.
+
+    Args:
+        table: the audited scans.
+        reference: scans to fit the Isolation Forests on (e.g. the training split); ``None``
+            fits on ``table``. Must have the same classes and regions.
+        random_state: seed of the Isolation Forests.
+        n_dependencies: how many region -> class dependencies to report.
+        n_extremes: how many most/least anomalous scans to report per class.
+        seed: seed of the permutation bias tests.
+
+    Returns:
+        A :class:`CohortAnalysis`.
+
+    Raises:
+        DataError: the reference table has other classes or regions than ``table``.
+    """
+    if reference is not None and (reference.classes != table.classes or reference.regions != table.regions):
+        raise DataError(
+            f"reference table must have the audited classes and regions; got classes {list(reference.classes)} "
+            f"and regions {list(reference.regions)}, expected {list(table.classes)} and {list(table.regions)}"
+        )
+    classes, regions = table.classes, table.regions
+    importance = global_roi_importance(table.mass)
+    own_classes = [a for a in classes if a in regions]
+    own_idx = [classes.index(a) for a in own_classes]
+    reliance = context_reliance(table.mass[:, own_idx, :], own_classes, regions)
+    anomaly = class_anomaly_scores(table.mass, classes, None if reference is None else reference.mass, random_state=random_state)
+    dice = table.dice if table.dice is not None else np.full(anomaly.scores.shape, np.nan)
+    correlation = anomaly_dice_correlation(anomaly.scores, dice, classes)
+    groups: dict[str, pd.Series] = {ANY_CLASS: pd.Series(anomaly.any_outlier)}
+    for i, a in enumerate(classes):
+        flags = pd.Series(anomaly.outliers[:, i], dtype="boolean")
+        flags[np.isnan(anomaly.scores[:, i])] = pd.NA
+        groups[a] = flags
+    bias = bias_tests(table.metadata, groups, seed=seed)
+    return CohortAnalysis(
+        table=table,
+        importance=importance,
+        reliance=reliance,
+        dependencies=strongest_dependencies(importance, classes, regions, k=n_dependencies),
+        anomaly=anomaly,
+        correlation=correlation,
+        bias=bias,
+        extremes=extreme_cases(anomaly.scores, table.ids, classes, k=n_extremes),
+        fitted_on_reference=reference is not None,
+        random_state=random_state,
+    )

@@ -1,0 +1,177 @@
+"""Figures of a cohort audit, drawn with matplotlib's object API (no pyplot, no global state).
+
+Every function returns a :class:`matplotlib.figure.Figure`; :func:`figure_png` renders one to
+PNG bytes with the Agg canvas, so nothing depends on the display backend.
+"""
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import PowerNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch
+
+
+def figure_png(fig: Figure, *, dpi: int = 110) -> bytes:
+    """PNG bytes of ``fig``."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _short(name: str) -> str:
+    return name.replace("lung_", "").replace("_lobe", "").replace("_", " ")
+
+
+def importance_heatmap(importance: np.ndarray, classes: Sequence[str], regions: Sequence[str]) -> Figure:
+    """Heatmap of the global RoI importance (rows: explained classes, columns: regions).
+
+    Colours use a square-root scale so that small shares stay visible next to the background;
+    each cell is annotated with its share in percent.
+    """
+    importance = np.asarray(importance, dtype=float)
+    if importance.shape != (len(classes), len(regions)):
+        raise ValueError(f"Expected `importance` of shape {(len(classes), len(regions))}, got {importance.shape}")
+    fig = Figure(figsize=(1.0 + 0.55 * len(regions), 1.0 + 0.45 * len(classes)))
+    ax = fig.add_subplot()
+    vmax = float(np.nanmax(importance)) if np.isfinite(importance).any() else 1.0
+    im = ax.imshow(importance, cmap="viridis", norm=PowerNorm(0.5, vmin=0.0, vmax=max(vmax, 1e-12)), aspect="auto")
+    ax.set_xticks(range(len(regions)), [_short(r) for r in regions], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), [_short(c) for c in classes], fontsize=8)
+    ax.set_xlabel("region b (predicted segmentation)")
+    ax.set_ylabel("explained class a")
+    ax.set_title("Global RoI importance: mean share of class a's attribution in region b")
+    for i in range(len(classes)):
+        for j in range(len(regions)):
+            v = importance[i, j]
+            if np.isfinite(v):
+                ax.text(j, i, f"{100 * v:.0f}" if v >= 0.005 else "", ha="center", va="center", fontsize=6,
+                        color="black" if v > 0.5 * vmax else "white")
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="share (sqrt scale)")
+    return fig
+
+
+def share_distributions(own: np.ndarray, background: np.ndarray | None, classes: Sequence[str]) -> Figure:
+    """Boxplots over scans, per class, of the own-region share and the background share.
+
+    Args:
+        own: ``[N, A]`` share of each class's attribution in its own region.
+        background: ``[N, A]`` share in the background region, or ``None``.
+        classes: the ``A`` class names.
+    """
+    panels = [("own-region share", np.asarray(own, dtype=float))]
+    if background is not None:
+        panels.append(("background share", np.asarray(background, dtype=float)))
+    fig = Figure(figsize=(5.5 * len(panels), 0.4 * len(classes) + 1.5))
+    for k, (title, values) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        data = [values[:, i][np.isfinite(values[:, i])] for i in range(len(classes))]
+        ax.boxplot(data, orientation="horizontal", tick_labels=[_short(c) for c in classes], showfliers=True, widths=0.6)
+        ax.invert_yaxis()
+        ax.set_xlabel("share of the class's attribution mass")
+        ax.set_title(title)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        if k:
+            ax.set_yticklabels([])
+    fig.suptitle("Per-class distribution over scans")
+    return fig
+
+
+def dependency_graph(dependencies: pd.DataFrame, nodes: Sequence[str]) -> Figure:
+    """Directed graph of the strongest region -> class dependencies, nodes on a circle.
+
+    Args:
+        dependencies: columns ``region``, ``class``, ``share`` (from
+            :func:`~agg2exp_lightning.analysis.importance.strongest_dependencies`).
+        nodes: node names, in the order placed around the circle.
+    """
+    fig = Figure(figsize=(7.5, 7.5))
+    ax = fig.add_subplot()
+    ax.set_aspect("equal")
+    ax.axis("off")
+    angle = {n: math.pi / 2 - 2 * math.pi * k / max(len(nodes), 1) for k, n in enumerate(nodes)}
+    pos = {n: (math.cos(t), math.sin(t)) for n, t in angle.items()}
+    top = float(dependencies["share"].max()) if len(dependencies) else 1.0
+    rad = 0.3
+    for region, cls, share in dependencies[["region", "class", "share"]].itertuples(index=False):
+        if region not in pos or cls not in pos:
+            continue
+        width = 0.5 + 5.0 * share / top
+        (x1, y1), (x2, y2) = pos[region], pos[cls]
+        ax.add_patch(FancyArrowPatch((x1, y1), (x2, y2), arrowstyle="-|>", mutation_scale=12 + 6 * share / top,
+                                     connectionstyle=f"arc3,rad={rad}", lw=width, color="tab:red", alpha=0.35 + 0.55 * share / top,
+                                     shrinkA=14, shrinkB=14))
+        # midpoint of arc3's quadratic Bezier: the chord's midpoint moved rad/2 along its normal;
+        # opposite directions bend to opposite sides, so A->B and B->A labels do not collide
+        mx, my = (x1 + x2) / 2 + 0.5 * rad * (y2 - y1), (y1 + y2) / 2 - 0.5 * rad * (x2 - x1)
+        ax.text(mx, my, f"{100 * share:.1f}%", fontsize=7, ha="center", va="center", color="darkred",
+                bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
+    used = set(dependencies["region"]) | set(dependencies["class"])
+    for n, (x, y) in pos.items():
+        ax.plot([x], [y], "o", ms=9, color="tab:blue" if n in used else "lightgray")
+        ax.text(1.13 * x, 1.13 * y, _short(n), ha="center", va="center", fontsize=8)
+    ax.set_xlim(-1.45, 1.45)
+    ax.set_ylim(-1.35, 1.35)
+    ax.set_title("Strongest dependencies: region \u2192 explained class\n(mean share of the class's attribution in the region; own region and background left out)", fontsize=9)
+    return fig
+
+
+def anomaly_vs_dice(scores: np.ndarray, dice: np.ndarray, outliers: np.ndarray, classes: Sequence[str], correlation: pd.DataFrame) -> Figure:
+    """Small multiples: anomaly score vs Dice per class, outliers in red, Spearman rho in titles."""
+    n = len(classes)
+    cols = min(6, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(2.6 * cols, 2.3 * rows))
+    for i, c in enumerate(classes):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ok = np.isfinite(scores[:, i]) & np.isfinite(dice[:, i])
+        out = ok & outliers[:, i]
+        ax.scatter(scores[ok & ~out, i], dice[ok & ~out, i], s=10, color="tab:blue")
+        ax.scatter(scores[out, i], dice[out, i], s=14, color="tab:red", marker="x")
+        rho = correlation.loc[c, "rho"] if c in correlation.index else np.nan
+        q = correlation.loc[c, "q"] if c in correlation.index else np.nan
+        ax.set_title(f"{_short(c)}\n\u03c1={rho:.2f}, q={q:.2g}", fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.axvline(0.0, color="gray", lw=0.6, ls="--")
+    fig.supxlabel("anomaly score (-decision_function; >0 = outlier)", fontsize=9)
+    fig.supylabel("Dice", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def case_slices(image: np.ndarray, prediction: np.ndarray, attribution: np.ndarray, *, title: str, slice_index: int | None = None) -> Figure:
+    """Axial slice of a scan: image, predicted labels, and |attribution| over the image.
+
+    Args:
+        image: ``[H, W, D]`` intensities.
+        prediction: ``[H, W, D]`` integer labels.
+        attribution: ``[H, W, D]`` attribution of one class.
+        title: figure title (e.g. scan id and class).
+        slice_index: index along the last axis; ``None`` takes the slice with the most
+            attribution mass.
+    """
+    image, prediction, attribution = (np.asarray(x) for x in (image, prediction, attribution))
+    if not (image.shape == prediction.shape == attribution.shape) or image.ndim != 3:
+        raise ValueError(f"Expected image, prediction and attribution of one 3D shape, got {image.shape}, {prediction.shape}, {attribution.shape}")
+    mag = np.abs(attribution.astype(float))
+    k = int(np.argmax(mag.sum(axis=(0, 1)))) if slice_index is None else int(slice_index)
+    if not 0 <= k < image.shape[2]:
+        raise ValueError(f"Expected `slice_index` in [0, {image.shape[2]}), got {slice_index}")
+    fig = Figure(figsize=(9, 3.3))
+    panels = (("image", image[:, :, k], "gray"), ("prediction", prediction[:, :, k], "tab20"), ("|attribution|", mag[:, :, k], "inferno"))
+    for p, (name, sl, cmap) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, p + 1)
+        if name == "|attribution|":
+            ax.imshow(image[:, :, k].T, cmap="gray", origin="lower")
+            ax.imshow(sl.T, cmap=cmap, alpha=0.6, origin="lower")
+        else:
+            ax.imshow(sl.T, cmap=cmap, origin="lower", interpolation="nearest")
+        ax.set_title(f"{name} (slice {k})", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return fig

@@ -1,0 +1,153 @@
+"""One self-contained static HTML page for an audit: figures embedded as base64 PNG.
+
+The page is rendered from the audit's ``summary.json`` dict (schema in
+:mod:`agg2exp_lightning.analysis.cohort`), so the report and the JSON never disagree. Every string
+that comes from data (ids, metadata values, paths, class names) goes through :func:`html.escape`;
+the page has no scripts and loads nothing.
+"""
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+#: Figure keys the report places, with their captions, in reading order.
+FIGURE_CAPTIONS: dict[str, str] = {
+    "importance_heatmap": "Global RoI importance: for each explained class (row), the mean share of its attribution mass in each predicted region (column).",
+    "dependency_graph": "The strongest region \u2192 class dependencies outside the class's own region and the background.",
+    "share_distributions": "Distribution over scans of the share of each class's attribution in its own region and in the background.",
+    "anomaly_vs_dice": "Anomaly score (\u2212decision_function of the per-class Isolation Forest; higher = more anomalous) against Dice; outliers marked \u00d7.",
+}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{border-bottom:2px solid #444;padding-bottom:.2em} h2{margin-top:2em;border-bottom:1px solid #bbb}
+table{border-collapse:collapse;margin:1em 0;font-size:.85em} th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}
+th{background:#f0f0f0} td.num{text-align:right;font-variant-numeric:tabular-nums} tr.sig td{background:#fff3e0}
+figure{margin:1.2em 0} figure img{max-width:100%;border:1px solid #ddd} figcaption{font-size:.85em;color:#555}
+.note{color:#555;font-size:.9em}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "\u2013"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
+    return _e(value)
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric: Sequence[bool] | None = None, highlight: Sequence[bool] | None = None) -> str:
+    numeric = numeric or [False] * len(header)
+    out = ["<table><thead><tr>", *(f"<th>{_e(h)}</th>" for h in header), "</tr></thead><tbody>"]
+    for k, row in enumerate(rows):
+        cls = ' class="sig"' if highlight is not None and highlight[k] else ""
+        cells = (f'<td class="num">{_fmt(v)}</td>' if num else f"<td>{_e(v) if not isinstance(v, float) else _fmt(v)}</td>" for v, num in zip(row, numeric))
+        out += [f"<tr{cls}>", *cells, "</tr>"]
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _figure(png: bytes, caption: str, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<figure><img alt="{_e(alt)}" src="data:image/png;base64,{data}"><figcaption>{_e(caption)}</figcaption></figure>'
+
+
+def render_report(
+    summary: Mapping[str, Any],
+    figures: Mapping[str, bytes],
+    *,
+    inputs: Mapping[str, Any],
+    case_figures: Sequence[tuple[str, bytes]] = (),
+    title: str = "Agg2Exp model audit",
+    alpha: float = 0.05,
+) -> str:
+    """Render the audit page.
+
+    Args:
+        summary: the ``summary.json`` dict.
+        figures: PNG bytes by key (keys of :data:`FIGURE_CAPTIONS`; missing ones are left out).
+        inputs: what was audited (source, options), shown as a key/value table.
+        case_figures: ``(caption, png)`` slices of the most/least anomalous scans, if available.
+        title: page title.
+        alpha: q-value threshold for highlighting rows.
+
+    Returns:
+        The HTML document as a string.
+    """
+    per_class: Mapping[str, Mapping[str, Any]] = summary["per_class"]
+    anomaly = summary["anomaly"]
+    sig = [c for c, v in per_class.items() if v["q"] is not None and v["q"] < alpha]
+    bias = list(summary.get("bias_tests", []))
+    sig_bias = [b for b in bias if b["q"] is not None and b["q"] < alpha]
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{_e(title)}</h1>"]
+
+    parts.append("<h2 id=\"inputs\">What was audited</h2>")
+    parts.append(_table(["item", "value"], [(k, v) for k, v in inputs.items()]))
+
+    parts.append("<h2 id=\"findings\">Findings</h2><ul>")
+    parts.append(f"<li>{summary['n_scans']} scans, {len(per_class)} explained classes; Isolation Forests fitted on the {_e(anomaly['fitted_on'])} (random_state={_e(anomaly['random_state'])}).</li>")
+    parts.append(f"<li>{anomaly['n_outlier_scans']} of {summary['n_scans']} scans are outliers for at least one class.</li>")
+    parts.append(f"<li>Anomaly score correlates with Dice (BH q &lt; {alpha}) for: {_e(', '.join(sig) if sig else 'no class')}.</li>")
+    deps = summary.get("strongest_dependencies", [])
+    if deps:
+        d = deps[0]
+        parts.append(f"<li>Strongest dependency: {_e(d['class'])} relies on region {_e(d['region'])} ({100 * d['share']:.1f}% of its attribution mass on average).</li>")
+    parts.append(f"<li>Bias tests: {len(bias)} run, {len(sig_bias)} with q &lt; {alpha}.</li></ul>")
+
+    parts.append("<h2 id=\"importance\">Global RoI importance</h2>")
+    for key in ("importance_heatmap", "dependency_graph"):
+        if key in figures:
+            parts.append(_figure(figures[key], FIGURE_CAPTIONS[key], key))
+    if deps:
+        parts.append(_table(["region", "explained class", "mean share"], [(d["region"], d["class"], d["share"]) for d in deps], numeric=[False, False, True]))
+
+    parts.append("<h2 id=\"distributions\">Per-class distributions and context reliance</h2>")
+    if "share_distributions" in figures:
+        parts.append(_figure(figures["share_distributions"], FIGURE_CAPTIONS["share_distributions"], "share_distributions"))
+    parts.append(_table(["class", "own share", "context reliance (1 \u2212 own)", "background share"],
+                        [(c, v["own_share"], v["context_reliance"], v["background_share"]) for c, v in per_class.items()],
+                        numeric=[False, True, True, True]))
+
+    parts.append("<h2 id=\"anomalies\">Anomalous explanations and segmentation quality</h2>")
+    parts.append(f"<p class=\"note\">Anomaly score = {_e(anomaly['score'])}; outlier = {_e(anomaly['outlier'])}. "
+                 "\u03c1: Spearman correlation of anomaly score and Dice; q: Benjamini-Hochberg across classes.</p>")
+    if "anomaly_vs_dice" in figures:
+        parts.append(_figure(figures["anomaly_vs_dice"], FIGURE_CAPTIONS["anomaly_vs_dice"], "anomaly_vs_dice"))
+    parts.append(_table(["class", "\u03c1", "p", "q", "n", "outliers"],
+                        [(c, v["rho"], v["p"], v["q"], v["n"], v["n_outliers"]) for c, v in per_class.items()],
+                        numeric=[False, True, True, True, True, True], highlight=[c in sig for c in per_class]))
+
+    parts.append("<h2 id=\"cases\">Most and least anomalous scans</h2>")
+    rows = []
+    for c, ends in summary.get("extreme_cases", {}).items():
+        rows.append((c, ", ".join(f"{x['id']} ({x['score']:.3f})" for x in ends["most_anomalous"]),
+                     ", ".join(f"{x['id']} ({x['score']:.3f})" for x in ends["least_anomalous"])))
+    parts.append(_table(["class", "most anomalous (score)", "least anomalous (score)"], rows))
+    for caption, png in case_figures:
+        parts.append(_figure(png, caption, caption))
+
+    parts.append("<h2 id=\"bias\">Bias: are the outliers a subgroup?</h2>")
+    if bias:
+        order = sorted(bias, key=lambda b: (b["q"] is None, b["q"] if b["q"] is not None else 1.0))
+        parts.append(f"<p class=\"note\">Outliers vs inliers per metadata column; group {_e('any_class')} = outlier for any class. q: Benjamini-Hochberg over all {len(bias)} tests.</p>")
+        parts.append(_table(["group", "column", "test", "outliers", "inliers", "p", "q", "effect", "size", "detail"],
+                            [(b["group"], b["column"], b["test"], b["n_outliers"], b["n_inliers"], b["p"], b["q"], b["effect"], b["effect_size"], b["detail"]) for b in order],
+                            numeric=[False, False, False, True, True, True, True, False, True, False],
+                            highlight=[b["q"] is not None and b["q"] < alpha for b in order]))
+    else:
+        parts.append("<p>No metadata column could be tested (the table has no metadata, or no outliers).</p>")
+    skipped = summary.get("bias_skipped", [])
+    if skipped:
+        parts.append("<p class=\"note\">Not tested:</p>")
+        parts.append(_table(["group", "column", "reason"], [(s["group"], s["column"], s["reason"]) for s in skipped]))
+    parts.append("</body></html>")
+    return "\n".join(parts)
