@@ -14,7 +14,7 @@ PUBLISHED_TABLE = (
 CLASSES = ("background", "aorta", "trachea", "heart", "ribs", "sternum")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def published_table() -> Path:
     if not PUBLISHED_TABLE.is_file():
         pytest.skip(f"published Agg2Exp table not found at {PUBLISHED_TABLE.resolve()} (shared/ must sit beside the repository)")
@@ -59,7 +59,7 @@ def synthetic_frame(
     return pd.DataFrame(cols)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_frame():
     """The :func:`synthetic_frame` factory (test modules here are not importable packages)."""
     return synthetic_frame

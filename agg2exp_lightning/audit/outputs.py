@@ -1,0 +1,93 @@
+"""Write a cohort analysis into an audit folder: tables, summary, figures and the HTML report.
+
+Layout of ``out_dir`` after :func:`write_audit_outputs`::
+
+    audit.json          which audit this folder holds (fingerprint + configuration)
+    summary.json        schema in agg2exp_lightning.analysis.cohort
+    per_scan.csv        published column format + {a}_anomaly_score, {a}_outlier, any_class_outlier
+    figures/*.png       importance_heatmap, dependency_graph, share_distributions, anomaly_vs_dice,
+                        cases/*.png (checkpoint mode)
+    report.html         one self-contained page (figures embedded)
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agg2exp_lightning.analysis.cohort import CohortAnalysis
+from agg2exp_lightning.analysis.figures import anomaly_vs_dice, dependency_graph, figure_png, importance_heatmap, share_distributions
+from agg2exp_lightning.analysis.importance import own_region_share
+from agg2exp_lightning.analysis.report import render_report
+from agg2exp_lightning.audit.output_folder import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AuditOutputs:
+    """Paths written by :func:`write_audit_outputs` and the summary they hold."""
+
+    out_dir: Path
+    summary: dict[str, Any]
+    summary_json: Path
+    per_scan_csv: Path
+    report_html: Path
+    figures: dict[str, Path] = field(default_factory=dict)
+
+
+def cohort_figures(analysis: CohortAnalysis) -> dict[str, bytes]:
+    """PNG bytes of the cohort figures, keyed as in :data:`~agg2exp_lightning.analysis.report.FIGURE_CAPTIONS`."""
+    t = analysis.table
+    figs = {
+        "importance_heatmap": importance_heatmap(analysis.importance, t.classes, t.regions),
+        "dependency_graph": dependency_graph(analysis.dependencies, t.regions),
+    }
+    own_classes = [a for a in t.classes if a in t.regions]
+    if own_classes:
+        idx = [t.classes.index(a) for a in own_classes]
+        own = own_region_share(t.mass[:, idx, :], own_classes, t.regions)
+        bg = t.mass[:, idx, t.regions.index("background")] if "background" in t.regions else None
+        figs["share_distributions"] = share_distributions(own, bg, own_classes)
+    if t.dice is not None:
+        figs["anomaly_vs_dice"] = anomaly_vs_dice(analysis.anomaly.scores, t.dice, analysis.anomaly.outliers, t.classes, analysis.correlation)
+    return {k: figure_png(f) for k, f in figs.items()}
+
+
+def write_audit_outputs(
+    analysis: CohortAnalysis,
+    out_dir: str | Path,
+    *,
+    inputs: Mapping[str, Any],
+    case_figures: Sequence[tuple[str, bytes]] = (),
+) -> AuditOutputs:
+    """Write ``summary.json``, ``per_scan.csv``, the figures and ``report.html``, each atomically.
+
+    Args:
+        analysis: the cohort analysis.
+        out_dir: the audit folder (claimed with
+            :func:`~agg2exp_lightning.audit.output_folder.open_output_folder` beforehand).
+        inputs: what was audited, shown at the top of the report.
+        case_figures: ``(caption, png)`` slices of anomalous cases (checkpoint mode).
+
+    Returns:
+        The written paths and the summary.
+    """
+    out = Path(out_dir)
+    summary = analysis.summary()
+    summary_json = atomic_write_json(out / "summary.json", summary)
+    frame = analysis.per_scan_frame()
+    per_scan = atomic_write_text(out / "per_scan.csv", frame.to_csv(index=False, float_format="%.10g"))
+    pngs = cohort_figures(analysis)
+    paths = {k: atomic_write_bytes(out / "figures" / f"{k}.png", v) for k, v in pngs.items()}
+    for k, (caption, png) in enumerate(case_figures):
+        paths[f"case_{k:02d}"] = atomic_write_bytes(out / "figures" / "cases" / f"case_{k:02d}.png", png)
+    page = render_report(summary, pngs, inputs=inputs, case_figures=case_figures)
+    report = atomic_write_text(out / "report.html", page)
+    log.info("audit written to %s (report: %s)", out, report)
+    n_sig = sum(1 for v in summary["per_class"].values() if v["q"] is not None and v["q"] < 0.05)
+    log.info("%d scans, %d outlier scans, %d classes with anomaly~Dice q<0.05",
+             summary["n_scans"], summary["anomaly"]["n_outlier_scans"], n_sig)
+    return AuditOutputs(out_dir=out, summary=summary, summary_json=summary_json, per_scan_csv=per_scan, report_html=report, figures=paths)

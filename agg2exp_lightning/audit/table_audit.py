@@ -1,0 +1,80 @@
+"""Audit a table of aggregated explanations that already exists (``--from-table``)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE
+from agg2exp_lightning.analysis.cohort import analyze_cohort
+from agg2exp_lightning.analysis.tables import read_explanation_table
+from agg2exp_lightning.audit.output_folder import file_sha256, open_output_folder
+from agg2exp_lightning.audit.outputs import AuditOutputs, write_audit_outputs
+
+log = logging.getLogger(__name__)
+
+
+def run_table_audit(
+    table: str | Path,
+    out_dir: str | Path,
+    *,
+    metadata: str | Path | None = None,
+    reference_table: str | Path | None = None,
+    overwrite: bool = False,
+    random_state: int = DEFAULT_RANDOM_STATE,
+    n_dependencies: int = 12,
+    wandb: bool = False,
+    wandb_project: str = "agg2exp-audit",
+) -> AuditOutputs:
+    """Read a table in the published column format, analyse the cohort, write the audit folder.
+
+    Args:
+        table: CSV/TSV of aggregated explanations (one row per scan).
+        out_dir: output folder; refused if it holds another audit, unless ``overwrite``.
+        metadata: optional CSV/TSV of metadata joined on the id (``patient`` or ``image_id``).
+        reference_table: optional table to fit the Isolation Forests on (e.g. training scans).
+        overwrite: replace another audit's results in ``out_dir``.
+        random_state: seed of the Isolation Forests.
+        n_dependencies: how many region -> class dependencies to report.
+        wandb: also log tables and figures to one W&B run.
+        wandb_project: the W&B project.
+
+    Returns:
+        The written outputs and summary.
+
+    Raises:
+        DataError: unreadable or malformed tables, or an output folder of another audit.
+
+    Example:
+        >>> run_table_audit("tsv2_test_aggregated_sg_explanations_with_dice.csv", "audit_out")  # doctest: +SKIP
+    """
+    table = Path(table)
+    config = {
+        "mode": "table",
+        "table": str(table.resolve()),
+        "table_sha256": file_sha256(table) if table.is_file() else None,
+        "metadata_sha256": file_sha256(metadata) if metadata is not None and Path(metadata).is_file() else None,
+        "reference_sha256": file_sha256(reference_table) if reference_table is not None and Path(reference_table).is_file() else None,
+        "random_state": random_state,
+        "n_dependencies": n_dependencies,
+    }
+    # Read and validate first, so a bad input leaves the output folder untouched.
+    cohort = read_explanation_table(table, metadata=metadata)
+    reference = read_explanation_table(reference_table) if reference_table is not None else None
+    open_output_folder(out_dir, config, overwrite=overwrite)
+    log.info("auditing %d scans from %s%s", len(cohort), table, f" (forests fitted on {len(reference)} reference scans)" if reference else "")
+    analysis = analyze_cohort(cohort, reference, random_state=random_state, n_dependencies=n_dependencies)
+    inputs = {
+        "table": str(table),
+        "metadata": str(metadata) if metadata is not None else "none",
+        "Isolation Forests fitted on": str(reference_table) if reference_table is not None else "the audited scans",
+        "scans": len(cohort),
+        "explained classes": len(cohort.classes),
+        "regions": len(cohort.regions),
+        "metadata columns": ", ".join(map(str, cohort.metadata.columns)) or "none",
+    }
+    outputs = write_audit_outputs(analysis, out_dir, inputs=inputs)
+    if wandb:
+        from agg2exp_lightning.audit.wandb_logging import log_audit_to_wandb
+
+        log_audit_to_wandb(outputs, project=wandb_project, config=config)
+    return outputs
