@@ -13,7 +13,7 @@ most one structure (masks never overlap): structures are painted in a fixed orde
 winning, into one structure-id volume.
 
 HU levels are chosen so that neighbours differ clearly (aorta ~260 > pulmonary veins ~175 >
-thyroid ~130 > heart ~50; ribs ~700 > sternum ~600 > vertebrae ~500; costal cartilage ~160 against
+thyroid ~150 > heart ~50; ribs ~700 > sternum ~600 > vertebrae ~500; costal cartilage ~160 against
 muscle ~45 and fat ~-100); lobes are told apart by position and by thin brighter fissures.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ PLANTED_CONDITIONS: tuple[str, ...] = ("none", "pleural_effusion", "missing_lobe
 #: Mean HU and between-subject standard deviation of each tissue.
 TISSUE_HU: tuple[tuple[float, float], ...] = (
     (-1000, 0), (-100, 10), (45, 5), (-90, 10), (-850, 25), (-300, 30), (40, 5), (35, 5), (260, 18), (175, 10),
-    (50, 6), (130, 8), (700, 40), (160, 10), (600, 30), (500, 30), (80, 5), (10, 3), (35, 3), (50, 5), (95, 8),
+    (50, 6), (150, 8), (700, 40), (160, 10), (600, 30), (500, 30), (80, 5), (10, 3), (35, 3), (50, 5), (95, 8),
     (70, 8), (10, 5), (3000, 0),
 )
 
@@ -76,7 +76,7 @@ _AORTA = (  # (lat, ant, sup, radius): root in the heart, ascending, arch over t
     (-4, 38, -12, 14), (-8, 36, 50, 14), (5, 30, 72, 12), (26, 18, 80, 12), (33, -6, 74, 11), (31, -24, 58, 11),
     (30, -30, 40, 11), (30, -30, -175, 11),
 )
-_VEINS = (  # (lung end, atrial end), radius 8.5 mm
+_VEINS = (  # (lung end, atrial end), radius 10 mm
     ((74, 5, -15), (26, 8, -32)), ((72, -5, -52), (26, 4, -46)),
     ((-72, 5, -14), (-6, 10, -30)), ((-70, -5, -50), (-6, 6, -46)),
 )
@@ -249,10 +249,10 @@ def build_anatomy(
     d_trachea = _tube_distance(lat, ant, sup, [(tl, ta, tz, tr), (tl, ta, 200.0, tr)])
     el, ea, er = _ESOPHAGUS
     d_esoph = _tube_distance(lat, ant, sup, [(el, ea, -120.0, er), (el, ea, 200.0, er)])
-    veins = [((*a, 8.5), (lat_ * (mirror if abs(lat_) < 30 else 1.0), b, c, 8.5)) for a, (lat_, b, c) in _VEINS]
+    veins = [((*a, 10.0), (lat_ * (mirror if abs(lat_) < 30 else 1.0), b, c, 10.0)) for a, (lat_, b, c) in _VEINS]
     d_veins = np.minimum.reduce([_tube_distance(lat, ant, sup, v) for v in veins])
-    thyroid_parts = [((tl - 24, 4.0, 133.0), (10.0, 12.0, 22.0)), ((tl + 24, 4.0, 133.0), (10.0, 12.0, 22.0)),
-                     ((tl, 15.0, 122.0), (16.0, 4.0, 6.0))]
+    thyroid_parts = [((tl - 25, 4.0, 133.0), (12.0, 13.0, 22.0)), ((tl + 25, 4.0, 133.0), (12.0, 13.0, 22.0)),
+                     ((tl, 16.0, 122.0), (18.0, 5.0, 7.0))]
     thyroid = np.logical_or.reduce([_ellipsoid(lat, ant, sup, c, a) for c, a in thyroid_parts])
     thyroid_margin = np.logical_or.reduce([_ellipsoid(lat, ant, sup, c, a, 4.0) for c, a in thyroid_parts])
     autochthon = {s: ((lat - 26 * s) / 15) ** 2 + ((ant + 84) / 10) ** 2 <= 1 for s in (-1, 1)}
