@@ -8,7 +8,7 @@ TORCH_INDEX_URL ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 
-.PHONY: demo test install clean
+.PHONY: demo test install browser clean
 
 install: $(STAMP)
 
@@ -23,8 +23,14 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) train.py demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	WANDB_MODE=disabled $(PY) -m pytest $(PYTEST_ARGS)
+
+# The report test opens report.html in a real headless browser (Debian's chromium).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found: install it (apt-get install chromium) for the report test" >&2; fi; }
 
 clean:
 	rm -rf runs outputs wandb lightning_logs

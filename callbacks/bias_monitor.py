@@ -1,0 +1,81 @@
+"""BiasMonitor: subgroup tests of the anomalous validation scans against their metadata."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+from lightning.pytorch.callbacks import Callback
+
+from agg2exp_lightning.callbacks._plumbing import log_scalars, log_table
+from agg2exp_lightning.callbacks.anomaly_monitor import AnomalyMonitor, find_callback
+
+log = logging.getLogger(__name__)
+
+
+class BiasMonitor(Callback):
+    """After each anomaly check, test whether a metadata subgroup is over-represented among outliers.
+
+    Uses the audit's tests (:func:`agg2exp_lightning.analysis.bias.bias_tests`: chi-square/Fisher for
+    categorical columns, Mann-Whitney U for numeric ones, BH-adjusted). Logs the smallest p and q per
+    column and the outlier counts, and a table of all tests.
+
+    Args:
+        columns: metadata columns to test (default: every column but ids and the split).
+        seed: seed of the permutation tests.
+    """
+
+    IGNORED = ("image_id", "split", "subject_id")
+
+    def __init__(self, columns: Sequence[str] | None = None, seed: int = 0) -> None:
+        super().__init__()
+        self.columns = list(columns) if columns is not None else None
+        self.seed = seed
+        self.history: list[dict[str, Any]] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        find_callback(trainer, AnomalyMonitor, "BiasMonitor").add_listener(self)
+        if self.columns and stage == "fit":
+            from agg2exp_lightning.callbacks.explanation_monitor import ExplanationMonitor, _volume
+
+            dataset = ExplanationMonitor._val_dataset(trainer)
+            if dataset is not None and len(dataset):
+                available = set(_volume(dataset[0])[2])
+                missing = [c for c in self.columns if c not in available]
+                if missing:
+                    raise ValueError(
+                        f"BiasMonitor: metadata columns {missing} are not in the validation scans' metadata; "
+                        f"available: {sorted(available)}"
+                    )
+
+    def on_anomalies(self, trainer: pl.Trainer, pl_module: pl.LightningModule, latest: dict[str, Any]) -> None:
+        import pandas as pd
+
+        from agg2exp_lightning.analysis.bias import bias_tests
+
+        meta = pd.DataFrame(latest["metadata"], index=latest["subject_ids"])
+        cols = self.columns or [c for c in meta.columns if c not in self.IGNORED]
+        meta = meta[[c for c in cols if c in meta.columns]]
+        result = latest["result"]
+        groups = {"any": result.any_outlier}
+        groups.update({cls: result.outliers[:, i] for i, cls in enumerate(result.classes)})
+        tests = bias_tests(meta, groups, seed=self.seed).tests
+        metrics: dict[str, float] = {}
+        for col, rows in tests.groupby("column"):
+            metrics[f"agg2exp/bias_min_p/{col}"] = float(rows["p"].min())
+            metrics[f"agg2exp/bias_min_q/{col}"] = float(rows["q"].min())
+        log_scalars(trainer, metrics)
+        if len(tests):
+            log_table(trainer, "agg2exp/bias_tests", tests.set_index("group"))
+        significant = tests[tests["q"] < 0.05] if len(tests) else tests
+        self.history.append({"epoch": latest["epoch"], "n_tests": int(len(tests)), "n_significant": int(len(significant))})
+        for _, row in significant.iterrows():
+            log.info("bias monitor: %s outliers differ in %s (q=%.3g): %s", row["group"], row["column"], row["q"], row["detail"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))

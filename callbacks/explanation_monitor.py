@@ -1,0 +1,321 @@
+"""ExplanationMonitor: Agg2Exp RoI importance of fixed validation scans, every N epochs, while training."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from agg2exp_lightning.callbacks._plumbing import gather_objects, log_figure, log_scalars, log_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExplanationCheck:
+    """The explanations of one monitoring call (gathered from every rank).
+
+    Attributes:
+        epoch: the epoch it ran at.
+        subject_ids: ``N`` validation scans explained.
+        roi: ``[N, T, R]`` mass shares e_{b->a} per scan (NaN where undefined).
+        metadata: per-scan metadata dicts.
+        reference_ids / reference_roi: the training scans explained as a reference for anomaly
+            detectors (``[M, T, R]``; empty when none were asked for).
+        skipped: scans left out by the time budget.
+    """
+
+    epoch: int
+    subject_ids: list[str]
+    roi: np.ndarray
+    metadata: list[dict[str, str]]
+    reference_ids: list[str] = field(default_factory=list)
+    reference_roi: np.ndarray | None = None
+    skipped: int = 0
+
+
+def resolve_targets(targets: Sequence[int | str] | None, class_names: Sequence[str], *, argument: str = "targets") -> list[int]:
+    """Class ids for names or ids; all classes for ``None``. ValueError names what is not a class."""
+    import difflib
+
+    if targets is None:
+        return list(range(len(class_names)))
+    ids = []
+    for t in targets:
+        if isinstance(t, str) and not t.isdigit():
+            if t not in class_names:
+                near = difflib.get_close_matches(t, list(class_names), n=1)
+                hint = f" Did you mean {near[0]!r}?" if near else ""
+                raise ValueError(f"`{argument}`: the model has no class {t!r}; its classes are {list(class_names)}.{hint}")
+            ids.append(list(class_names).index(t))
+        else:
+            i = int(t)
+            if not 0 <= i < len(class_names):
+                raise ValueError(f"`{argument}`: class id {i} is outside [0, {len(class_names)}) for this model")
+            ids.append(i)
+    return ids
+
+
+def _volume(item: Any) -> tuple[torch.Tensor, str, dict[str, str]]:
+    if isinstance(item, list):  # random-crop transforms return lists
+        item = item[0]
+    image = item["image"]
+    image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+    return image, str(item.get("subject_id", "")), dict(item.get("metadata", {}))
+
+
+class ExplanationMonitor(Callback):
+    """Explain a fixed set of validation scans every ``every_n_epochs`` and log their RoI importance.
+
+    Logs the global RoI importance heatmap (targets x regions), each target's own-region and background
+    shares as scalars (curves over epochs), the drift of the global matrix since the last check, a table
+    of per-scan shares, and an attribution overlay for the chosen classes. The history and the chosen
+    scans are saved in checkpoints, so a resumed run continues its curves.
+
+    Args:
+        every_n_epochs: run after the validation of every N-th epoch.
+        method: attribution method of :func:`agg2exp_lightning.explain.explain`.
+        method_options: options for the method (e.g. ``{"n_samples": 5}``).
+        targets: classes to explain (names or ids; default: all).
+        num_scans: validation scans to follow (the first ``num_scans`` by subject id, chosen once).
+        reference_scans: training scans explained too, as the fitting set of :class:`AnomalyMonitor`
+            (0: none; the anomaly monitor then fits on the validation scans).
+        max_seconds: time budget per call; scans past it are skipped (and counted).
+        overlay_classes: classes whose attribution is drawn over the first scan's slices.
+        at_train_end: also run once when training ends (if the last epoch was not a check).
+
+    Example:
+        >>> trainer = pl.Trainer(callbacks=[ExplanationMonitor(every_n_epochs=5, targets=["trachea", "heart"])])
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 5,
+        method: str = "vanilla_gradient",
+        method_options: dict[str, Any] | None = None,
+        targets: Sequence[int | str] | None = None,
+        num_scans: int = 4,
+        reference_scans: int = 0,
+        max_seconds: float | None = None,
+        overlay_classes: Sequence[str] = ("trachea",),
+        at_train_end: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value, low in (("every_n_epochs", every_n_epochs, 1), ("num_scans", num_scans, 1), ("reference_scans", reference_scans, 0)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"Expected argument `{name}` to be an integer >= {low}, but got {value!r}")
+        if max_seconds is not None and max_seconds <= 0:
+            raise ValueError(f"Expected argument `max_seconds` to be positive or None, but got {max_seconds!r}")
+        self.every_n_epochs = every_n_epochs
+        self.method = method
+        self.method_options = dict(method_options or {})
+        self.targets = targets
+        self.num_scans = num_scans
+        self.reference_scans = reference_scans
+        self.max_seconds = max_seconds
+        self.overlay_classes = tuple(overlay_classes)
+        self.at_train_end = at_train_end
+        # state saved in checkpoints
+        self.scan_ids: list[str] = []
+        self.history: list[dict[str, Any]] = []
+        # set up per run
+        self.latest: ExplanationCheck | None = None
+        self._target_ids: list[int] = []
+        self._class_names: list[str] = []
+        self._listeners: list[Any] = []
+
+    # -- set-up -------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from agg2exp_lightning.explain import resolve_method_name
+
+        resolve_method_name(self.method)  # unknown method: clear error now, not at epoch 50
+        names = list(getattr(pl_module, "class_names", []) or [])
+        if not names:
+            num = getattr(getattr(pl_module, "hparams", {}), "num_classes", None) or pl_module.hparams.get("num_classes")
+            names = [f"class_{i}" for i in range(int(num))]
+        self._class_names = names
+        self._target_ids = resolve_targets(self.targets, names)
+        resolve_targets(self.overlay_classes, names, argument="overlay_classes")
+        if stage == "fit":
+            dataset = self._val_dataset(trainer)
+            if dataset is not None and len(dataset) < self.num_scans:
+                raise ValueError(
+                    f"ExplanationMonitor: `num_scans`={self.num_scans} but the validation set holds only {len(dataset)} scans"
+                )
+
+    def add_listener(self, listener: Any) -> None:
+        """Register an object whose ``on_explanations(trainer, pl_module, check)`` runs after each check."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    @property
+    def target_names(self) -> list[str]:
+        return [self._class_names[i] for i in self._target_ids]
+
+    @property
+    def region_names(self) -> list[str]:
+        return list(self._class_names)
+
+    # -- hooks --------------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self.run_check(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_train_end and (not self.history or self.history[-1]["epoch"] != trainer.current_epoch):
+            if self._val_dataset(trainer) is not None:
+                self.run_check(trainer, pl_module)
+
+    # -- the work -----------------------------------------------------------------------------
+    @staticmethod
+    def _val_dataset(trainer: pl.Trainer):
+        dm = trainer.datamodule
+        if dm is not None and hasattr(dm, "datasets") and "val" in getattr(dm, "datasets", {}):
+            return dm.datasets["val"]
+        loaders = trainer.val_dataloaders
+        if loaders is None:
+            return None
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        return loader.dataset
+
+    def _choose_scans(self, dataset) -> list[int]:
+        ids = [_volume(dataset[i])[1] for i in range(len(dataset))]
+        if not self.scan_ids:
+            self.scan_ids = sorted(ids)[: self.num_scans]
+        missing = [s for s in self.scan_ids if s not in ids]
+        if missing:
+            raise ValueError(f"ExplanationMonitor: scans {missing} chosen earlier are no longer in the validation set")
+        return [ids.index(s) for s in self.scan_ids]
+
+    def _explain_items(self, pl_module, dataset, indices, deadline) -> tuple[list[tuple[str, np.ndarray, dict]], int, dict]:
+        from agg2exp_lightning.explain import explain
+
+        hp = pl_module.hparams
+        window = dict(roi_size=tuple(hp["roi_size"])) if "roi_size" in hp else {}
+        if window and "sw_mode" in hp:
+            window.update(mode=hp["sw_mode"], overlap=hp.get("sw_overlap", 0.25), sw_batch_size=hp.get("sw_batch_size", 1))
+        net = getattr(pl_module, "net", pl_module)
+        done, skipped, overlay = [], 0, {}
+        for i in indices:
+            if deadline is not None and time.monotonic() > deadline:
+                skipped += 1
+                continue
+            image, sid, meta = _volume(dataset[i])
+            want_maps = not overlay and bool(self.overlay_classes)
+            with torch.inference_mode(False):
+                x = image.detach().clone().to(pl_module.device)
+                result = explain(net, x, method=self.method, targets=self._target_ids, keep_attributions=want_maps,
+                                 **window, **self.method_options)
+            roi = result.roi.detach().cpu().double().numpy()
+            if not np.all(np.isfinite(roi) | np.isnan(roi)):
+                log.warning("ExplanationMonitor: non-finite shares for scan %s", sid)
+            done.append((sid, roi, meta))
+            if want_maps and result.attributions is not None:
+                overlay = {"image": image[0].cpu().numpy(), "prediction": result.prediction.cpu().numpy(),
+                           "attributions": result.attributions.detach().cpu().numpy(), "subject_id": sid}
+        return done, skipped, overlay
+
+    def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ExplanationCheck | None:
+        """Explain the chosen scans now (split across ranks), log, and notify the listeners."""
+        dataset = self._val_dataset(trainer)
+        if dataset is None:
+            return None
+        start = time.monotonic()
+        deadline = None if self.max_seconds is None else start + self.max_seconds
+        indices = self._choose_scans(dataset)
+        rank, world = trainer.global_rank, trainer.world_size
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            mine, skipped, overlay = self._explain_items(pl_module, dataset, indices[rank::world], deadline)
+            ref: list[tuple[str, np.ndarray, dict]] = []
+            if self.reference_scans:
+                ref_ds = getattr(trainer.datamodule, "whole_volume_dataset", None)
+                if ref_ds is not None:
+                    ds = ref_ds("train", max_subjects=self.reference_scans)
+                    ref, ref_skipped, _ = self._explain_items(pl_module, ds, list(range(len(ds)))[rank::world], deadline)
+                    skipped += ref_skipped
+        finally:
+            pl_module.train(was_training)
+        gathered = gather_objects((mine, ref, skipped))
+        val = sorted((x for g in gathered for x in g[0]), key=lambda t: t[0])
+        refs = sorted((x for g in gathered for x in g[1]), key=lambda t: t[0])
+        skipped = sum(g[2] for g in gathered)
+        if not val:
+            log.warning("ExplanationMonitor: the time budget allowed no scan at epoch %d", trainer.current_epoch)
+            return None
+        check = ExplanationCheck(
+            epoch=trainer.current_epoch,
+            subject_ids=[v[0] for v in val],
+            roi=np.stack([v[1] for v in val]),
+            metadata=[v[2] for v in val],
+            reference_ids=[r[0] for r in refs],
+            reference_roi=np.stack([r[1] for r in refs]) if refs else None,
+            skipped=skipped,
+        )
+        self.latest = check
+        self._log(trainer, check, overlay, time.monotonic() - start)
+        for listener in self._listeners:
+            listener.on_explanations(trainer, pl_module, check)
+        return check
+
+    # -- logging ------------------------------------------------------------------------------
+    def _log(self, trainer: pl.Trainer, check: ExplanationCheck, overlay: dict, seconds: float) -> None:
+        import pandas as pd
+
+        from agg2exp_lightning.analysis.figures import importance_heatmap
+        from agg2exp_lightning.analysis.importance import global_roi_importance
+
+        glob = global_roi_importance(check.roi)  # [T, R], NaN-aware mean over scans
+        previous = np.asarray(self.history[-1]["global"], dtype=float) if self.history else None
+        drift = float(np.nanmean(np.abs(glob - previous))) if previous is not None and previous.shape == glob.shape else None
+        metrics: dict[str, float] = {"agg2exp/seconds": seconds, "agg2exp/scans_skipped": float(check.skipped)}
+        if drift is not None:
+            metrics["agg2exp/drift"] = drift
+        for t, cls in zip(self._target_ids, self.target_names):
+            row = self._target_ids.index(t)
+            metrics[f"agg2exp/own_share/{cls}"] = float(glob[row, t])
+            metrics[f"agg2exp/background_share/{cls}"] = float(glob[row, 0])
+        log_scalars(trainer, metrics)
+        if trainer.is_global_zero:
+            self.history.append({"epoch": check.epoch, "step": trainer.global_step, "global": glob.tolist(), "drift": drift,
+                                 "scan_ids": list(check.subject_ids)})
+            log_figure(trainer, "agg2exp/global_roi_importance", importance_heatmap(glob, self.target_names, self.region_names))
+            frame = pd.DataFrame(
+                [[sid, a, b, check.roi[n, i, j]] for n, sid in enumerate(check.subject_ids)
+                 for i, a in enumerate(self.target_names) for j, b in enumerate(self.region_names)],
+                columns=["subject_id", "target", "region", "mass_share"],
+            ).set_index("subject_id")
+            log_table(trainer, "agg2exp/roi_shares", frame)
+            if overlay:
+                self._log_overlay(trainer, overlay)
+        else:
+            self.history.append({"epoch": check.epoch, "step": trainer.global_step, "global": glob.tolist(), "drift": drift,
+                                 "scan_ids": list(check.subject_ids)})
+
+    def _log_overlay(self, trainer: pl.Trainer, overlay: dict) -> None:
+        from agg2exp_lightning.analysis.figures import case_slices
+
+        for cls in self.overlay_classes:
+            c = self._class_names.index(cls)
+            if c not in self._target_ids:
+                continue
+            attribution = overlay["attributions"][self._target_ids.index(c)]
+            fig = case_slices(overlay["image"], overlay["prediction"], attribution,
+                              title=f"{overlay['subject_id']}: attribution of {cls}, epoch {trainer.current_epoch}")
+            log_figure(trainer, f"agg2exp/overlay/{cls}", fig)
+
+    # -- checkpoint state ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"scan_ids": list(self.scan_ids), "history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.scan_ids = list(state_dict.get("scan_ids", []))
+        self.history = list(state_dict.get("history", []))

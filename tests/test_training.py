@@ -1,0 +1,56 @@
+"""Training through train.py's own function, on the synthetic cohort, with tiny settings."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from agg2exp_lightning.model import SegmentationModule, load_segmentation_checkpoint
+from agg2exp_lightning.training import train
+
+
+def _args(root, run_dir, *extra, model_args=()):
+    return [
+        "demo",
+        f"--data.data_root={root}",
+        "--data.spacing=[8.0, 8.0, 8.0]",
+        "--data.roi_size=[32, 32, 32]",
+        *model_args,
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.logger.init_args.save_dir={run_dir}",
+        *extra,
+    ]
+
+
+def test_fast_dev_run_through_train(tiny_cohort, tiny_model_args, tmp_path):
+    out = train(_args(tiny_cohort, tmp_path / "run", "--trainer.fast_dev_run=true", model_args=tiny_model_args))
+    assert out["best_checkpoint"] is None and out["run_dir"] == str(tmp_path / "run")
+
+
+def test_short_run_validates_best_checkpoint_and_writes_dice_table(tiny_cohort, tiny_model_args, tmp_path):
+    run = tmp_path / "run"
+    out = train(_args(tiny_cohort, run, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                      "--trainer.check_val_every_n_epoch=1", model_args=tiny_model_args))
+    best = Path(out["best_checkpoint"])
+    assert best.is_file() and best.parent == run / "checkpoints"
+    table = (run / "dice_table.md").read_text()
+    assert "| aorta |" in table and "mean foreground" in table
+    assert 0.0 <= out["dice"]["mean_foreground"] <= 1.0 and not math.isnan(out["dice"]["mean_foreground"])
+    # the checkpoint loads safely (weights_only) into an identical module
+    module = load_segmentation_checkpoint(best, num_classes=17, in_channels=1)
+    assert isinstance(module, SegmentationModule) and not module.training
+    x = torch.rand(1, 1, 32, 32, 32)
+    assert module(x).shape == (1, 17, 32, 32, 32)
+
+
+def test_unknown_config_key_is_refused(tiny_cohort, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train(_args(tiny_cohort, tmp_path / "run", "--model.feature_sise=12"))
+    assert "feature_sise" in capsys.readouterr().err
+
+
+def test_bad_feature_size_names_argument():
+    with pytest.raises(ValueError, match="`feature_size` to be a positive multiple of 12"):
+        SegmentationModule(feature_size=10)
