@@ -118,6 +118,23 @@ class ThoraxDataModule(pl.LightningDataModule):
             log.info("%s split: %d subjects", name, len(records))
             self.datasets[split] = self._dataset(records, train=split == "train")
 
+    def whole_volume_dataset(self, split: str = "train", max_subjects: int | None = None):
+        """Whole preprocessed volumes of a split (no random crops), e.g. a reference set for anomaly detectors.
+
+        Args:
+            split: ``train``, ``val`` or ``test`` (mapped through ``train_split`` / ``val_split`` / ``test_split``).
+            max_subjects: the first this many subjects by id (None: all).
+        """
+        key = (split, max_subjects)
+        cache = self.__dict__.setdefault("_whole_volume", {})
+        if key not in cache:
+            if not self.records:
+                self.records = discover_records(self.data_root)
+            name = {"train": self.hparams.train_split, "val": self.hparams.val_split, "test": self.hparams.test_split}.get(split, split)
+            records = sorted(select_split(self.records, name, source=self.data_root), key=lambda r: r.subject_id)
+            cache[key] = self._dataset(records[:max_subjects], train=False)
+        return cache[key]
+
     # -- loaders ------------------------------------------------------------------------------
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         from monai.data import list_data_collate
