@@ -15,6 +15,14 @@ winning, into one structure-id volume.
 HU levels are chosen so that neighbours differ clearly (aorta ~260 > pulmonary veins ~175 >
 thyroid ~150 > heart ~50; ribs ~700 > sternum ~600 > vertebrae ~500; costal cartilage ~160 against
 muscle ~45 and fat ~-100); lobes are told apart by position and by thin brighter fissures.
+
+Planted conditions (``PLANTED_CONDITIONS``): ``pleural_effusion`` (fluid ~10 HU fills the dependent
+back of one lower lobe; those voxels are background), ``missing_lobe`` (no right middle lobe: its
+mask is empty and the upper lobe takes its place), ``metal_artefact`` (a ~3000 HU implant in the
+left pectoral fat with bright and dark streaks in its slices; labels unchanged) and
+``mirrored_heart`` (dextrocardia: heart, aortic root and atrial ends of the veins on the right). The
+random draws do not depend on the condition, so one generator state gives the same subject with
+and without it.
 """
 from __future__ import annotations
 
@@ -148,7 +156,7 @@ def _zslab(sup: np.ndarray, lo: float, hi: float) -> slice:
     return slice(i0, max(i0, i1))
 
 
-def _tube_distance(lat, ant, sup, points: Sequence[Sequence[float]]) -> np.ndarray:
+def _tube_distance(lat: np.ndarray, ant: np.ndarray, sup: np.ndarray, points: Sequence[Sequence[float]]) -> np.ndarray:
     """Signed distance (mm) to a tube along a polyline of (lat, ant, sup, radius) vertices."""
     best = np.full(np.broadcast_shapes(lat.shape, ant.shape, sup.shape), np.inf, dtype=np.float32)
     for p, q in zip(points[:-1], points[1:]):
@@ -162,7 +170,10 @@ def _tube_distance(lat, ant, sup, points: Sequence[Sequence[float]]) -> np.ndarr
     return best
 
 
-def _ellipsoid(lat, ant, sup, centre, axes, grow: float = 0.0, angle_deg: float = 0.0) -> np.ndarray:
+def _ellipsoid(
+    lat: np.ndarray, ant: np.ndarray, sup: np.ndarray, centre: Sequence[float], axes: Sequence[float],
+    grow: float = 0.0, angle_deg: float = 0.0,
+) -> np.ndarray:
     """Inside an ellipsoid (axes grown by ``grow`` mm), rotated by ``angle_deg`` in the axial plane."""
     c, s = np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))
     u, v = lat - centre[0], ant - centre[1]
@@ -171,7 +182,9 @@ def _ellipsoid(lat, ant, sup, centre, axes, grow: float = 0.0, angle_deg: float 
     return (u / (axes[0] + grow)) ** 2 + (v / (axes[1] + grow)) ** 2 + w**2 <= 1.0
 
 
-def template_coordinates(shape: Sequence[int], spacing: Sequence[float], anat: SubjectAnatomy):
+def template_coordinates(
+    shape: Sequence[int], spacing: Sequence[float], anat: SubjectAnatomy
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Template coordinates of the voxel centres, as broadcastable arrays ``lat, ant [X,Y,1]`` and ``sup [1,1,Z]``."""
     x, y, z = (((np.arange(n) - (n - 1) / 2.0) * sp) for n, sp in zip(shape, spacing))
     xw, yw = x[:, None] - anat.shift_mm[0], y[None, :] - anat.shift_mm[1]
@@ -190,7 +203,8 @@ def affine_for(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
     return aff
 
 
-def _diaphragm(lat, ant, side: int) -> np.ndarray:
+def _diaphragm(lat: np.ndarray, ant: np.ndarray, side: int) -> np.ndarray:
+    """Height of one hemidiaphragm (the right dome higher), lowest at the back and the sides."""
     top = -55.0 if side < 0 else -68.0
     return np.maximum(top - 40 * ((lat - side * 50) / 75) ** 2 - 40 * ((ant - 5) / 75) ** 2, -135.0)
 
@@ -275,7 +289,7 @@ def build_anatomy(
         fissure = lung & (np.abs(oblique) / np.sqrt(1 + slope**2) < hw)
         lower = lung & (oblique <= 0)
         if condition == "pleural_effusion" and s == anat.effusion_side:
-            fluid = lower & (ant < -25.0) & (sup < zd[s] + 55.0)
+            fluid = lower & (ant + 25.0 < 0.6 * (zd[s] + 50.0 - sup))  # a dependent layer, deepest at the back
             paint(fluid, None, EFFUSION)
             lower &= ~fluid
         lobes[f"lung_lower_lobe_{side}"] = lower

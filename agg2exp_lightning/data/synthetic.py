@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agg2exp_lightning.data.phantom import PLANTED_CONDITIONS, STRUCTURES, check_shape, generate_subject
+from agg2exp_lightning.data.phantom import PLANTED_CONDITIONS, STRUCTURES, check_shape, draw_anatomy, generate_subject
 from agg2exp_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,6 @@ def _subject_seeds(seed: int, index: int) -> tuple[np.random.SeedSequence, np.ra
 
 def _effusion_side(plan: SubjectPlan) -> int:
     """The side :func:`generate_subject` will put an effusion on (it draws it from the anatomy stream)."""
-    from agg2exp_lightning.data.phantom import draw_anatomy
-
     return draw_anatomy(plan.anatomy_rng(), sex=plan.sex, age=plan.age).effusion_side
 
 
