@@ -6,6 +6,7 @@ class); :func:`compare_methods` runs them for several methods over a cohort and 
 from __future__ import annotations
 
 from agg2exp_lightning.evaluation._checks import UndefinedScoreWarning
+from agg2exp_lightning.evaluation.compare import METHODS, ComparisonSettings, compare_methods, default_explainer
 from agg2exp_lightning.evaluation.complexity import effective_complexity
 from agg2exp_lightning.evaluation.efficiency import EfficiencyResult, explanation_efficiency, timed
 from agg2exp_lightning.evaluation.faithfulness import (
@@ -16,22 +17,31 @@ from agg2exp_lightning.evaluation.faithfulness import (
     pearson_rows,
     random_subsets,
 )
+from agg2exp_lightning.evaluation.report import markdown_table, plot_comparison, summarise, write_report
 from agg2exp_lightning.evaluation.sensitivity import SensitivityResult, relative_distance, sensitivity, uniform_noise
 
 __all__ = [
+    "METHODS",
+    "ComparisonSettings",
     "EfficiencyResult",
     "FaithfulnessResult",
     "SensitivityResult",
     "UndefinedScoreWarning",
     "attribution_sums",
+    "compare_methods",
+    "default_explainer",
     "effective_complexity",
     "explanation_efficiency",
     "faithfulness_correlation",
+    "markdown_table",
     "output_drops",
     "pearson_rows",
+    "plot_comparison",
     "random_subsets",
     "relative_distance",
     "sensitivity",
+    "summarise",
     "timed",
     "uniform_noise",
+    "write_report",
 ]

@@ -1,0 +1,355 @@
+"""Compare attribution methods over a cohort: faithfulness, sensitivity, complexity and efficiency per scan.
+
+Each (scan, method) pair is written to ``out_dir/scans/<subject>/<method>.csv`` atomically as soon as it
+is done, so an interrupted run resumes where it stopped. Within a scan every method is scored on the
+same random subsets (one shared set of perturbed forward passes) and the same noisy copies.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import warnings
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from agg2exp_lightning.evaluation._checks import (
+    UndefinedScoreWarning,
+    check_attributions,
+    model_device,
+    positive_int,
+    warn_undefined,
+    zero_targets,
+)
+from agg2exp_lightning.evaluation.complexity import effective_complexity
+from agg2exp_lightning.evaluation.efficiency import explanation_efficiency, timed
+from agg2exp_lightning.evaluation.faithfulness import (
+    PAPER_SUBSET_SIZE,
+    attribution_sums,
+    output_drops,
+    pearson_rows,
+    random_subsets,
+)
+from agg2exp_lightning.evaluation.report import write_report
+from agg2exp_lightning.evaluation.sensitivity import sensitivity, uniform_noise
+from agg2exp_lightning.labels import THORAX_CLASSES
+
+log = logging.getLogger(__name__)
+
+__all__ = ["METHODS", "METRIC_COLUMNS", "ComparisonSettings", "compare_methods", "default_explainer", "resolve_targets"]
+
+METHODS: tuple[str, ...] = (
+    "vanilla_gradient", "smoothgrad", "integrated_gradients", "kernelshap_cubes", "kernelshap_semantic",
+)
+#: Per-(scan, method, target) columns of the long table.
+METRIC_COLUMNS: tuple[str, ...] = (
+    "faithfulness", "sensitivity_avg", "sensitivity_max", "complexity", "seconds_one_class", "seconds_all_classes",
+)
+#: ``explainer(model, image [C, *S], method, targets) -> attributions [T, *S]``.
+Explainer = Callable[[nn.Module, Tensor, str, list[int]], Tensor]
+#: A scan: its tensor ``[C, *S]``, or a zero-argument callable loading it (not called for finished scans).
+ScanSource = Union[Tensor, Callable[[], Tensor]]
+
+
+@dataclass(frozen=True)
+class ComparisonSettings:
+    """Metric settings of a comparison (paper defaults); their fingerprint guards resumed runs.
+
+    Attributes:
+        n_runs, subset_size, baseline, mask, batch_size: faithfulness correlation (see
+            :func:`~agg2exp_lightning.evaluation.faithfulness.faithfulness_correlation`).
+        noise_samples, radius: sensitivity.
+        eps: effective complexity threshold.
+        seed: subsets and noise are drawn from ``(seed, subject id)``, so a scan gets the same ones in
+            every run and for every method.
+        roi_size, sw_batch_size, overlap, sw_mode: sliding-window inference for the faithfulness passes.
+        time_one_class: also time an explanation of the first target alone.
+    """
+
+    n_runs: int = 100
+    subset_size: int = PAPER_SUBSET_SIZE
+    baseline: Union[str, float] = "min"
+    mask: str = "fixed"
+    batch_size: int = 2
+    noise_samples: int = 3
+    radius: float = 0.1
+    eps: float = 0.1
+    seed: int = 0
+    roi_size: Union[tuple[int, ...], None] = None
+    sw_batch_size: int = 1
+    overlap: float = 0.25
+    sw_mode: str = "constant"
+    time_one_class: bool = True
+
+    def __post_init__(self) -> None:
+        positive_int("n_runs", self.n_runs, minimum=2)
+        for name in ("subset_size", "batch_size", "noise_samples", "sw_batch_size"):
+            positive_int(name, getattr(self, name))
+        if self.mask not in ("fixed", "recomputed"):
+            raise ValueError(f"Expected argument `mask` to be 'fixed' or 'recomputed', but got {self.mask!r}")
+        if not (isinstance(self.radius, (int, float)) and self.radius > 0):
+            raise ValueError(f"Expected argument `radius` to be a positive number, but got {self.radius!r}")
+        if not (isinstance(self.eps, (int, float)) and 0 <= self.eps < 1):
+            raise ValueError(f"Expected argument `eps` to be a number in [0, 1), but got {self.eps!r}")
+        if self.roi_size is not None:
+            object.__setattr__(self, "roi_size", tuple(int(r) for r in self.roi_size))
+
+    def fingerprint(self) -> str:
+        """A short hash of the settings that change the numbers."""
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def default_explainer(**options: Any) -> Explainer:
+    """:func:`agg2exp_lightning.explain.explain` returning the attribution maps, ``options`` passed on.
+
+    ``options`` may hold per-method dicts under the method's name (``{"smoothgrad": {"n_samples": 10}}``)
+    and shared keywords such as ``roi_size``.
+    """
+    try:
+        from agg2exp_lightning.explain import explain
+    except ImportError as err:
+        raise ImportError(f"comparing methods needs agg2exp_lightning.explain.explain, which cannot be imported: {err}") from err
+    shared = {k: v for k, v in options.items() if k not in METHODS}
+
+    def run(model: nn.Module, image: Tensor, method: str, targets: list[int]) -> Tensor:
+        result = explain(model, image, method=method, targets=targets, keep_attributions=True,
+                         **shared, **dict(options.get(method, {})))
+        return result.attributions
+
+    return run
+
+
+def resolve_targets(targets: Sequence[Union[str, int]], class_names: Sequence[str] = THORAX_CLASSES) -> list[int]:
+    """Class ids of ``targets`` given as names or ids, or a ValueError suggesting the nearest name."""
+    import difflib
+
+    ids = []
+    for t in targets:
+        if isinstance(t, (int, np.integer)) and not isinstance(t, bool) and 0 <= int(t) < len(class_names):
+            ids.append(int(t))
+        elif isinstance(t, str) and t in class_names:
+            ids.append(list(class_names).index(t))
+        else:
+            close = difflib.get_close_matches(str(t), class_names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"Expected `targets` to be class names or ids of {len(class_names)} classes, got {t!r}{hint}")
+    if not ids or len(set(ids)) != len(ids):
+        raise ValueError(f"Expected `targets` to be a non-empty list without repeats, got {list(targets)!r}")
+    return ids
+
+
+def _safe_name(subject_id: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", subject_id)
+    return name if name == subject_id else f"{name}-{zlib.crc32(subject_id.encode()):08x}"
+
+
+def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _finished(path: Path, target_names: list[str], fingerprint: str) -> pd.DataFrame | None:
+    """The stored rows of a (scan, method) pair if they cover ``target_names`` with these settings."""
+    if not path.is_file():
+        return None
+    try:
+        rows = pd.read_csv(path, dtype={"subject_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        log.warning("ignoring unreadable partial result %s", path)
+        return None
+    if "settings" not in rows or set(rows["settings"].astype(str)) != {fingerprint} or not set(target_names) <= set(rows["target"]):
+        return None
+    return rows[rows["target"].isin(target_names)]
+
+
+def _check_settings_file(out_dir: Path, settings: ComparisonSettings) -> None:
+    path = out_dir / "settings.json"
+    wanted = dataclasses.asdict(settings) | {"fingerprint": settings.fingerprint()}
+    wanted = json.loads(json.dumps(wanted, default=list))
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("fingerprint") != wanted["fingerprint"]:
+            raise ValueError(
+                f"`out_dir` {out_dir} holds a comparison with other settings ({stored}); use another output folder "
+                "or remove it to start afresh"
+            )
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(wanted, indent=2))
+    os.replace(tmp, path)
+
+
+class _ScanContext:
+    """What all methods of one scan share: subsets, output drops, noise (drawn lazily, once)."""
+
+    def __init__(self, model: nn.Module, subject_id: str, source: ScanSource, targets: list[int], settings: ComparisonSettings):
+        self.model, self.subject_id, self.source, self.targets, self.s = model, subject_id, source, targets, settings
+        self.seed = [settings.seed, zlib.crc32(subject_id.encode())]
+        self._image: Tensor | None = None
+        self._drops: Tensor | None = None
+        self._subsets: np.ndarray | None = None
+
+    @property
+    def image(self) -> Tensor:
+        if self._image is None:
+            x = self.source() if callable(self.source) else self.source
+            x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+            self._image = x.detach().to(model_device(self.model, x.device))
+        return self._image
+
+    def subsets(self) -> np.ndarray:
+        if self._subsets is None:
+            n_voxels = int(np.prod(self.image.shape[1:]))
+            rng = np.random.default_rng(self.seed + [1])
+            self._subsets = random_subsets(n_voxels, self.s.subset_size, self.s.n_runs, rng)
+        return self._subsets
+
+    def drops(self) -> Tensor:
+        if self._drops is None:
+            s = self.s
+            self._drops = output_drops(
+                self.model, self.image, self.targets, self.subsets(), baseline=s.baseline, mask=s.mask,
+                batch_size=s.batch_size, roi_size=s.roi_size, sw_batch_size=s.sw_batch_size, overlap=s.overlap,
+                sw_mode=s.sw_mode,
+            )
+        return self._drops
+
+    def noise(self) -> np.ndarray:
+        rng = np.random.default_rng(self.seed + [2])
+        return uniform_noise(tuple(self.image.shape), self.s.noise_samples, self.s.radius, rng)
+
+
+def _evaluate_method(ctx: _ScanContext, method: str, explainer: Explainer, names: list[str]) -> pd.DataFrame:
+    s, model, image, targets = ctx.s, ctx.model, ctx.image, ctx.targets
+
+    def explain_targets(ts: Sequence[int]) -> Tensor:
+        return explainer(model, image, method, list(ts))
+
+    if s.time_one_class:
+        eff, attributions = explanation_efficiency(explain_targets, targets)
+        seconds_one, seconds_all = eff.seconds_one_class, eff.seconds_all_classes
+    else:
+        attributions, seconds_all = timed(explain_targets, targets)
+        seconds_one = float("nan")
+    attributions = torch.as_tensor(attributions).detach()
+    if attributions.shape[0] != len(targets) or tuple(attributions.shape[1:]) != tuple(image.shape[1:]):
+        raise ValueError(f"explainer returned attributions of shape {tuple(attributions.shape)} for method {method!r}; "
+                         f"expected [{len(targets)}, {', '.join(map(str, image.shape[1:]))}]")
+    faith = torch.full((len(targets),), float("nan"), dtype=torch.float64)
+    a = check_attributions(attributions)
+    zeros = zero_targets(a)
+    if zeros:
+        warn_undefined(f"{ctx.subject_id}/{method}: all-zero attribution maps for {[names[i] for i in zeros]}: "
+                       "faithfulness, sensitivity and complexity are NaN there")
+    rest = [i for i in range(len(targets)) if i not in zeros]
+    if rest:
+        sums = attribution_sums(a[rest], ctx.subsets())
+        faith[rest] = pearson_rows(sums, ctx.drops()[rest], names=("attribution sums", "output drops"))
+    with warnings.catch_warnings():  # the all-zero maps were reported once above
+        warnings.simplefilter("ignore", UndefinedScoreWarning)
+        sens = sensitivity(lambda x: explainer(model, x, method, list(targets)), image, a, noise=ctx.noise())
+        comp = effective_complexity(a, eps=s.eps)
+    return pd.DataFrame({
+        "subject_id": ctx.subject_id, "method": method, "target": names,
+        "faithfulness": faith.numpy(), "sensitivity_avg": sens.average.numpy(), "sensitivity_max": sens.maximum.numpy(),
+        "complexity": comp.numpy(), "seconds_one_class": seconds_one, "seconds_all_classes": seconds_all,
+        "settings": s.fingerprint(),
+    })
+
+
+def compare_methods(
+    model: nn.Module,
+    images: Iterable[tuple[str, ScanSource]],
+    methods: Sequence[str] = METHODS,
+    targets: Sequence[Union[str, int]] = ("background", "aorta", "lung_lower_lobe_left", "lung_lower_lobe_right",
+                                          "trachea", "heart", "ribs"),
+    out_dir: Union[str, Path] = "method_comparison",
+    *,
+    explainer: Explainer | None = None,
+    settings: ComparisonSettings | None = None,
+    class_names: Sequence[str] = THORAX_CLASSES,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score attribution methods on a cohort and write the per-scan results and the summary table.
+
+    Args:
+        model: segmentation network (``[B, C, *S] -> [B, classes, *S]`` logits).
+        images: ``(subject_id, scan)`` pairs; a scan is a ``[C, *S]`` tensor or a callable loading it
+            (only called for scans with unfinished methods).
+        methods: method names passed to ``explainer``.
+        targets: class names or ids to explain.
+        out_dir: output folder (``scans/`` per-scan CSVs, ``settings.json``, ``results.csv``, summary
+            CSV / Markdown / PNG from :func:`~agg2exp_lightning.evaluation.report.write_report`).
+        explainer: ``(model, image, method, targets) -> [T, *S]``; default :func:`default_explainer`.
+        settings: metric settings (paper defaults).
+        class_names: names of the model's classes (rows are labelled with them).
+        progress: show a progress bar.
+
+    Returns:
+        The long table: one row per scan, method and target with :data:`METRIC_COLUMNS`.
+
+    Raises:
+        ValueError: unknown targets, no methods or scans, repeated subject ids, an output folder of other
+            settings, or an explainer returning maps of the wrong shape.
+    """
+    settings = settings or ComparisonSettings()
+    methods = list(methods)
+    if not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"Expected `methods` to be a non-empty list without repeats, got {methods!r}")
+    target_ids = resolve_targets(targets, class_names)
+    names = [class_names[t] for t in target_ids]
+    explainer = explainer or default_explainer(roi_size=settings.roi_size)
+    out = Path(out_dir)
+    _check_settings_file(out, settings)
+    frames, seen = [], set()
+    bar = _progress(progress)
+    for subject_id, source in images:
+        subject_id = str(subject_id)
+        if subject_id in seen:
+            raise ValueError(f"Expected unique subject ids in `images`, {subject_id!r} appears twice")
+        seen.add(subject_id)
+        ctx = _ScanContext(model, subject_id, source, target_ids, settings)
+        for method in methods:
+            path = out / "scans" / _safe_name(subject_id) / f"{method}.csv"
+            rows = _finished(path, names, settings.fingerprint())
+            if rows is None:
+                bar.set_description(f"{subject_id} {method}")
+                try:
+                    rows = _evaluate_method(ctx, method, explainer, names)
+                except ValueError as err:
+                    raise ValueError(f"scan {subject_id!r}, method {method!r}: {err}") from err
+                _write_atomic(rows, path)
+            else:
+                log.info("%s / %s finished earlier: skipped", subject_id, method)
+            frames.append(rows)
+            bar.update(1)
+        del ctx
+    bar.close()
+    if not frames:
+        raise ValueError("Expected at least one scan in `images`, got none")
+    table = pd.concat(frames, ignore_index=True)
+    write_report(table, out, methods=methods)
+    return table
+
+
+def _progress(enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=None, unit="scan-method", disable=not enabled, dynamic_ncols=True)
