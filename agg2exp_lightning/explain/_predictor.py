@@ -1,0 +1,93 @@
+"""The model as the attribution methods see it: logits, proxies and proxy gradients (private).
+
+One :class:`Predictor` hides whether the volume is predicted in one pass or with sliding windows,
+and counts every forward and backward pass for the diagnostics.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from agg2exp_lightning.explain._sliding_window import WindowPlan, blended_logits, windowed_proxy_gradients
+from agg2exp_lightning.explain._vjp import PassCounter, target_vjps
+from agg2exp_lightning.explain.proxy import proxy_output
+
+
+@dataclass
+class Predictor:
+    """A model, its optional window plan, the fixed mask labels and the targets.
+
+    Attributes:
+        model: maps ``[B, 1, *S]`` (or ``[B, 1, *roi]`` with windows) to logits.
+        plan: sliding-window plan, or ``None`` for one pass over the whole volume.
+        targets: class ids to explain.
+        labels: ``[*S]`` mask labels of the unperturbed prediction (set by :meth:`predict`).
+        vectorize: batched backward over the targets (``is_grads_batched``) instead of a loop.
+        counter: forward/backward pass counts.
+    """
+
+    model: nn.Module
+    plan: WindowPlan | None
+    targets: Sequence[int]
+    labels: Tensor | None = None
+    vectorize: bool = False
+    counter: PassCounter = field(default_factory=PassCounter)
+
+    @torch.no_grad()
+    def logits(self, x: Tensor) -> Tensor:
+        """``[B, C, *S]`` logits of ``[B, 1, *S]`` inputs, without grad (blended with windows)."""
+        if self.plan is not None:
+            return blended_logits(self.model, x, self.plan, self.counter)
+        self.counter.forward(x.shape[0])
+        return self.model(x)
+
+    def predict(self, image: Tensor) -> Tensor:
+        """Logits of the unperturbed ``image`` ``[1, 1, *S]``; fixes :attr:`labels` from their argmax."""
+        logits = self.logits(image)
+        spatial = tuple(image.shape[2:])
+        if logits.dim() != image.dim() or logits.shape[0] != 1 or tuple(logits.shape[2:]) != spatial:
+            raise ValueError(
+                f"Expected argument `model` to map an input of shape {tuple(image.shape)} to logits of shape "
+                f"[1, C, {', '.join(map(str, spatial))}], but it returned shape {tuple(logits.shape)}"
+            )
+        if not bool(torch.isfinite(logits).all()):
+            raise ValueError("Expected argument `model` to return finite logits for `image`, but they hold NaN or infinite values")
+        self.labels = logits.argmax(dim=1)[0]
+        return logits
+
+    @torch.no_grad()
+    def proxies(self, x: Tensor) -> Tensor:
+        """``[B, T]`` proxy outputs of ``x`` with the fixed mask (no grad)."""
+        return proxy_output(self.logits(x), self._labels(), self.targets)
+
+    def gradients(self, x: Tensor) -> Tensor:
+        """``[B, T, *S]``: gradient of each target's proxy w.r.t. each input of ``x`` ``[B, 1, *S]``.
+
+        One forward pass per batch (per window batch with windows) serves all targets; a target
+        whose class is absent from the mask (in the whole volume, or in a window batch) has a
+        zero gradient there and costs no backward pass.
+        """
+        labels = self._labels()
+        if self.plan is not None:
+            return windowed_proxy_gradients(self.model, x, labels, self.targets, self.plan, self.counter, vectorize=self.vectorize)
+        inp = x.detach().clone().requires_grad_(True)
+        logits = self.model(inp)
+        self.counter.forward(x.shape[0])
+        cotangents = {}
+        for t, c in enumerate(self.targets):
+            mask = labels == c
+            if bool(mask.any()):
+                cotangents[t] = (c, mask.to(logits.dtype).expand(x.shape[0], *mask.shape))
+        grads = target_vjps(logits, inp, cotangents, self.counter, vectorize=self.vectorize)
+        out = torch.zeros((x.shape[0], len(self.targets), *x.shape[2:]), dtype=x.dtype, device=x.device)
+        for t, g in grads.items():
+            out[:, t] = g[:, 0]
+        return out
+
+    def _labels(self) -> Tensor:
+        if self.labels is None:
+            raise RuntimeError("Predictor.predict(image) must run before proxies or gradients")
+        return self.labels

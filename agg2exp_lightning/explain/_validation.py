@@ -1,0 +1,204 @@
+"""Eager argument checks for the explanation engine, with messages naming the argument (private)."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: Canonical method names, in the order of the paper.
+METHODS: tuple[str, ...] = (
+    "vanilla_gradient",
+    "smoothgrad",
+    "integrated_gradients",
+    "kernelshap_cubes",
+    "kernelshap_semantic",
+)
+
+#: Short and alternative spellings accepted by :func:`resolve_method_name`.
+ALIASES: dict[str, str] = {
+    "vg": "vanilla_gradient",
+    "gradient": "vanilla_gradient",
+    "saliency": "vanilla_gradient",
+    "sg": "smoothgrad",
+    "smooth_grad": "smoothgrad",
+    "ig": "integrated_gradients",
+    "integrated_gradient": "integrated_gradients",
+    "ks_cubes": "kernelshap_cubes",
+    "kernel_shap_cubes": "kernelshap_cubes",
+    "ks_semantic": "kernelshap_semantic",
+    "kernel_shap_semantic": "kernelshap_semantic",
+}
+
+
+def resolve_method_name(method: Any) -> Any:
+    """The canonical name of an attribution method, or the Captum class itself.
+
+    Args:
+        method: one of :data:`METHODS`, an alias (``vg``, ``sg``, ``ig``, ``ks_cubes``,
+            ``ks_semantic``; case and ``-``/space insensitive), or a Captum attribution class.
+
+    Returns:
+        The canonical name (``str``), or ``method`` unchanged when it is a class.
+
+    Raises:
+        ValueError: an unknown name (the message suggests the nearest valid one).
+
+    Example:
+        >>> resolve_method_name("SG")
+        'smoothgrad'
+    """
+    if isinstance(method, type):
+        if not callable(getattr(method, "attribute", None)):
+            raise ValueError(
+                f"Expected argument `method` to be a method name or a Captum attribution class with an "
+                f"`attribute` method, but got class {method.__name__}"
+            )
+        return method
+    if not isinstance(method, str):
+        raise ValueError(f"Expected argument `method` to be a string or a Captum attribution class, but got {method!r}")
+    key = method.strip().lower().replace("-", "_").replace(" ", "_")
+    if key in METHODS:
+        return key
+    if key in ALIASES:
+        return ALIASES[key]
+    valid = list(METHODS) + list(ALIASES)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"Expected argument `method` to be one of {list(METHODS)} (or an alias {sorted(ALIASES)}), got {method!r}{hint}")
+
+
+def positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"Expected argument `{name}` to be an integer >= {minimum}, but got {value!r}")
+    return int(value)
+
+
+def nonnegative_float(name: str, value: Any) -> float:
+    """``value`` as a finite float >= 0, or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value) or value < 0:
+        raise ValueError(f"Expected argument `{name}` to be a finite number >= 0, but got {value!r}")
+    return float(value)
+
+
+def choice(name: str, value: Any, valid: Sequence[str]) -> str:
+    """``value`` if it is one of ``valid``, else a ValueError naming ``name`` and the nearest choice."""
+    if isinstance(value, str) and value in valid:
+        return value
+    close = difflib.get_close_matches(str(value), list(valid), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"Expected argument `{name}` to be one of {list(valid)}, but got {value!r}{hint}")
+
+
+def check_options(method: str, options: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """Reject keyword options that ``method`` does not take (a typo would otherwise be ignored)."""
+    allowed = sorted(allowed)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        hints = []
+        for u in unknown:
+            close = difflib.get_close_matches(u, allowed, n=1, cutoff=0.5)
+            hints.append(f"{u!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"Unknown option(s) {', '.join(hints)} for method {method!r}; it accepts {allowed}")
+
+
+def check_image(image: Any, spatial_dims: int) -> Tensor:
+    """A ``[1, 1, *S]`` float copy of ``image`` (``[1, *S]`` or ``[1, 1, *S]``), detached and finite."""
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(image)
+    if not isinstance(image, Tensor):
+        raise ValueError(f"Expected argument `image` to be a torch.Tensor, but got {type(image).__name__}")
+    if hasattr(image, "as_tensor"):  # MONAI MetaTensor -> plain tensor
+        image = image.as_tensor()
+    shape = tuple(image.shape)
+    if image.dim() == spatial_dims + 1:
+        if shape[0] != 1:
+            raise ValueError(f"Expected argument `image` of shape [1, *S] (one channel), but got shape {shape} with {shape[0]} channels")
+        image = image.unsqueeze(0)
+    elif image.dim() == spatial_dims + 2:
+        if shape[0] != 1 or shape[1] != 1:
+            raise ValueError(f"Expected argument `image` of shape [1, 1, *S] (one scan, one channel), but got shape {shape}")
+    else:
+        raise ValueError(
+            f"Expected argument `image` of shape [1, *S] or [1, 1, *S] with {spatial_dims} spatial dims, but got shape {shape}"
+        )
+    if any(s < 1 for s in image.shape[2:]):
+        raise ValueError(f"Expected argument `image` with non-empty spatial dims, but got shape {shape}")
+    if not image.is_floating_point():
+        image = image.to(torch.float32)
+    with torch.inference_mode(False):
+        image = image.detach().clone()  # a fresh normal tensor, even from an inference tensor
+    if not bool(torch.isfinite(image).all()):
+        bad = int((~torch.isfinite(image)).sum())
+        raise ValueError(f"Expected argument `image` to be finite, but it holds {bad} NaN or infinite voxels")
+    return image
+
+
+def check_targets(targets: Any, num_classes: int) -> list[int]:
+    """Distinct class ids in ``[0, num_classes)`` (``None``: all classes)."""
+    if targets is None:
+        return list(range(num_classes))
+    if isinstance(targets, (int, np.integer)) and not isinstance(targets, bool):
+        targets = [targets]
+    if isinstance(targets, Tensor):
+        targets = targets.reshape(-1).tolist()
+    out = []
+    for t in targets:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < num_classes:
+            raise ValueError(f"Expected argument `targets` to hold class ids in [0, {num_classes}), but got {t!r}")
+        out.append(int(t))
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"Expected argument `targets` to be a non-empty list of distinct class ids, but got {list(targets)!r}")
+    return out
+
+
+def check_label_map(name: str, labels: Any, spatial: Sequence[int], device: torch.device) -> Tensor:
+    """An int64 label map of spatial shape ``spatial`` (``[*S]`` or ``[1, *S]``)."""
+    if isinstance(labels, np.ndarray):
+        labels = torch.from_numpy(labels)
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"Expected argument `{name}` to be an integer tensor of shape {tuple(spatial)}, but got {type(labels).__name__}")
+    if hasattr(labels, "as_tensor"):
+        labels = labels.as_tensor()
+    if labels.dim() == len(spatial) + 1 and labels.shape[0] == 1:
+        labels = labels[0]
+    if tuple(labels.shape) != tuple(spatial):
+        raise ValueError(f"Expected argument `{name}` of shape {tuple(spatial)} (the image's spatial shape), but got shape {tuple(labels.shape)}")
+    if labels.is_floating_point():
+        if not bool((labels == labels.round()).all()):
+            raise ValueError(f"Expected argument `{name}` to hold integer labels, but it holds fractional values")
+    elif labels.dtype == torch.bool:
+        raise ValueError(f"Expected argument `{name}` to hold integer labels, but got a boolean mask")
+    with torch.inference_mode(False):
+        return labels.detach().to(device=device, dtype=torch.long).clone()
+
+
+def check_window(roi_size: Any, spatial_dims: int, sw_batch_size: Any, overlap: Any, mode: Any, sigma_scale: Any) -> dict[str, Any] | None:
+    """Validated sliding-window settings (``None`` when ``roi_size`` is ``None``)."""
+    if roi_size is None:
+        return None
+    if isinstance(roi_size, (int, np.integer)):
+        roi_size = (roi_size,) * spatial_dims
+    roi = tuple(roi_size)
+    if len(roi) != spatial_dims:
+        raise ValueError(f"Expected argument `roi_size` with {spatial_dims} entries, but got {roi_size!r}")
+    roi = tuple(positive_int("roi_size", r) for r in roi)
+    ov = overlap if isinstance(overlap, Sequence) else (overlap,) * spatial_dims
+    if len(ov) != spatial_dims or any(
+        isinstance(o, bool) or not isinstance(o, (int, float, np.floating)) or not 0 <= o < 1 for o in ov
+    ):
+        raise ValueError(f"Expected argument `overlap` in [0, 1) (or one value per spatial dim), but got {overlap!r}")
+    sig = sigma_scale if isinstance(sigma_scale, Sequence) else (sigma_scale,) * spatial_dims
+    if len(sig) != spatial_dims or any(not isinstance(s, (int, float)) or isinstance(s, bool) or s <= 0 for s in sig):
+        raise ValueError(f"Expected argument `sigma_scale` > 0 (or one value per spatial dim), but got {sigma_scale!r}")
+    return {
+        "roi_size": roi,
+        "sw_batch_size": positive_int("sw_batch_size", sw_batch_size),
+        "overlap": tuple(float(o) for o in ov),
+        "mode": choice("mode", mode, ("constant", "gaussian")),
+        "sigma_scale": tuple(float(s) for s in sig),
+    }

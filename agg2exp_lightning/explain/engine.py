@@ -1,0 +1,262 @@
+"""``explain``: attribute every class's proxy and aggregate the maps into RoI importance."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import torch
+from torch import Tensor, nn
+
+from agg2exp_lightning.explain import _gradients, _kernelshap
+from agg2exp_lightning.explain._captum import captum_attributions
+from agg2exp_lightning.explain._predictor import Predictor
+from agg2exp_lightning.explain._sliding_window import window_plan
+from agg2exp_lightning.explain._validation import (
+    check_image,
+    check_label_map,
+    check_options,
+    check_targets,
+    check_window,
+    choice,
+    positive_int,
+    resolve_method_name,
+)
+from agg2exp_lightning.explain.aggregation import roi_importance
+from agg2exp_lightning.explain.model_state import explanation_mode
+from agg2exp_lightning.explain.proxy import proxy_output
+
+log = logging.getLogger(__name__)
+
+MethodName = Literal[
+    "vanilla_gradient", "smoothgrad", "integrated_gradients", "kernelshap_cubes", "kernelshap_semantic",
+    "vg", "sg", "ig", "ks_cubes", "ks_semantic",
+]
+
+#: Keyword options each method accepts, with their defaults documented in :func:`explain`.
+METHOD_OPTIONS: dict[str, set[str]] = {
+    "vanilla_gradient": _gradients.GRADIENT_OPTIONS,
+    "smoothgrad": _gradients.SMOOTHGRAD_OPTIONS,
+    "integrated_gradients": _gradients.IG_OPTIONS,
+    "kernelshap_cubes": _kernelshap.CUBE_OPTIONS,
+    "kernelshap_semantic": _kernelshap.KERNELSHAP_OPTIONS,
+}
+KERNELSHAP_SAMPLES = {"kernelshap_cubes": 1000, "kernelshap_semantic": 200}
+
+
+@dataclass
+class ExplanationResult:
+    """What :func:`explain` returns.
+
+    Attributes:
+        attributions: ``[T, *S]`` maps (``None`` with ``keep_attributions=False``).
+        roi: ``[T, R]`` mass shares ``e_{b->a}`` (float64; NaN where undefined).
+        roi_mean: ``[T, R]`` mean ``|attribution|`` per region.
+        targets: the explained class ids (row order).
+        prediction: ``[*S]`` argmax labels of the unperturbed (blended) prediction.
+        seconds: wall time of the call.
+        method: canonical method name (or the Captum class name).
+        diagnostics: pass counts, IG completeness gaps, KernelSHAP details, absent targets.
+        region_names: column names (label ids as strings, then the extra masks' names).
+    """
+
+    attributions: Tensor | None
+    roi: Tensor
+    roi_mean: Tensor
+    targets: list[int]
+    prediction: Tensor
+    seconds: float
+    method: str
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    region_names: list[str] = field(default_factory=list)
+
+    @property
+    def attribution(self) -> Tensor | None:
+        """Alias of :attr:`attributions`."""
+        return self.attributions
+
+
+def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else fallback
+
+
+def explain(
+    model: nn.Module,
+    image: Tensor,
+    method: Union[MethodName, type] = "smoothgrad",
+    targets: Sequence[int] | None = None,
+    regions: Tensor | None = None,
+    roi_size: Sequence[int] | int | None = None,
+    *,
+    sw_batch_size: int = 1,
+    overlap: float | Sequence[float] = 0.25,
+    mode: Literal["constant", "gaussian"] = "constant",
+    sigma_scale: float | Sequence[float] = 0.125,
+    num_regions: int | None = None,
+    extra_masks: Mapping[str, Tensor] | None = None,
+    sign: Literal["abs", "positive", "negative"] = "abs",
+    keep_attributions: bool = True,
+    spatial_dims: int = 3,
+    eval_mode: bool = True,
+    **method_options: Any,
+) -> ExplanationResult:
+    """Explain a segmentation model's prediction of ``image`` for each target class (Agg2Exp).
+
+    The attributed scalar of class ``c`` is the proxy ``sum_v logit_c(v) * 1[argmax(v) == c]``
+    with the mask of the unperturbed prediction held fixed for every perturbed or noisy input
+    (with sliding windows, on the blended output). All targets share the model passes: one forward
+    per input sample (a backward per target present in the mask) for the gradient methods, one set
+    of perturbed forwards and one multi-output regression for KernelSHAP.
+
+    Args:
+        model: maps ``[B, 1, *S]`` to logits ``[B, C, *S]`` (windows ``[B, 1, *roi]`` with
+            ``roi_size``). Its modes, ``requires_grad`` flags and the grad/inference mode are
+            restored on return, also after an error; it works under ``torch.inference_mode()``.
+        image: ``[1, *S]`` or ``[1, 1, *S]`` preprocessed scan (moved to the model's device).
+        method: ``"vanilla_gradient"``, ``"smoothgrad"``, ``"integrated_gradients"``,
+            ``"kernelshap_cubes"``, ``"kernelshap_semantic"`` (aliases ``vg``, ``sg``, ``ig``,
+            ``ks_cubes``, ``ks_semantic``), or a Captum attribution class (constructed on a module
+            returning all classes' proxies; options go to ``attribute``, ``init_kwargs`` to the
+            constructor; one call per target).
+        targets: class ids (default: all ``C``).
+        regions: ``[*S]`` integer label map to aggregate over (default: the prediction).
+        roi_size: sliding-window size (``None``: one pass over the whole volume).
+        sw_batch_size, overlap, mode, sigma_scale: sliding-window settings, as in MONAI.
+        num_regions: ``R`` (default ``C``, or ``max(C, max(regions) + 1)``).
+        extra_masks: ``{name: [*S] bool}`` extra regions, appended as columns.
+        sign: which part of the maps the RoI importance aggregates (``"abs"``, ``"positive"``,
+            ``"negative"``).
+        keep_attributions: return the maps (``False`` saves memory).
+        spatial_dims: number of spatial dims of ``image``.
+        eval_mode: explain the model in eval mode.
+        **method_options: per method (defaults in brackets):
+            all gradient methods: ``batch_size`` [4] samples per forward, ``vectorize`` [False]
+            (one vmapped backward for all targets instead of a loop);
+            smoothgrad: ``n_samples`` [20], ``noise_level`` [0.1] (sigma = level * (max - min)),
+            ``stdev`` [None] (absolute sigma), ``seed`` [None];
+            integrated_gradients: ``n_steps`` [20], ``integration`` ["gausslegendre" or a
+            ``riemann_*`` rule], ``baseline`` ["zero"; "constant", "mean", "gaussian", "blurred",
+            a number or tensor], ``baseline_value`` [0], ``baseline_sigma`` [None], ``blur_sigma``
+            [5 voxels], ``seed`` [None];
+            kernelshap_*: ``n_samples`` [1000 cubes, 200 semantic], ``baseline`` [0],
+            ``batch_size`` [4], ``seed`` [None], ``paired`` [True], ``spread`` ["divide"; or
+            "broadcast" like Captum]; kernelshap_cubes: ``cubes_per_axis`` [8].
+
+    Returns:
+        An :class:`ExplanationResult`.
+
+    Raises:
+        ValueError: a bad argument, named in the message (image shape or channels, non-finite
+            voxels, targets outside ``[0, C)``, regions of another shape, unknown method or
+            option, too few KernelSHAP samples for the number of features, ...).
+
+    Example:
+        >>> net = torch.nn.Conv3d(1, 3, 3, padding=1)
+        >>> res = explain(net, torch.rand(1, 8, 8, 8), method="vg")
+        >>> res.roi.shape, res.attributions.shape
+        (torch.Size([3, 3]), torch.Size([3, 8, 8, 8]))
+    """
+    start = time.perf_counter()
+    name = resolve_method_name(method)
+    if isinstance(name, str):
+        check_options(name, method_options, METHOD_OPTIONS[name])
+    sign = choice("sign", sign, ("abs", "positive", "negative"))
+    spatial_dims = positive_int("spatial_dims", spatial_dims)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}")
+    x = check_image(image, spatial_dims)
+    spatial = tuple(x.shape[2:])
+    window = check_window(roi_size, spatial_dims, sw_batch_size, overlap, mode, sigma_scale)
+    if targets is not None:
+        check_targets(targets, 2**62)  # types, sign and repeats now; the range once C is known
+    if name == "kernelshap_cubes":
+        n_cubes = _kernelshap.cube_feature_mask(spatial, method_options.get("cubes_per_axis", 8))[1]
+        n = method_options.get("n_samples", KERNELSHAP_SAMPLES[name])
+        if positive_int("n_samples", n) < n_cubes:
+            raise ValueError(f"Expected argument `n_samples` >= the number of cubes ({n_cubes}) so that the Shapley regression is determined, but got {n}")
+    device = _model_device(model, x.device)
+    x = x.to(device)
+    region_map = None if regions is None else check_label_map("regions", regions, spatial, device)
+    masks = {}
+    for key, m in (extra_masks or {}).items():
+        masks[str(key)] = check_label_map(f"extra_masks[{key!r}]", torch.as_tensor(m).long(), spatial, device).bool()
+
+    with explanation_mode(model, eval_mode=eval_mode):
+        plan = None
+        if window is not None:
+            plan = window_plan(spatial, window["roi_size"], sw_batch_size=window["sw_batch_size"], overlap=window["overlap"],
+                               mode=window["mode"], sigma_scale=window["sigma_scale"], device=device, dtype=x.dtype)
+        predictor = Predictor(model, plan, [])
+        logits = predictor.predict(x)
+        num_classes = int(logits.shape[1])
+        target_ids = check_targets(targets, num_classes)
+        predictor.targets = target_ids
+        labels = predictor.labels
+        proxy_at_image = proxy_output(logits, labels, target_ids)[0]
+        del logits
+        attr, diag = _attribute(name, predictor, x, labels, num_classes, target_ids, proxy_at_image, plan, window, method_options)
+
+    present = set(torch.unique(labels).tolist())
+    if region_map is None:
+        region_map, n_regions = labels, num_classes if num_regions is None else positive_int("num_regions", num_regions)
+    else:
+        top = int(region_map.max()) + 1 if region_map.numel() else 0
+        n_regions = max(num_classes, top) if num_regions is None else positive_int("num_regions", num_regions)
+    mask_stack = torch.stack(list(masks.values())) if masks else None
+    roi = roi_importance(attr, region_map, n_regions, "mass", sign, extra_masks=mask_stack)
+    roi_mean = roi_importance(attr, region_map, n_regions, "mean", sign, extra_masks=mask_stack)
+    diag.update(predictor.counter.as_dict())
+    diag["targets_absent"] = [c for c in target_ids if c not in present]
+    if plan is not None:
+        diag["windows"] = plan.num_windows
+    seconds = time.perf_counter() - start
+    method_name = name if isinstance(name, str) else name.__name__
+    log.debug("explain(%s): %d targets in %.2f s, %s", method_name, len(target_ids), seconds, predictor.counter.as_dict())
+    return ExplanationResult(
+        attributions=attr.detach() if keep_attributions else None,
+        roi=roi,
+        roi_mean=roi_mean,
+        targets=target_ids,
+        prediction=labels.detach(),
+        seconds=seconds,
+        method=method_name,
+        diagnostics=diag,
+        region_names=[str(i) for i in range(n_regions)] + list(masks),
+    )
+
+
+def _attribute(
+    name: Any,
+    predictor: Predictor,
+    x: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    targets: list[int],
+    proxy_at_image: Tensor,
+    plan: Any,
+    window: Mapping[str, Any] | None,
+    options: Mapping[str, Any],
+) -> tuple[Tensor, dict[str, Any]]:
+    """Dispatch to the method; ``([T, *S], diagnostics)``."""
+    if not isinstance(name, str):
+        return captum_attributions(name, predictor.model, x, labels, num_classes, targets, plan, window, options)
+    if name == "vanilla_gradient":
+        return _gradients.vanilla_gradient(predictor, x, **options)
+    if name == "smoothgrad":
+        return _gradients.smoothgrad(predictor, x, **options)
+    if name == "integrated_gradients":
+        return _gradients.integrated_gradients(predictor, x, proxy_at_image=proxy_at_image, **options)
+    opts = dict(options)
+    opts.setdefault("n_samples", KERNELSHAP_SAMPLES[name])
+    if name == "kernelshap_cubes":
+        feature_mask, m = _kernelshap.cube_feature_mask(tuple(x.shape[2:]), opts.pop("cubes_per_axis", 8), device=x.device)
+    else:
+        feature_mask, present = _kernelshap.semantic_feature_mask(labels)
+        m = len(present)
+    attr, diag = _kernelshap.kernelshap(predictor, x, feature_mask, m, proxy_at_image=proxy_at_image, **opts)
+    if name == "kernelshap_semantic":
+        diag["kernelshap_feature_labels"] = present
+    return attr, diag
