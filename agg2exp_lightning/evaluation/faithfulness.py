@@ -95,7 +95,7 @@ def random_subsets(
     return np.stack([gen.choice(n_voxels, subset_size, replace=False) for _ in range(n_runs)]).astype(np.int64)
 
 
-def _check_subsets(subsets: np.ndarray | Tensor, n_voxels: int) -> Tensor:
+def _check_subsets(subsets: np.ndarray | Tensor, n_voxels: int, distinct: bool = True) -> Tensor:
     s = torch.as_tensor(subsets)
     if s.dim() != 2 or s.shape[0] < 2 or s.shape[1] < 1 or s.dtype.is_floating_point or s.dtype == torch.bool:
         raise ValueError(
@@ -109,22 +109,26 @@ def _check_subsets(subsets: np.ndarray | Tensor, n_voxels: int) -> Tensor:
         )
     if int(s.min()) < 0 or int(s.max()) >= n_voxels:
         raise ValueError(f"Expected argument `subsets` to index voxels in [0, {n_voxels}), got [{int(s.min())}, {int(s.max())}]")
-    ordered = s.sort(dim=1).values
-    if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
+    ordered = s.sort(dim=1).values if distinct else None
+    if distinct and bool((ordered[:, 1:] == ordered[:, :-1]).any()):
         raise ValueError("Expected argument `subsets` to hold distinct voxels in each run (drawn without replacement)")
     return s
 
 
-def attribution_sums(attributions: Tensor | np.ndarray, subsets: np.ndarray | Tensor) -> Tensor:
+def attribution_sums(
+    attributions: Tensor | np.ndarray, subsets: np.ndarray | Tensor, *, check_distinct: bool = True
+) -> Tensor:
     """``[T, R]`` float64 attribution mass ``sum_{v in S_r} a_t[v]`` of every target and subset.
 
     Args:
         attributions: ``[T, *S]`` maps.
         subsets: ``[R, K]`` flat voxel indices.
+        check_distinct: verify that no run repeats a voxel (a sort of the subsets; skip it for subsets
+            from :func:`random_subsets`, distinct by construction).
     """
     a = check_attributions(attributions)
     flat = a.reshape(a.shape[0], -1).to(torch.float64)
-    s = _check_subsets(subsets, flat.shape[1]).to(flat.device)
+    s = _check_subsets(subsets, flat.shape[1], check_distinct).to(flat.device)
     step = max(1, _SUM_CHUNK_BYTES // (8 * flat.shape[0] * s.shape[1]))
     sums = [flat[:, s[i : i + step]].sum(dim=-1) for i in range(0, s.shape[0], step)]
     return torch.cat(sums, dim=1).cpu()
@@ -154,6 +158,7 @@ def output_drops(
     sw_batch_size: int = 1,
     overlap: float = 0.25,
     sw_mode: str = "constant",
+    check_distinct: bool = True,
 ) -> Tensor:
     """``[T, R]`` float64 proxy drops ``f_t(x) - f_t(x with S_r -> baseline)`` from one set of forward passes.
 
@@ -167,6 +172,7 @@ def output_drops(
         batch_size: perturbed copies per forward pass.
         roi_size: when given, logits come from MONAI sliding-window inference with windows of this size,
             ``sw_batch_size`` windows per pass, ``overlap`` and blending ``sw_mode``.
+        check_distinct: see :func:`attribution_sums`.
 
     Raises:
         ValueError: a bad argument; a constant image with ``baseline="min"`` (no perturbation changes it).
@@ -179,7 +185,7 @@ def output_drops(
         raise ValueError(f"Expected argument `image` of shape [C, *spatial], but got shape {tuple(x.shape)}")
     check_finite("image", x)
     flat = x.reshape(x.shape[0], -1)
-    s = _check_subsets(subsets, flat.shape[1])
+    s = _check_subsets(subsets, flat.shape[1], check_distinct)
     t = target_list(targets)
     if isinstance(baseline, str):
         if baseline != "min":
@@ -289,9 +295,11 @@ def faithfulness_correlation(
     n_voxels = int(np.prod(a.shape[1:]))
     if subsets is None:
         subsets = random_subsets(n_voxels, subset_size, n_runs, rng)
-    sums = attribution_sums(a, subsets)
-    drops = output_drops(model, x, t, subsets, baseline=baseline, mask=mask, batch_size=batch_size,
-                         roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, sw_mode=sw_mode)
+    else:
+        subsets = _check_subsets(subsets, n_voxels)  # once, not in both steps below
+    sums = attribution_sums(a, subsets, check_distinct=False)
+    drops = output_drops(model, x, t, subsets, baseline=baseline, mask=mask, batch_size=batch_size, roi_size=roi_size,
+                         sw_batch_size=sw_batch_size, overlap=overlap, sw_mode=sw_mode, check_distinct=False)
     corr = torch.full((len(t),), float("nan"), dtype=torch.float64)
     zeros = zero_targets(a)
     if zeros:
