@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
@@ -96,7 +97,8 @@ def dependency_graph(dependencies: pd.DataFrame, nodes: Sequence[str]) -> Figure
     ax.axis("off")
     angle = {n: math.pi / 2 - 2 * math.pi * k / max(len(nodes), 1) for k, n in enumerate(nodes)}
     pos = {n: (math.cos(t), math.sin(t)) for n, t in angle.items()}
-    top = float(dependencies["share"].max()) if len(dependencies) else 1.0
+    top = float(dependencies["share"].max()) if len(dependencies) else 0.0
+    top = top if top > 0 else 1.0
     rad = 0.3
     for region, cls, share in dependencies[["region", "class", "share"]].itertuples(index=False):
         if region not in pos or cls not in pos:
@@ -115,6 +117,8 @@ def dependency_graph(dependencies: pd.DataFrame, nodes: Sequence[str]) -> Figure
     for n, (x, y) in pos.items():
         ax.plot([x], [y], "o", ms=9, color="tab:blue" if n in used else "lightgray")
         ax.text(1.13 * x, 1.13 * y, _short(n), ha="center", va="center", fontsize=8)
+    if not len(dependencies):
+        ax.text(0, 0, "no dependency outside own regions and background", ha="center", va="center", fontsize=9)
     ax.set_xlim(-1.45, 1.45)
     ax.set_ylim(-1.35, 1.35)
     ax.set_title("Strongest dependencies: region \u2192 explained class\n(mean share of the class's attribution in the region; own region and background left out)", fontsize=9)
@@ -144,34 +148,53 @@ def anomaly_vs_dice(scores: np.ndarray, dice: np.ndarray, outliers: np.ndarray, 
     return fig
 
 
-def case_slices(image: np.ndarray, prediction: np.ndarray, attribution: np.ndarray, *, title: str, slice_index: int | None = None) -> Figure:
-    """Axial slice of a scan: image, predicted labels, and |attribution| over the image.
+def _rgb(values: np.ndarray, cmap: str, vmin: float, vmax: float) -> np.ndarray:
+    scaled = (values - vmin) / (vmax - vmin) if vmax > vmin else np.zeros_like(values)
+    return colormaps[cmap](np.clip(scaled, 0.0, 1.0))[..., :3]
+
+
+def case_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], *, title: str) -> Figure:
+    """Slices of several scans, one row each: image, predicted labels, |attribution| over the image.
+
+    The panels are composed into one RGB mosaic (one axes), which keeps many case figures cheap.
+    Slices are shown transposed with the first array axis to the right and the second upwards
+    (for RAS arrays: the patient's right to the right, anterior up).
 
     Args:
-        image: ``[H, W, D]`` intensities.
-        prediction: ``[H, W, D]`` integer labels.
-        attribution: ``[H, W, D]`` attribution of one class.
-        title: figure title (e.g. scan id and class).
-        slice_index: index along the last axis; ``None`` takes the slice with the most
-            attribution mass.
+        rows: ``(label, image [H, W], prediction [H, W], attribution [H, W])`` per scan; the
+            label (e.g. scan id and anomaly score) is written beside the row. Rows may differ in size.
+        title: figure title (e.g. the class).
     """
-    image, prediction, attribution = (np.asarray(x) for x in (image, prediction, attribution))
-    if not (image.shape == prediction.shape == attribution.shape) or image.ndim != 3:
-        raise ValueError(f"Expected image, prediction and attribution of one 3D shape, got {image.shape}, {prediction.shape}, {attribution.shape}")
-    mag = np.abs(attribution.astype(float))
-    k = int(np.argmax(mag.sum(axis=(0, 1)))) if slice_index is None else int(slice_index)
-    if not 0 <= k < image.shape[2]:
-        raise ValueError(f"Expected `slice_index` in [0, {image.shape[2]}), got {slice_index}")
-    fig = Figure(figsize=(9, 3.3))
-    panels = (("image", image[:, :, k], "gray"), ("prediction", prediction[:, :, k], "tab20"), ("|attribution|", mag[:, :, k], "inferno"))
-    for p, (name, sl, cmap) in enumerate(panels):
-        ax = fig.add_subplot(1, 3, p + 1)
-        if name == "|attribution|":
-            ax.imshow(image[:, :, k].T, cmap="gray", origin="lower")
-            ax.imshow(sl.T, cmap=cmap, alpha=0.6, origin="lower")
-        else:
-            ax.imshow(sl.T, cmap=cmap, origin="lower", interpolation="nearest")
-        ax.set_title(f"{name} (slice {k})", fontsize=8)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    if not rows:
+        raise ValueError("Expected at least one row in `rows`")
+    tiles, labels = [], []
+    for r, (label, image, prediction, attribution) in enumerate(rows):
+        image, prediction, attribution = (np.asarray(x, dtype=float) for x in (image, prediction, attribution))
+        if not (image.shape == prediction.shape == attribution.shape) or image.ndim != 2:
+            raise ValueError(f"Expected image, prediction and attribution of one 2D shape in row {r}, got "
+                             f"{image.shape}, {prediction.shape}, {attribution.shape}")
+        lo, hi = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
+        gray = _rgb(image, "gray", lo, hi)
+        mag = np.abs(attribution)
+        alpha = np.clip(mag / mag.max(), 0, 1)[..., None] if mag.max() > 0 else np.zeros((*mag.shape, 1))
+        overlay = (1 - 0.8 * alpha) * gray + 0.8 * alpha * _rgb(mag, "inferno", 0.0, float(mag.max()) or 1.0)
+        tiles.append([t.transpose(1, 0, 2)[::-1] for t in (gray, _rgb(prediction, "tab20", 0, 19), overlay)])
+        labels.append(label)
+    h = max(t[0].shape[0] for t in tiles)
+    w = max(t[0].shape[1] for t in tiles)
+    gap = max(2, w // 20)
+    mosaic = np.ones((len(tiles) * (h + gap), 3 * (w + gap), 3))
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            y, x = r * (h + gap), c * (w + gap)
+            mosaic[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
+    fig = Figure(figsize=(7.5, 7.5 * mosaic.shape[0] / mosaic.shape[1] + 0.6))
+    ax = fig.add_axes((0.22, 0.02, 0.76, 0.9))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    for c, name in enumerate(("image", "prediction", "|attribution|")):
+        ax.text(c * (w + gap) + w / 2, -gap, name, ha="center", va="bottom", fontsize=9)
+    for r, label in enumerate(labels):
+        ax.text(-gap, r * (h + gap) + h / 2, label, ha="right", va="center", fontsize=7)
+    fig.suptitle(title, fontsize=10)
     return fig

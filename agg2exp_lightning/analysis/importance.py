@@ -124,7 +124,7 @@ def strongest_dependencies(
         exclude_regions: regions left out (background is reported by :func:`context_reliance`).
 
     Returns:
-        Columns ``region``, ``class``, ``share``; sorted by ``share`` descending.
+        Columns ``region``, ``class``, ``share`` (only shares > 0); sorted by ``share`` descending.
     """
     importance = np.asarray(importance, dtype=float)
     if importance.shape != (len(classes), len(regions)):
@@ -135,7 +135,7 @@ def strongest_dependencies(
         (b, a, float(importance[i, j]))
         for i, a in enumerate(classes)
         for j, b in enumerate(regions)
-        if b != a and b not in exclude_regions and np.isfinite(importance[i, j])
+        if b != a and b not in exclude_regions and np.isfinite(importance[i, j]) and importance[i, j] > 0
     ]
     rows.sort(key=lambda r: -r[2])
     return pd.DataFrame(rows[:k], columns=["region", "class", "share"])

@@ -4,13 +4,17 @@ Examples::
 
     agg2exp-audit --from-table tsv2_test_aggregated_sg_explanations_with_dice.csv --out runs/audit_tsv2
     agg2exp-audit --from-table table.csv --metadata meta.csv --reference-table train.csv --out runs/audit
+    agg2exp-audit --checkpoint model.ckpt --data /data/Totalsegmentator_v2 --method smoothgrad \
+        --method-option n_samples=10 --reference-split train --out runs/audit_ckpt --devices 2 --strategy ddp
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE
 from agg2exp_lightning.errors import DataError
@@ -23,9 +27,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agg2exp-audit", description="Post-hoc audit of a segmentation model's aggregated explanations (Agg2Exp).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-table", metavar="CSV", help="table of aggregated explanations in the published column format")
+    src.add_argument("--checkpoint", metavar="CKPT", help="trained SegmentationModule checkpoint to explain and audit")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumed if it holds this audit)")
-    p.add_argument("--metadata", metavar="CSV", help="metadata joined on the id column (patient / image_id), e.g. meta.csv")
-    p.add_argument("--reference-table", metavar="CSV", help="table to fit the Isolation Forests on (default: the audited scans)")
+    t = p.add_argument_group("table mode (--from-table)")
+    t.add_argument("--metadata", metavar="CSV", help="metadata joined on the id column (patient / image_id), e.g. meta.csv")
+    t.add_argument("--reference-table", metavar="CSV", help="table to fit the Isolation Forests on (default: the audited scans)")
+    c = p.add_argument_group("checkpoint mode (--checkpoint)")
+    c.add_argument("--data", metavar="ROOT", help="TotalSegmentator v2 root or manifest CSV")
+    c.add_argument("--manifest", metavar="CSV", help="manifest CSV (image, label, metadata columns); overrides --data")
+    c.add_argument("--method", default="smoothgrad", help="attribution method (default %(default)s)")
+    c.add_argument("--method-option", action="append", default=[], metavar="K=V", help="method option, repeatable; V parsed as JSON if it can be")
+    c.add_argument("--split", default="test", help="split to audit (default %(default)s)")
+    c.add_argument("--reference-split", metavar="SPLIT", help="split to fit the Isolation Forests on (paper: train)")
+    c.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="resampling spacing in mm (default: the training data module's)")
+    c.add_argument("--roi-size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size for the explainer")
+    c.add_argument("--accelerator", default="auto", help="Lightning accelerator (default %(default)s)")
+    c.add_argument("--devices", default="1", help="Lightning devices (default %(default)s)")
+    c.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default %(default)s)")
+    c.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace another audit's results in --out")
     p.add_argument("--random-state", type=int, default=DEFAULT_RANDOM_STATE, help="seed of the Isolation Forests (default %(default)s)")
     p.add_argument("--dependencies", type=int, default=12, metavar="K", help="strongest region->class dependencies to report (default %(default)s)")
@@ -35,6 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_method_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["n_samples=10", "noise=0.1", "baseline=zeros"]`` -> ``{"n_samples": 10, "noise": 0.1, "baseline": "zeros"}``.
+
+    Raises:
+        ValueError: an item is not ``key=value``.
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"Expected --method-option as KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the audit; returns the exit status (2 for bad input)."""
     parser = build_parser()
@@ -42,16 +79,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.dependencies < 1:
         parser.error(f"--dependencies must be a positive integer, got {args.dependencies}")
+    if args.from_table is not None and (args.data or args.manifest):
+        parser.error("--data/--manifest belong to --checkpoint audits, not --from-table")
+    if args.checkpoint is not None and (args.metadata or args.reference_table):
+        parser.error("--metadata/--reference-table belong to --from-table audits (checkpoint audits read metadata from the data)")
     try:
-        from agg2exp_lightning.audit.table_audit import run_table_audit
+        options = parse_method_options(args.method_option)
+    except ValueError as err:
+        parser.error(str(err))
+    common = dict(overwrite=args.overwrite, random_state=args.random_state, n_dependencies=args.dependencies,
+                  wandb=args.wandb, wandb_project=args.wandb_project)
+    try:
+        if args.from_table is not None:
+            from agg2exp_lightning.audit.table_audit import run_table_audit
 
-        outputs = run_table_audit(
-            args.from_table, args.out, metadata=args.metadata, reference_table=args.reference_table,
-            overwrite=args.overwrite, random_state=args.random_state, n_dependencies=args.dependencies,
-            wandb=args.wandb, wandb_project=args.wandb_project,
-        )
+            outputs = run_table_audit(args.from_table, args.out, metadata=args.metadata, reference_table=args.reference_table, **common)
+        else:
+            from agg2exp_lightning.audit.checkpoint_audit import run_checkpoint_audit
+
+            devices: int | str = int(args.devices) if args.devices.isdigit() else args.devices
+            outputs = run_checkpoint_audit(
+                args.checkpoint, args.out, data=args.data, manifest=args.manifest, method=args.method, method_options=options,
+                split=args.split, reference_split=args.reference_split, spacing=args.spacing, roi_size=args.roi_size,
+                accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_workers=args.num_workers, **common,
+            )
     except DataError as err:
         print(f"agg2exp-audit: error: {err}", file=sys.stderr)
         return 2
-    print(f"report: {outputs.report_html}")
+    if outputs is not None:  # None on DDP ranks other than 0
+        print(f"report: {outputs.report_html}")
     return 0

@@ -63,3 +63,13 @@ def synthetic_frame(
 def make_frame():
     """The :func:`synthetic_frame` factory (test modules here are not importable packages)."""
     return synthetic_frame
+
+
+@pytest.fixture(scope="session")
+def scan_cohort(tmp_path_factory) -> Path:
+    """Eight synthetic subjects in the TotalSegmentator layout, 40^3 voxels of 8 mm."""
+    from agg2exp_lightning.data.synthetic import generate_cohort
+
+    root = tmp_path_factory.mktemp("audit_cohort") / "thorax"
+    generate_cohort(root, n_subjects=8, seed=3, shape=(40, 40, 40), spacing=8.0, progress=False)
+    return root

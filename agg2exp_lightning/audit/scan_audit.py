@@ -1,0 +1,180 @@
+"""Audit a model on a set of scans: explain each through ``Trainer.predict``, then analyse.
+
+Scans go through :class:`~agg2exp_lightning.audit.scan_prediction.ScanAuditModule` in
+``Trainer.predict`` (any accelerator/devices/strategy, e.g. DDP), each written to
+``scans/<id>.json`` (reference scans to ``reference_scans/``) as it finishes. A re-run of the same
+audit skips finished scans and retries failed ones. Rank 0 then assembles the records into the
+published table format and writes the same outputs as a ``--from-table`` audit, plus slices of the
+most and least anomalous scans per class.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE
+from agg2exp_lightning.analysis.cohort import CohortAnalysis, analyze_cohort
+from agg2exp_lightning.analysis.figures import case_grid, figure_png
+from agg2exp_lightning.audit.output_folder import atomic_write_json, open_output_folder
+from agg2exp_lightning.audit.outputs import AuditOutputs, write_audit_outputs
+from agg2exp_lightning.audit.scan_prediction import Explainer, load_slices
+from agg2exp_lightning.audit.scan_records import load_records, record_stem, records_to_table
+from agg2exp_lightning.data.subjects import SubjectRecord
+from agg2exp_lightning.errors import DataError
+
+log = logging.getLogger(__name__)
+
+#: Record fields that are not metadata (paths and bookkeeping).
+NON_METADATA = frozenset({"image", "label", "labels", "image_id", "split"})
+#: Folder of each set of scans.
+SET_FOLDERS = {"audited": "scans", "reference": "reference_scans"}
+
+
+class PerScanTransform:
+    """The data module's deterministic preprocessing, with labels for scans that have them."""
+
+    def __init__(self, mapping: Mapping[str, Sequence[str]], num_classes: int, spacing: Sequence[float]) -> None:
+        from monai.transforms import Compose
+
+        from agg2exp_lightning.data.transforms import preprocessing
+
+        self.with_labels = Compose(preprocessing(mapping, num_classes, spacing, with_labels=True))
+        self.without = Compose(preprocessing(mapping, num_classes, spacing, with_labels=False))
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        return (self.with_labels if item.get("labels") else self.without)(item)
+
+
+def _predict(module: Any, items: list[dict[str, Any]], out: Path, transform: Any, trainer_kwargs: Mapping[str, Any], num_workers: int) -> int:
+    """Run Trainer.predict over ``items``; returns this process's global rank."""
+    import lightning.pytorch as pl
+    from monai.data import list_data_collate
+    from torch.utils.data import DataLoader
+
+    from agg2exp_lightning.audit.scan_prediction import ScanDataset, ScanRecordWriter
+
+    writer = ScanRecordWriter({k: out / v for k, v in SET_FOLDERS.items()}, total=len(items))
+    trainer = pl.Trainer(**{"accelerator": "auto", "devices": 1, "strategy": "auto", **trainer_kwargs}, inference_mode=False,
+                         logger=False, enable_checkpointing=False, enable_model_summary=False, callbacks=[writer])
+    loader = DataLoader(ScanDataset(items, transform), batch_size=1, num_workers=num_workers, collate_fn=list_data_collate)
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    if trainer.world_size > 1:
+        trainer.strategy.barrier("audit-scans-written")
+    return trainer.global_rank
+
+
+def _case_figures(analysis: CohortAnalysis, folder: Path) -> list[tuple[str, bytes]]:
+    """Per class, slices of its most and least anomalous scans (where slices were stored)."""
+    figures = []
+    for i, cls in enumerate(analysis.table.classes):
+        rows = []
+        for case in analysis.extremes[analysis.extremes["class"] == cls].itertuples(index=False):
+            bundle = load_slices(folder / f"{record_stem(case.id)}.slices.npz")
+            if bundle is None or i >= len(bundle["index"]):
+                continue
+            label = f"{case.id}\n{case.end.replace('_', ' ')} #{case.rank}\nscore {case.score:.3f}, slice {int(bundle['index'][i])}"
+            rows.append((label, bundle["image"][i], bundle["prediction"][i], bundle["attribution"][i]))
+        if rows:
+            fig = case_grid(rows, title=f"{cls}: most and least anomalous scans")
+            figures.append((f"{cls}: image, prediction and |attribution| on the slice with the most attribution mass", figure_png(fig, dpi=80)))
+    return figures
+
+
+def run_scan_audit(
+    model: nn.Module,
+    class_names: Sequence[str],
+    sets: Mapping[str, Sequence[SubjectRecord]],
+    out_dir: str | Path,
+    *,
+    explainer: Explainer,
+    config: Mapping[str, Any],
+    spacing: Sequence[float],
+    mapping: Mapping[str, Sequence[str]],
+    inputs: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    trainer_kwargs: Mapping[str, Any] | None = None,
+    num_workers: int = 0,
+    random_state: int = DEFAULT_RANDOM_STATE,
+    n_dependencies: int = 12,
+    wandb: bool = False,
+    wandb_project: str = "agg2exp-audit",
+) -> AuditOutputs | None:
+    """Explain the scans of ``sets`` with ``model`` and audit the ``"audited"`` set.
+
+    Args:
+        model: ``image [1, C_in, *S] -> logits [1, C, *S]``.
+        class_names: the model's ``C`` class names.
+        sets: ``"audited"`` records and, optionally, ``"reference"`` records to fit the
+            Isolation Forests on.
+        out_dir: output folder; resumed if it holds this audit (same ``config``).
+        explainer: see :data:`~agg2exp_lightning.audit.scan_prediction.Explainer`.
+        config: JSON-serialisable description of the audit (its fingerprint names the folder's audit).
+        spacing: resampling spacing in mm of the preprocessing.
+        mapping: label -> TotalSegmentator structures (for the TotalSegmentator layout).
+        inputs: extra rows for the report's "What was audited" table.
+        overwrite: replace another audit's results in ``out_dir``.
+        trainer_kwargs: ``accelerator``, ``devices``, ``strategy`` ... for ``lightning.Trainer``.
+        num_workers: DataLoader workers.
+        random_state: seed of the Isolation Forests.
+        n_dependencies: how many region -> class dependencies to report.
+        wandb: also log tables and figures to one W&B run.
+        wandb_project: the W&B project.
+
+    Returns:
+        The written outputs on rank 0; ``None`` on other DDP ranks.
+
+    Raises:
+        DataError: no audited (or reference) scan finished, or ``out_dir`` holds another audit.
+    """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from agg2exp_lightning.audit.scan_prediction import ScanAuditModule
+
+    if "audited" not in sets or set(sets) - set(SET_FOLDERS):
+        raise ValueError(f"Expected `sets` with key 'audited' and optionally 'reference', got {sorted(sets)}")
+    out = Path(out_dir)
+    if rank_zero_only.rank == 0:  # other DDP ranks are started by rank 0 after this point
+        open_output_folder(out, config, overwrite=overwrite)
+    for name in SET_FOLDERS.values():
+        (out / name).mkdir(parents=True, exist_ok=True)
+    pending = [{**dataclasses.asdict(r), "audit_set": s} for s, recs in sets.items() for r in recs
+               if not (out / SET_FOLDERS[s] / f"{record_stem(r.subject_id)}.json").is_file()]
+    n_all = sum(len(v) for v in sets.values())
+    log.info("%d of %d scans to explain (%d finished earlier)", len(pending), n_all, n_all - len(pending))
+    if pending:
+        module = ScanAuditModule(model, explainer, class_names)
+        transform = PerScanTransform(mapping, len(class_names), spacing)
+        if _predict(module, pending, out, transform, dict(trainer_kwargs or {}), num_workers) != 0:
+            return None
+
+    meta = {r.subject_id: {k: v for k, v in r.metadata.items() if k not in NON_METADATA} for recs in sets.values() for r in recs}
+    finished, failures = {}, {}
+    for s, recs in sets.items():
+        finished[s], failed = load_records(out / SET_FOLDERS[s], [r.subject_id for r in recs])
+        failures.update({f"{s}:{k}": v for k, v in failed.items()})
+        for sid, err in failed.items():
+            log.warning("%s scan %s failed: %s", s, sid, err)
+    atomic_write_json(out / "failed_scans.json", failures)
+    for s, done in finished.items():
+        if not done:
+            raise DataError(f"no {s} scan finished; failures are listed in {out / 'failed_scans.json'}")
+    tables = {s: records_to_table(done, meta, source=f"{s} scans in {out / SET_FOLDERS[s]}") for s, done in finished.items()}
+    analysis = analyze_cohort(tables["audited"], tables.get("reference"), random_state=random_state, n_dependencies=n_dependencies)
+    rows = {
+        **dict(inputs or {}),
+        "spacing (mm)": ", ".join(f"{v:g}" for v in spacing),
+        "Isolation Forests fitted on": f"reference scans ({len(tables['reference'])})" if "reference" in tables else "the audited scans",
+        "scans audited": f"{len(tables['audited'])} of {len(sets['audited'])}",
+        "failed scans": ", ".join(failures) or "none",
+    }
+    outputs = write_audit_outputs(analysis, out, inputs=rows, case_figures=_case_figures(analysis, out / SET_FOLDERS["audited"]))
+    if wandb:
+        from agg2exp_lightning.audit.wandb_logging import log_audit_to_wandb
+
+        log_audit_to_wandb(outputs, project=wandb_project, config=config)
+    return outputs

@@ -1,0 +1,169 @@
+"""Per-scan audit work through Lightning: ``Trainer.predict`` explains each scan, a
+:class:`~lightning.pytorch.callbacks.BasePredictionWriter` writes its record.
+
+Under DDP every rank explains its own share of the scans (Lightning's distributed sampler) and
+writes each finished scan to its own file, so nothing is gathered in memory and a killed audit
+keeps what it finished. Gradient attributions need autograd, which Lightning's prediction loop
+turns off: the Trainer must be built with ``inference_mode=False`` (as
+:func:`~agg2exp_lightning.audit.checkpoint_audit.run_checkpoint_audit` does), and
+:class:`ScanAuditModule` re-enables gradients around each explanation.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import Tensor, nn
+
+from agg2exp_lightning.audit.output_folder import atomic_write_bytes, atomic_write_json
+from agg2exp_lightning.audit.scan_records import record_stem, scan_record, slice_bundle
+from agg2exp_lightning.segmentation_metrics import dice_per_class
+
+log = logging.getLogger(__name__)
+
+#: ``explainer(model, image [1, C_in, *S]) -> result`` with ``result.roi [T, R]``,
+#: ``result.roi_mean [T, R]``, ``result.prediction [*S]`` (or ``[1, *S]``) and optionally
+#: ``result.attribution [T, *S]``; the API of :func:`agg2exp_lightning.explain.explain`.
+Explainer = Callable[[nn.Module, Tensor], Any]
+
+
+class ScanDataset(torch.utils.data.Dataset):
+    """Scans to audit; a scan that fails to load becomes an ``error`` item instead of stopping the run.
+
+    Args:
+        items: dicts of :class:`~agg2exp_lightning.data.subjects.SubjectRecord` fields plus
+            ``audit_set`` (``"audited"`` or ``"reference"``).
+        transform: the deterministic preprocessing (e.g.
+            :func:`agg2exp_lightning.data.transforms.preprocessing` composed).
+    """
+
+    def __init__(self, items: Sequence[Mapping[str, Any]], transform: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.items = [dict(i) for i in items]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        try:
+            out = dict(self.transform(dict(item)))
+        except Exception as err:  # a broken scan must not stop the others
+            message = _describe(err)
+            log.warning("scan %s could not be loaded: %s", item["subject_id"], message)
+            return {"subject_id": item["subject_id"], "audit_set": item["audit_set"], "error": message}
+        out["audit_set"] = item["audit_set"]
+        return out
+
+
+def _describe(err: BaseException) -> str:
+    """``Type: message`` of the innermost cause (MONAI wraps transform errors in a RuntimeError)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {err}"
+
+
+def _plain(x: Any) -> Tensor:
+    x = x.as_tensor() if hasattr(x, "as_tensor") else x
+    return torch.as_tensor(x)
+
+
+class ScanAuditModule(pl.LightningModule):
+    """Explains each scan of a predict batch and returns its record (or its failure).
+
+    Args:
+        model: the segmentation model (``image -> logits``), in eval mode.
+        explainer: see :data:`Explainer`.
+        class_names: names of the model's classes (label-id order).
+        save_slices: also return slices for the anomaly-case figures (when the explainer gives
+            attribution maps).
+    """
+
+    def __init__(self, model: nn.Module, explainer: Explainer, class_names: Sequence[str], *, save_slices: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.explainer = explainer
+        self.class_names = list(class_names)
+        self.save_slices = save_slices
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.model(image)
+
+    def _explain_one(self, image: Tensor, label: Tensor | None, sid: str) -> dict[str, Any]:
+        with torch.inference_mode(False), torch.enable_grad():
+            result = self.explainer(self.model, image.detach().clone())
+        prediction = _plain(result.prediction).reshape(image.shape[2:]).long().cpu()
+        roi, roi_mean = _plain(result.roi).float().cpu(), _plain(result.roi_mean).float().cpu()
+        t = roi.shape[0]
+        classes, regions = self.class_names[:t], self.class_names[: roi.shape[1]]
+        dice = None
+        if label is not None:
+            dice = dice_per_class(prediction, label.reshape(prediction.shape).long().cpu(), len(self.class_names))[:t]
+        out: dict[str, Any] = {"record": scan_record(sid, classes, regions, roi, roi_mean, dice)}
+        attribution = getattr(result, "attribution", None)
+        if self.save_slices and attribution is not None:
+            attr = _plain(attribution).detach().float().cpu().reshape(t, *prediction.shape).numpy()
+            out["slices"] = slice_bundle(image[0, 0].detach().float().cpu().numpy(), prediction.numpy(), attr)
+        return out
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        outputs = []
+        for i, sid in enumerate(batch["subject_id"]):
+            audit_set = batch["audit_set"][i]
+            if "error" in batch:
+                outputs.append({"audit_set": audit_set, "failure": {"id": sid, "error": batch["error"][i]}})
+                continue
+            try:
+                image = _plain(batch["image"])[i : i + 1].float()
+                label = _plain(batch["label"])[i] if "label" in batch else None
+                outputs.append({"audit_set": audit_set, **self._explain_one(image, label, sid)})
+            except Exception as err:  # report the scan, keep auditing the others
+                log.warning("scan %s failed: %s", sid, _describe(err))
+                outputs.append({"audit_set": audit_set, "failure": {"id": sid, "error": _describe(err)}})
+        return outputs
+
+
+class ScanRecordWriter(BasePredictionWriter):
+    """Writes each scan's record as soon as its batch ends, atomically, on the rank that made it.
+
+    Args:
+        folders: ``audit_set -> folder`` (e.g. ``{"audited": out/"scans", "reference": out/"reference_scans"}``).
+        total: number of scans in this run, over all ranks (for progress messages).
+    """
+
+    def __init__(self, folders: Mapping[str, Path], total: int) -> None:
+        super().__init__(write_interval="batch")
+        self.folders = {k: Path(v) for k, v in folders.items()}
+        self.total = total
+        self.done = 0
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any, batch_indices: Any,
+                           batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        for item in prediction:
+            folder = self.folders[item["audit_set"]]
+            if "failure" in item:
+                sid = item["failure"]["id"]
+                atomic_write_json(folder / f"{record_stem(sid)}.failed.json", item["failure"])
+                log.warning("scan %s failed (rank %d): %s", sid, trainer.global_rank, item["failure"]["error"])
+            else:
+                sid = item["record"]["id"]
+                if "slices" in item:
+                    atomic_write_bytes(folder / f"{record_stem(sid)}.slices.npz", item["slices"])
+                atomic_write_json(folder / f"{record_stem(sid)}.json", item["record"])
+                (folder / f"{record_stem(sid)}.failed.json").unlink(missing_ok=True)
+            self.done += 1
+            log.info("scan %s written (rank %d: %d scans; %d to do in this run over all ranks)", sid, trainer.global_rank, self.done, self.total)
+
+
+def load_slices(path: Path) -> dict[str, np.ndarray] | None:
+    """The slice bundle of a scan, or ``None`` when it was not stored."""
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
