@@ -44,20 +44,48 @@ def dice_table(class_names: list[str], per_scan: dict[str, Any]) -> tuple[str, d
     return "\n".join(lines) + f"\n\n({len(per_scan)} scans)\n", means
 
 
+def _cli_class():
+    from lightning.pytorch.cli import LightningCLI
+
+    class TrainCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument(
+                "--resume",
+                type=str,
+                default="auto",
+                help="auto: continue from <default_root_dir>/checkpoints/last.ckpt when it exists; "
+                "never: start over; or a checkpoint path",
+            )
+
+    return TrainCLI
+
+
+def resume_checkpoint(resume: str, run_dir: Path) -> str | None:
+    """The checkpoint to continue from: ``last.ckpt`` of the run folder (auto), none (never), or a path."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(resume).is_file():
+        raise ValueError(f"Expected argument `--resume` to be auto, never or an existing checkpoint, but got {resume!r}")
+    return resume
+
+
 def train(args: list[str] | None = None) -> dict[str, Any]:
     """Fit the model as configured, then validate the best checkpoint on the held-out scans.
 
     Args:
         args: command-line style arguments for LightningCLI (``["--config", "configs/demo.yaml",
-            "--trainer.max_epochs=1"]``); a leading config name (``demo``) stands for ``--config configs/demo.yaml``.
+            "--trainer.max_epochs=1"]``); ``--resume auto|never|PATH`` (default auto: continue from
+            the run folder's ``checkpoints/last.ckpt``, so a killed run picks up where it stopped); a leading config name (``demo``) stands for ``--config configs/demo.yaml``.
 
     Returns:
-        ``{"best_checkpoint": path or None, "dice": {class: mean Dice}, "run_dir": path}``.
+        ``{"best_checkpoint": path or None, "dice": {class: mean Dice}, "run_dir": path,
+        "resumed_from": checkpoint path or None}``.
     """
-    from lightning.pytorch.cli import LightningCLI
-
     args = _expand_shortcut(list(sys.argv[1:] if args is None else args))
-    cli = LightningCLI(
+    cli = _cli_class()(
         SegmentationModule,
         ThoraxDataModule,
         args=args,
@@ -71,9 +99,12 @@ def train(args: list[str] | None = None) -> dict[str, Any]:
     for cb in trainer.checkpoint_callbacks:  # keep checkpoints beside the run's other files
         if cb.dirpath is None:
             cb.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
-    trainer.fit(model, datamodule=datamodule)
     run_dir = Path(trainer.default_root_dir)
-    result: dict[str, Any] = {"best_checkpoint": None, "dice": {}, "run_dir": str(run_dir)}
+    ckpt_path = None if trainer.fast_dev_run else resume_checkpoint(cli.config["resume"], run_dir)
+    if ckpt_path:
+        log.info("resuming from %s (pass --resume never to start over)", ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    result: dict[str, Any] = {"best_checkpoint": None, "dice": {}, "run_dir": str(run_dir), "resumed_from": ckpt_path}
     if trainer.fast_dev_run or trainer.interrupted:
         return result
     ckpt_cb = trainer.checkpoint_callback

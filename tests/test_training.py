@@ -54,3 +54,18 @@ def test_unknown_config_key_is_refused(tiny_cohort, tmp_path, capsys):
 def test_bad_feature_size_names_argument():
     with pytest.raises(ValueError, match="`feature_size` to be a positive multiple of 12"):
         SegmentationModule(feature_size=10)
+
+
+def test_killed_run_resumes_from_last_checkpoint(tiny_cohort, tiny_model_args, tmp_path):
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    common = ("--trainer.limit_train_batches=2", "--trainer.check_val_every_n_epoch=5")
+    out = train(_args(tiny_cohort, run, "--trainer.max_epochs=1", *common, model_args=tiny_model_args))
+    assert out["resumed_from"] is None and torch.load(last, weights_only=True)["global_step"] == 2
+    # a run stopped after epoch 1 and started again for 2 epochs continues to the uninterrupted total
+    out = train(_args(tiny_cohort, run, "--trainer.max_epochs=2", *common, model_args=tiny_model_args))
+    assert out["resumed_from"] == str(last) and torch.load(last, weights_only=True)["global_step"] == 4
+    out = train(_args(tiny_cohort, run, "--resume=never", "--trainer.max_epochs=1", *common, model_args=tiny_model_args))
+    assert out["resumed_from"] is None and torch.load(last, weights_only=True)["global_step"] == 2
+    with pytest.raises(ValueError, match="`--resume`"):
+        train(_args(tiny_cohort, run, "--resume=/no/such.ckpt", model_args=tiny_model_args))
