@@ -37,7 +37,14 @@ class BiasMonitor(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         find_callback(trainer, AnomalyMonitor, "BiasMonitor").add_listener(self)
-        if self.columns and stage == "fit":
+        if stage == "fit":
+            self._check_columns(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_columns(trainer)
+
+    def _check_columns(self, trainer: pl.Trainer) -> None:
+        if self.columns:
             from agg2exp_lightning.callbacks.explanation_monitor import ExplanationMonitor, _volume
 
             dataset = ExplanationMonitor._val_dataset(trainer)

@@ -87,7 +87,8 @@ class ExplanationMonitor(Callback):
         reference_scans: training scans explained too, as the fitting set of :class:`AnomalyMonitor`
             (0: none; the anomaly monitor then fits on the validation scans).
         max_seconds: time budget per call; scans past it are skipped (and counted).
-        overlay_classes: classes whose attribution is drawn over the first scan's slices.
+        overlay_classes: classes whose attribution is drawn over the first scan's slices (default: the
+            first foreground target; ``[]`` for none).
         at_train_end: also run once when training ends (if the last epoch was not a check).
 
     Example:
@@ -103,7 +104,7 @@ class ExplanationMonitor(Callback):
         num_scans: int = 4,
         reference_scans: int = 0,
         max_seconds: float | None = None,
-        overlay_classes: Sequence[str] = ("trachea",),
+        overlay_classes: Sequence[str] | None = None,
         at_train_end: bool = True,
     ) -> None:
         super().__init__()
@@ -119,7 +120,7 @@ class ExplanationMonitor(Callback):
         self.num_scans = num_scans
         self.reference_scans = reference_scans
         self.max_seconds = max_seconds
-        self.overlay_classes = tuple(overlay_classes)
+        self.overlay_classes = None if overlay_classes is None else tuple(overlay_classes)
         self.at_train_end = at_train_end
         # state saved in checkpoints
         self.scan_ids: list[str] = []
@@ -141,13 +142,21 @@ class ExplanationMonitor(Callback):
             names = [f"class_{i}" for i in range(int(num))]
         self._class_names = names
         self._target_ids = resolve_targets(self.targets, names)
+        if self.overlay_classes is None:
+            self.overlay_classes = tuple(names[t] for t in self._target_ids if t != 0)[:1]
         resolve_targets(self.overlay_classes, names, argument="overlay_classes")
         if stage == "fit":
-            dataset = self._val_dataset(trainer)
-            if dataset is not None and len(dataset) < self.num_scans:
-                raise ValueError(
-                    f"ExplanationMonitor: `num_scans`={self.num_scans} but the validation set holds only {len(dataset)} scans"
-                )
+            self._check_data(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_data(trainer)  # loaders passed to fit() directly are known only now, still before any step
+
+    def _check_data(self, trainer: pl.Trainer) -> None:
+        dataset = self._val_dataset(trainer)
+        if dataset is not None and len(dataset) < self.num_scans:
+            raise ValueError(
+                f"ExplanationMonitor: `num_scans`={self.num_scans} but the validation set holds only {len(dataset)} scans"
+            )
 
     def add_listener(self, listener: Any) -> None:
         """Register an object whose ``on_explanations(trainer, pl_module, check)`` runs after each check."""
@@ -169,7 +178,7 @@ class ExplanationMonitor(Callback):
         self.run_check(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_train_end and (not self.history or self.history[-1]["epoch"] != trainer.current_epoch):
+        if self.at_train_end and (not self.history or self.history[-1]["step"] != trainer.global_step):
             if self._val_dataset(trainer) is not None:
                 self.run_check(trainer, pl_module)
 
@@ -179,7 +188,10 @@ class ExplanationMonitor(Callback):
         dm = trainer.datamodule
         if dm is not None and hasattr(dm, "datasets") and "val" in getattr(dm, "datasets", {}):
             return dm.datasets["val"]
-        loaders = trainer.val_dataloaders
+        try:
+            loaders = trainer.val_dataloaders
+        except Exception:  # not loaded yet
+            loaders = None
         if loaders is None:
             return None
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
@@ -301,16 +313,19 @@ class ExplanationMonitor(Callback):
                                  "scan_ids": list(check.subject_ids)})
 
     def _log_overlay(self, trainer: pl.Trainer, overlay: dict) -> None:
-        from agg2exp_lightning.analysis.figures import case_slices
+        from agg2exp_lightning.analysis.figures import case_grid
 
+        rows = []
         for cls in self.overlay_classes:
             c = self._class_names.index(cls)
             if c not in self._target_ids:
                 continue
             attribution = overlay["attributions"][self._target_ids.index(c)]
-            fig = case_slices(overlay["image"], overlay["prediction"], attribution,
-                              title=f"{overlay['subject_id']}: attribution of {cls}, epoch {trainer.current_epoch}")
-            log_figure(trainer, f"agg2exp/overlay/{cls}", fig)
+            z = int(np.abs(attribution).reshape(-1, attribution.shape[-1]).sum(0).argmax())  # axial slice of most mass
+            rows.append((f"{cls} (z={z})", overlay["image"][..., z], overlay["prediction"][..., z], attribution[..., z]))
+        if rows:
+            title = f"{overlay['subject_id']}: attributions, epoch {trainer.current_epoch}"
+            log_figure(trainer, "agg2exp/overlay", case_grid(rows, title=title))
 
     # -- checkpoint state ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
