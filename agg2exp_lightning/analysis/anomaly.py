@@ -7,8 +7,12 @@ given (the paper uses the training scans) or else on the audited scans themselve
 
 Sign convention: the **anomaly score is ``-decision_function``**, so *higher = more anomalous*;
 a scan is an **outlier** where ``predict == -1`` (with the default ``contamination="auto"`` this is
-``decision_function < 0``, i.e. anomaly score > 0). A scan whose shares for a class are incomplete
-(NaN: the class was not predicted) gets a NaN score and is not flagged for that class.
+``decision_function < 0``, i.e. anomaly score > 0).
+
+Missing shares: a NaN share in a row that has other finite shares means the region was absent
+from that scan (the explanation engine leaves such shares undefined); it enters the forest as 0,
+since none of the class's attribution lies there. A scan with no finite share for a class (the
+class was not predicted, so its map is all zero) gets a NaN score and is not flagged for it.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ class AnomalyResult:
     Attributes:
         classes: explained class names (length ``A``).
         scores: ``[N, A]`` anomaly scores, ``-decision_function`` (higher = more anomalous);
-            NaN where the scan has no complete shares for the class or no forest could be fitted.
+            NaN where the scan has no share for the class or no forest could be fitted.
         outliers: ``[N, A]`` bool, ``predict == -1``.
         n_reference: ``[A]`` number of reference scans each forest was fitted on (0 = not fitted).
     """
@@ -49,8 +53,10 @@ class AnomalyResult:
         return self.outliers.any(axis=1)
 
 
-def _complete_rows(x: np.ndarray) -> np.ndarray:
-    return np.isfinite(x).all(axis=1)
+def _features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(features with absent regions as 0, rows that can be scored)`` of ``[N, B]`` shares."""
+    scored = np.isfinite(x).any(axis=1)
+    return np.where(np.isnan(x) & scored[:, None], 0.0, x), scored
 
 
 def class_anomaly_scores(
@@ -92,15 +98,16 @@ def class_anomaly_scores(
     outliers = np.zeros((n, a_count), dtype=bool)
     n_ref = np.zeros(a_count, dtype=int)
     for i, name in enumerate(classes):
-        fit_x = ref[:, i, :][_complete_rows(ref[:, i, :])]
+        ref_x, ref_ok = _features(ref[:, i, :])
+        fit_x = ref_x[ref_ok]
         if len(fit_x) < 2:
-            log.warning("class %r: %d reference scans with complete shares, need 2; no anomaly scores", name, len(fit_x))
+            log.warning("class %r: %d reference scans with shares, need 2; no anomaly scores", name, len(fit_x))
             continue
         forest = IsolationForest(random_state=random_state).fit(fit_x)
         n_ref[i] = len(fit_x)
-        ok = _complete_rows(mass[:, i, :])
+        feats, ok = _features(mass[:, i, :])
         if ok.any():
-            x = mass[:, i, :][ok]
+            x = feats[ok]
             scores[ok, i] = -forest.decision_function(x)
             outliers[ok, i] = forest.predict(x) == -1
     return AnomalyResult(classes=tuple(classes), scores=scores, outliers=outliers, n_reference=n_ref)

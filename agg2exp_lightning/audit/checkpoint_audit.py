@@ -24,12 +24,24 @@ def default_explainer(method: str, options: Mapping[str, Any] | None = None, roi
     """:func:`agg2exp_lightning.explain.explain` with the method and its options bound.
 
     Raises:
-        DataError: the explain package is not available.
+        DataError: the explain package is not available, the method is unknown, or an option is
+            not one the method (or :func:`~agg2exp_lightning.explain.explain`) accepts.
     """
+    import inspect
+
     try:
-        from agg2exp_lightning.explain import explain
+        from agg2exp_lightning.explain import METHOD_OPTIONS, explain, resolve_method_name
     except ImportError as err:
         raise DataError(f"checkpoint audits need agg2exp_lightning.explain.explain, which cannot be imported: {err}") from err
+    try:
+        name = resolve_method_name(method)
+    except ValueError as err:
+        raise DataError(f"--method: {err}") from err
+    allowed = set(METHOD_OPTIONS.get(name, ())) | {
+        p for p, v in inspect.signature(explain).parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(options or {}) - allowed)
+    if unknown:
+        raise DataError(f"--method-option: {unknown} not accepted by method {name!r}; accepted: {sorted(allowed)}")
     return functools.partial(explain, method=method, roi_size=None if roi_size is None else tuple(roi_size), **dict(options or {}))
 
 
@@ -83,7 +95,7 @@ def run_checkpoint_audit(
         reference_split: a split to fit the Isolation Forests on (paper: ``train``); ``None`` fits
             on the audited scans.
         spacing: resampling spacing in mm; default the training data module's, else 1.5 mm.
-        roi_size: sliding-window size passed to the explainer (``None``: the explainer's default).
+        roi_size: sliding-window size of the explanations (default: the model's ``roi_size``).
         mapping_file: TotalSegmentator structure mapping (default: the shipped one).
         overwrite: replace another audit's results in ``out_dir``.
         accelerator, devices, strategy: Lightning Trainer settings (e.g. ``"ddp"`` on 2 devices).
@@ -114,6 +126,7 @@ def run_checkpoint_audit(
     checkpoint = Path(checkpoint)
     model = load_segmentation_checkpoint(checkpoint)
     spacing = tuple(float(s) for s in spacing) if spacing is not None else (checkpoint_spacing(checkpoint) or DEFAULT_SPACING)
+    roi_size = tuple(int(r) for r in (roi_size if roi_size is not None else model.hparams.roi_size))
     source = manifest if manifest is not None else data
     records = manifest_records(manifest) if manifest is not None else discover_records(data)
     sets = {"audited": select_split(records, split, source=source)}
@@ -123,11 +136,11 @@ def run_checkpoint_audit(
         "mode": "checkpoint", "checkpoint_sha256": file_sha256(checkpoint), "data": str(Path(source).resolve()),
         "manifest_sha256": file_sha256(manifest) if manifest is not None else None, "method": method,
         "method_options": dict(method_options or {}), "split": split, "reference_split": reference_split,
-        "spacing": list(spacing), "roi_size": list(roi_size) if roi_size else None, "random_state": random_state,
+        "spacing": list(spacing), "roi_size": list(roi_size), "random_state": random_state,
         "n_dependencies": n_dependencies, "mapping_sha256": file_sha256(mapping_file) if mapping_file else None,
     }
     inputs = {"checkpoint": str(checkpoint), "data": str(source), "split": split, "method": method,
-              "method options": json.dumps(dict(method_options or {}))}
+              "method options": json.dumps(dict(method_options or {})), "sliding window": "x".join(map(str, roi_size))}
     return run_scan_audit(
         model, model.class_names, sets, out_dir,
         explainer=explainer if explainer is not None else default_explainer(method, method_options, roi_size),

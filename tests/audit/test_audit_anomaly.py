@@ -52,12 +52,17 @@ def test_reference_fit_scores_new_scans(make_frame):
     assert res.outliers[10:].all()
 
 
-def test_incomplete_shares_get_nan_scores_and_no_flag(make_frame):
+def test_missing_shares_absent_region_is_zero_absent_class_is_unscored(make_frame):
     table = parse_explanation_table(make_frame(30, 0))
     mass = table.mass.copy()
-    mass[3, 1, :] = np.nan  # class 1 not predicted in scan 3
+    mass[3, 1, :] = np.nan  # class 1 not predicted in scan 3: no shares at all
+    mass[4, 2, 5] = np.nan  # region 5 absent from scan 4: class 2's share there is undefined
     res = class_anomaly_scores(mass, table.classes)
     assert np.isnan(res.scores[3, 1]) and not res.outliers[3, 1]
-    assert np.isfinite(res.scores[3, 0]) and (res.n_reference[1] == 29)
+    assert np.isfinite(res.scores[3, 0]) and res.n_reference[1] == 29 and res.n_reference[2] == 30
+    filled = mass[:, 2].copy()
+    filled[4, 5] = 0.0
+    forest = IsolationForest(random_state=123).fit(filled)
+    np.testing.assert_allclose(res.scores[:, 2], -forest.decision_function(filled))
     with pytest.raises(ValueError, match="reference_mass"):
         class_anomaly_scores(mass, table.classes, mass[:, :2])
