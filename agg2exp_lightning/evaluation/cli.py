@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="trained SegmentationModule checkpoint")
     p.add_argument("--data", required=True, metavar="ROOT", help="TotalSegmentator v2 root or manifest CSV")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumed if it holds a run of the same settings)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), help="attribution methods (default: all five)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
+                   help=f"attribution methods among {', '.join(METHODS)} (default: all five)")
     p.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS), help="classes to explain (names)")
     p.add_argument("--max-scans", type=int, default=None, metavar="N", help="first N scans of the split by id")
     p.add_argument("--split", default="test", help="data split (default: test)")

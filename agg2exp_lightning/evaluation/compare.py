@@ -113,18 +113,26 @@ class ComparisonSettings:
 def default_explainer(**options: Any) -> Explainer:
     """:func:`agg2exp_lightning.explain.explain` returning the attribution maps, ``options`` passed on.
 
-    ``options`` may hold per-method dicts under the method's name (``{"smoothgrad": {"n_samples": 10}}``)
-    and shared keywords such as ``roi_size``.
+    ``options`` holds per-method dicts under the method's name (``{"smoothgrad": {"n_samples": 10}}``)
+    and shared keywords of ``explain`` (``roi_size``, ``sw_batch_size``, ``overlap``, ``mode``). Methods
+    that sample (SmoothGrad, IG with a random baseline, KernelSHAP) get ``seed=0`` unless a seed is
+    given, so that a method's maps of the clean and the noisy scans differ by the input noise alone
+    (sensitivity) and a resumed run reproduces the finished ones.
     """
     try:
-        from agg2exp_lightning.explain import explain
+        from agg2exp_lightning.explain import METHOD_OPTIONS, explain
     except ImportError as err:
         raise ImportError(f"comparing methods needs agg2exp_lightning.explain.explain, which cannot be imported: {err}") from err
     shared = {k: v for k, v in options.items() if k not in METHODS}
+    for method in METHODS:
+        if method in options and not isinstance(options[method], dict):
+            raise ValueError(f"Expected the options of method {method!r} as a dict, but got {options[method]!r}")
 
     def run(model: nn.Module, image: Tensor, method: str, targets: list[int]) -> Tensor:
-        result = explain(model, image, method=method, targets=targets, keep_attributions=True,
-                         **shared, **dict(options.get(method, {})))
+        own = dict(options.get(method, {}))
+        if "seed" in METHOD_OPTIONS.get(method, ()) and "seed" not in own:
+            own["seed"] = 0
+        result = explain(model, image, method=method, targets=targets, keep_attributions=True, **shared, **own)
         return result.attributions
 
     return run
@@ -315,7 +323,10 @@ def compare_methods(
         raise ValueError(f"Expected `methods` to be a non-empty list without repeats, got {methods!r}")
     target_ids = resolve_targets(targets, class_names)
     names = [class_names[t] for t in target_ids]
-    explainer = explainer or default_explainer(roi_size=settings.roi_size)
+    if explainer is None:
+        window = {} if settings.roi_size is None else dict(roi_size=settings.roi_size, sw_batch_size=settings.sw_batch_size,
+                                                           overlap=settings.overlap, mode=settings.sw_mode)
+        explainer = default_explainer(**window)
     out = Path(out_dir)
     _check_settings_file(out, settings)
     frames, seen = [], set()

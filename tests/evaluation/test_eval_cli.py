@@ -1,6 +1,7 @@
-"""agg2exp-compare-methods: checkpoint + data loading end to end (tiny Swin-UNETR), argument errors."""
+"""agg2exp-compare-methods: checkpoint + data + explain() end to end (tiny Swin-UNETR), argument errors."""
 from __future__ import annotations
 
+import json
 import warnings
 
 import pandas as pd
@@ -8,9 +9,7 @@ import pytest
 import torch
 
 from agg2exp_lightning.evaluation import UndefinedScoreWarning
-from agg2exp_lightning.evaluation.cli import build_parser, main, parse_method_options, run_comparison
-from agg2exp_lightning.evaluation.compare import ComparisonSettings
-from agg2exp_lightning.labels import THORAX_CLASSES
+from agg2exp_lightning.evaluation.cli import build_parser, main, parse_method_options
 
 
 @pytest.fixture(scope="module")
@@ -24,48 +23,6 @@ def tiny_checkpoint(tmp_path_factory):
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "datamodule_hyper_parameters": {"spacing": [16.0, 16.0, 16.0]}}, path)
     return path
-
-
-def _gradient_explainer(calls):
-    from agg2exp_lightning.explain.proxy import prediction_labels, proxy_output
-
-    def explain(model, image, method, targets):
-        x = image[None].detach().clone().requires_grad_(True)
-        logits = model.predict_logits(x)
-        labels = prediction_labels(logits.detach())[0]
-        calls.append((method, image.shape, tuple(targets), set(labels.unique().tolist())))
-        return torch.stack([torch.autograd.grad(proxy_output(logits, labels, [t]).sum(), x, retain_graph=True)[0][0, 0]
-                            for t in targets])
-
-    return explain
-
-
-@pytest.mark.slow  # ~25 s on a shared 2-core CPU: a Swin-UNETR checkpoint, data loading, sliding windows
-def test_run_comparison_on_a_checkpoint_and_a_cohort(tiny_checkpoint, tiny_cohort, tmp_path):
-    calls = []
-    settings = ComparisonSettings(n_runs=4, subset_size=200, noise_samples=1, batch_size=2)
-    targets = ["background", "lung_upper_lobe_left", "heart"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedScoreWarning)  # the untrained model may not predict every class
-        table = run_comparison(tiny_checkpoint, tiny_cohort, tmp_path, methods=["vanilla_gradient"], targets=targets,
-                               max_scans=1, split="train", device="cpu", settings=settings,
-                               explainer=_gradient_explainer(calls), progress=False)
-    assert len(table) == 3 and list(table["target"]) == targets
-    # classes the model predicts have finite scores; a class it does not predict has a zero proxy, hence NaN
-    predicted = calls[0][3]
-    expected_finite = [THORAX_CLASSES.index(t) in predicted for t in targets]
-    assert any(expected_finite)
-    assert table["faithfulness"].notna().tolist() == expected_finite
-    assert table["complexity"].notna().tolist() == expected_finite
-    # the checkpoint's spacing (16 mm) was used: a 40^3 cohort at 8 mm comes out at about 20^3 voxels
-    shape = calls[0][1]
-    assert shape[0] == 1 and all(15 <= s <= 21 for s in shape[1:])
-    summary = pd.read_csv(tmp_path / "summary.csv", index_col="method")
-    assert list(summary.index) == ["vanilla_gradient"]
-    import json
-
-    stored = json.loads((tmp_path / "settings.json").read_text())
-    assert stored["roi_size"] == [32, 32, 32]  # sliding windows of the checkpoint for the faithfulness passes
 
 
 def test_parse_method_options():
@@ -90,3 +47,28 @@ def test_main_reports_bad_input_with_exit_status_2(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["--checkpoint", "c", "--data", "d", "--out", "o", "--n-runs", "1", "--quiet"]) == 2
     assert "`n_runs`" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~30-40 s on a shared 2-core CPU: Swin-UNETR checkpoint, data loading, windowed gradients
+def test_main_end_to_end_with_explain(tiny_checkpoint, tiny_cohort, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_cohort), "--out", str(out), "--methods",
+            "vanilla_gradient", "--targets", "lung_upper_lobe_left", "heart", "--max-scans", "1", "--split", "train",
+            "--n-runs", "2", "--subset-size", "200", "--noise-samples", "1", "--no-one-class-timing", "--device", "cpu",
+            "--quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedScoreWarning)
+        assert main(argv) == 0
+    assert str(out / "summary.md") in capsys.readouterr().out
+    table = pd.read_csv(out / "results.csv")
+    assert list(table["target"]) == ["lung_upper_lobe_left", "heart"] and set(table["method"]) == {"vanilla_gradient"}
+    assert (table["seconds_all_classes"] > 0).all() and table["seconds_one_class"].isna().all()
+    assert table["faithfulness"].notna().any()  # the untrained model predicts at least one of the two classes
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["roi_size"] == [32, 32, 32] and settings["n_runs"] == 2  # the checkpoint's windows
+    assert "| vanilla_gradient |" in (out / "summary.md").read_text()
+    # a second call resumes: nothing is recomputed, the results stay identical
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedScoreWarning)
+        assert main(argv) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table)

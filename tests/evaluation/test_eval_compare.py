@@ -59,6 +59,23 @@ def test_known_answers_flow_into_the_table_and_files(linear_net, tmp_path):
     assert "| exact | 1.000 ± 0.000 |" in md and "Faithfulness ↑" in md
 
 
+def test_an_all_zero_map_gives_nan_rows_with_one_warning(linear_net, tmp_path):
+    from agg2exp_lightning.evaluation import UndefinedScoreWarning
+
+    def explainer(model, image, method, targets):  # e.g. a class the model does not predict: zero proxy
+        a = torch.ones(len(targets), *image.shape[1:]) * image[0]
+        a[[i for i, t in enumerate(targets) if t == 1]] = 0
+        return a
+
+    with pytest.warns(UndefinedScoreWarning, match="s000/m: all-zero attribution maps for \\['left'\\]") as record:
+        table = compare_methods(linear_net, _scans(1), ["m"], NAMES, tmp_path, explainer=explainer, settings=SETTINGS,
+                                class_names=NAMES, progress=False)
+    assert len([w for w in record if issubclass(w.category, UndefinedScoreWarning)]) == 1
+    metrics = ["faithfulness", "sensitivity_avg", "sensitivity_max", "complexity"]
+    assert table[metrics].notna().all(axis=1).tolist() == [True, False, True]
+    assert table.loc[1, metrics].isna().all()
+
+
 def test_summary_is_mean_and_sample_sd():
     table = pd.DataFrame({"subject_id": ["a", "a", "b", "b"], "method": "m", "target": ["x", "y", "x", "y"],
                           "faithfulness": [0.1, 0.3, 0.5, np.nan], "sensitivity_avg": 1.0, "sensitivity_max": 2.0,
