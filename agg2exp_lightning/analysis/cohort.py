@@ -43,7 +43,7 @@ from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE, AnomalyResu
 from agg2exp_lightning.analysis.bias import BiasResult, bias_tests
 from agg2exp_lightning.analysis.correlation import anomaly_dice_correlation
 from agg2exp_lightning.analysis.importance import context_reliance, global_roi_importance, strongest_dependencies
-from agg2exp_lightning.analysis.tables import ExplanationTable, to_published_frame
+from agg2exp_lightning.analysis.tables import PUBLISHED_SPELLING, ExplanationTable, to_published_frame
 from agg2exp_lightning.errors import DataError
 
 SCHEMA_VERSION = 1
@@ -69,8 +69,6 @@ class CohortAnalysis:
     def per_scan_frame(self) -> pd.DataFrame:
         """The audited table in the published column format plus, per class ``a`` (published
         spelling), ``{a}_anomaly_score`` and ``{a}_outlier``, and ``any_class_outlier``."""
-        from agg2exp_lightning.analysis.tables import PUBLISHED_SPELLING
-
         extra: dict[str, np.ndarray] = {}
         for i, a in enumerate(self.table.classes):
             spelled = PUBLISHED_SPELLING.get(a, a)

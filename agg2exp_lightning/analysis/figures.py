@@ -188,7 +188,8 @@ def case_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], *,
         for c, tile in enumerate(row):
             y, x = r * (h + gap), c * (w + gap)
             mosaic[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
-    fig = Figure(figsize=(7.5, 7.5 * mosaic.shape[0] / mosaic.shape[1] + 0.6))
+    width = 7.5
+    fig = Figure(figsize=(width, 0.76 * width * mosaic.shape[0] / mosaic.shape[1] / 0.9 + 0.4))
     ax = fig.add_axes((0.22, 0.02, 0.76, 0.9))
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_axis_off()
@@ -196,5 +197,5 @@ def case_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], *,
         ax.text(c * (w + gap) + w / 2, -gap, name, ha="center", va="bottom", fontsize=9)
     for r, label in enumerate(labels):
         ax.text(-gap, r * (h + gap) + h / 2, label, ha="right", va="center", fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    ax.set_title(title, fontsize=10, pad=24)
     return fig

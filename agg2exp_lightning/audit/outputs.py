@@ -8,6 +8,11 @@ Layout of ``out_dir`` after :func:`write_audit_outputs`::
     figures/*.png       importance_heatmap, dependency_graph, share_distributions, anomaly_vs_dice,
                         cases/*.png (checkpoint mode)
     report.html         one self-contained page (figures embedded)
+
+Checkpoint audits also keep their per-scan work there (see
+:mod:`agg2exp_lightning.audit.scan_records`): ``scans/<id>.json`` (+ ``.slices.npz``,
+``.failed.json``), ``reference_scans/`` likewise, and ``failed_scans.json``
+(``{"audited:<id>" | "reference:<id>": error}``).
 """
 from __future__ import annotations
 
@@ -82,6 +87,8 @@ def write_audit_outputs(
     per_scan = atomic_write_text(out / "per_scan.csv", frame.to_csv(index=False, float_format="%.10g"))
     pngs = cohort_figures(analysis)
     paths = {k: atomic_write_bytes(out / "figures" / f"{k}.png", v) for k, v in pngs.items()}
+    for stale in (out / "figures" / "cases").glob("case_*.png"):  # from an earlier analysis of this audit
+        stale.unlink()
     for k, (caption, png) in enumerate(case_figures):
         paths[f"case_{k:02d}"] = atomic_write_bytes(out / "figures" / "cases" / f"case_{k:02d}.png", png)
     page = render_report(summary, pngs, inputs=inputs, case_figures=case_figures)
