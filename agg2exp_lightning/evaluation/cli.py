@@ -9,10 +9,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +84,13 @@ def parse_method_options(pairs: Sequence[str], methods: Sequence[str] = METHODS)
     return options
 
 
-def _scans(dataset) -> Iterator[tuple[str, Any]]:
-    """``(subject_id, loader)`` per item of a MONAI dataset of whole volumes; loads only when called."""
-    for i, record in enumerate(dataset.data):
-        def load(i: int = i):
-            return dataset[i]["image"]
+def _scans(dataset) -> list[tuple[str, Callable[[], Any]]]:
+    """``(subject_id, loader)`` per item of a MONAI dataset of whole volumes; a scan loads only when called."""
+    return [(str(record["subject_id"]), functools.partial(_load_image, dataset, i)) for i, record in enumerate(dataset.data)]
 
-        yield str(record["subject_id"]), load
+
+def _load_image(dataset, index: int) -> Any:
+    return dataset[index]["image"]
 
 
 def run_comparison(
@@ -119,6 +120,7 @@ def run_comparison(
     import torch
 
     from agg2exp_lightning.audit.checkpoint_audit import checkpoint_spacing
+    from agg2exp_lightning.audit.output_folder import file_sha256
     from agg2exp_lightning.data.datamodule import ThoraxDataModule
     from agg2exp_lightning.model import load_segmentation_checkpoint
 
@@ -139,8 +141,10 @@ def run_comparison(
     if explainer is None:
         explainer = default_explainer(roi_size=window["roi_size"], sw_batch_size=window["sw_batch_size"],
                                       overlap=window["overlap"], mode=window["sw_mode"], **(method_options or {}))
+    context = {"checkpoint_sha256": file_sha256(checkpoint), "data": str(Path(data).resolve()), "split": split,
+               "spacing": list(spacing), "method_options": method_options or {}}
     return compare_methods(module, _scans(dataset), methods, targets, out_dir, explainer=explainer, settings=settings,
-                           class_names=module.class_names, progress=progress)
+                           class_names=module.class_names, context=context, progress=progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import os
 import re
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -177,7 +177,7 @@ def _finished(path: Path, target_names: list[str], fingerprint: str) -> pd.DataF
     if not path.is_file():
         return None
     try:
-        rows = pd.read_csv(path, dtype={"subject_id": str})
+        rows = pd.read_csv(path, dtype={"subject_id": str, "settings": str, "target": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         log.warning("ignoring unreadable partial result %s", path)
         return None
@@ -186,10 +186,17 @@ def _finished(path: Path, target_names: list[str], fingerprint: str) -> pd.DataF
     return rows[rows["target"].isin(target_names)]
 
 
-def _check_settings_file(out_dir: Path, settings: ComparisonSettings) -> None:
+def _run_fingerprint(settings: ComparisonSettings, context: Mapping[str, Any]) -> str:
+    text = json.dumps({"settings": settings.fingerprint(), "context": context}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _check_settings_file(out_dir: Path, settings: ComparisonSettings, context: Mapping[str, Any]) -> str:
+    """Store the settings (or check them against the stored ones); returns the run's fingerprint."""
     path = out_dir / "settings.json"
-    wanted = dataclasses.asdict(settings) | {"fingerprint": settings.fingerprint()}
-    wanted = json.loads(json.dumps(wanted, default=list))
+    fingerprint = _run_fingerprint(settings, context)
+    wanted = dataclasses.asdict(settings) | {"context": dict(context), "fingerprint": fingerprint}
+    wanted = json.loads(json.dumps(wanted, default=str))
     if path.is_file():
         stored = json.loads(path.read_text())
         if stored.get("fingerprint") != wanted["fingerprint"]:
@@ -197,18 +204,21 @@ def _check_settings_file(out_dir: Path, settings: ComparisonSettings) -> None:
                 f"`out_dir` {out_dir} holds a comparison with other settings ({stored}); use another output folder "
                 "or remove it to start afresh"
             )
-        return
+        return fingerprint
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(wanted, indent=2))
     os.replace(tmp, path)
+    return fingerprint
 
 
 class _ScanContext:
     """What all methods of one scan share: subsets, output drops, noise (drawn lazily, once)."""
 
-    def __init__(self, model: nn.Module, subject_id: str, source: ScanSource, targets: list[int], settings: ComparisonSettings):
+    def __init__(self, model: nn.Module, subject_id: str, source: ScanSource, targets: list[int],
+                 settings: ComparisonSettings, fingerprint: str):
         self.model, self.subject_id, self.source, self.targets, self.s = model, subject_id, source, targets, settings
+        self.fingerprint = fingerprint
         self.seed = [settings.seed, zlib.crc32(subject_id.encode())]
         self._image: Tensor | None = None
         self._drops: Tensor | None = None
@@ -278,7 +288,7 @@ def _evaluate_method(ctx: _ScanContext, method: str, explainer: Explainer, names
         "subject_id": ctx.subject_id, "method": method, "target": names,
         "faithfulness": faith.numpy(), "sensitivity_avg": sens.average.numpy(), "sensitivity_max": sens.maximum.numpy(),
         "complexity": comp.numpy(), "seconds_one_class": seconds_one, "seconds_all_classes": seconds_all,
-        "settings": s.fingerprint(),
+        "settings": ctx.fingerprint,
     })
 
 
@@ -293,6 +303,7 @@ def compare_methods(
     explainer: Explainer | None = None,
     settings: ComparisonSettings | None = None,
     class_names: Sequence[str] = THORAX_CLASSES,
+    context: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Score attribution methods on a cohort and write the per-scan results and the summary table.
@@ -308,6 +319,8 @@ def compare_methods(
         explainer: ``(model, image, method, targets) -> [T, *S]``; default :func:`default_explainer`.
         settings: metric settings (paper defaults).
         class_names: names of the model's classes (rows are labelled with them).
+        context: what else decides the numbers (checkpoint hash, data, method options...): stored in
+            ``settings.json`` with the settings; a folder of another context or settings is refused.
         progress: show a progress bar.
 
     Returns:
@@ -328,18 +341,19 @@ def compare_methods(
                                                            overlap=settings.overlap, mode=settings.sw_mode)
         explainer = default_explainer(**window)
     out = Path(out_dir)
-    _check_settings_file(out, settings)
+    fingerprint = _check_settings_file(out, settings, dict(context or {}))
     frames, seen = [], set()
-    bar = _progress(progress)
+    total = len(images) * len(methods) if hasattr(images, "__len__") else None
+    bar = _progress(progress, total)
     for subject_id, source in images:
         subject_id = str(subject_id)
         if subject_id in seen:
             raise ValueError(f"Expected unique subject ids in `images`, {subject_id!r} appears twice")
         seen.add(subject_id)
-        ctx = _ScanContext(model, subject_id, source, target_ids, settings)
+        ctx = _ScanContext(model, subject_id, source, target_ids, settings, fingerprint)
         for method in methods:
             path = out / "scans" / _safe_name(subject_id) / f"{method}.csv"
-            rows = _finished(path, names, settings.fingerprint())
+            rows = _finished(path, names, fingerprint)
             if rows is None:
                 bar.set_description(f"{subject_id} {method}")
                 try:
@@ -360,7 +374,7 @@ def compare_methods(
     return table
 
 
-def _progress(enabled: bool):
+def _progress(enabled: bool, total: int | None):
     from tqdm.auto import tqdm
 
-    return tqdm(total=None, unit="scan-method", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, unit="scan-method", disable=not enabled, dynamic_ncols=True)

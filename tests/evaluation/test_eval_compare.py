@@ -138,6 +138,9 @@ def test_other_settings_in_the_output_folder_are_refused(linear_net, tmp_path):
     with pytest.raises(ValueError, match="`out_dir`.*other settings"):
         compare_methods(linear_net, _scans(1), ["fixed_map"], NAMES, tmp_path, explainer=Explainer(), settings=other,
                         class_names=NAMES, progress=False)
+    with pytest.raises(ValueError, match="`out_dir`.*other settings"):  # e.g. another checkpoint
+        compare_methods(linear_net, _scans(1), ["fixed_map"], NAMES, tmp_path, explainer=Explainer(), settings=SETTINGS,
+                        class_names=NAMES, context={"checkpoint_sha256": "abc"}, progress=False)
 
 
 def test_bad_targets_methods_and_explainer_output_are_refused(linear_net, tmp_path):
