@@ -61,3 +61,15 @@ def test_audit_script_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "audit.py"), "--from-table", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "none.csv does not exist" in proc.stderr
+
+
+def test_reference_table_and_metadata_options(tmp_path, make_frame):
+    frame = make_frame(30, 3, seed=4)
+    frame.drop(columns=["scanner", "age", "sex"]).to_csv(tmp_path / "t.csv", index=False)
+    frame[["patient", "scanner"]].to_csv(tmp_path / "meta.tsv", sep="\t", index=False)
+    make_frame(40, 0, seed=5).to_csv(tmp_path / "ref.csv", index=False)
+    args = ["--from-table", str(tmp_path / "t.csv"), "--metadata", str(tmp_path / "meta.tsv"), "--reference-table", str(tmp_path / "ref.csv")]
+    assert main([*args, "--out", str(tmp_path / "out"), "-q"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["anomaly"]["fitted_on"] == "reference scans" and set(summary["anomaly"]["n_reference"].values()) == {40}
+    assert {b["column"] for b in summary["bias_tests"]} == {"scanner"}

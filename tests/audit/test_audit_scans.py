@@ -45,8 +45,11 @@ def conv_audit(tmp_path_factory, records):
 
 
 def test_pointwise_model_keeps_every_class_in_its_own_region(tmp_path, records):
-    outputs = audit(tmp_path / "out", PointwiseNet(), {"audited": records[:3]})
+    outputs = audit(tmp_path / "out", PointwiseNet(), {"audited": records[:3], "reference": records[4:6]})
+    assert outputs.summary["anomaly"]["fitted_on"] == "reference scans"
+    assert sorted(p.name for p in (tmp_path / "out" / "reference_scans").glob("*.json")) == [f"{r.subject_id}.json" for r in records[4:6]]
     frame = pd.read_csv(outputs.per_scan_csv)
+    assert list(frame.patient) == [r.subject_id for r in records[:3]]
     own, other = _own_and_other(frame)
     assert np.isfinite(own).sum() >= 12
     np.testing.assert_allclose(own[np.isfinite(own)], 1.0, atol=1e-5)
@@ -222,3 +225,12 @@ def test_checkpoint_cli_bad_inputs(tmp_path, scan_cohort, capsys):
     assert "['n_step'] not accepted by method 'smoothgrad'" in capsys.readouterr().err
     assert main(["--checkpoint", str(ckpt), *base, "--split", "holdout"]) == 2
     assert "split 'holdout' is empty" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_audit_matches_the_cpu_audit(tmp_path, records, conv_audit):
+    outputs = audit(tmp_path / "out", TinyConvNet(), {"audited": records[:4]}, trainer_kwargs={"accelerator": "gpu", "devices": 1})
+    ours, reference = _per_scan(outputs.per_scan_csv), _per_scan(conv_audit[1].per_scan_csv)
+    cols = [c for c in reference.columns if c.endswith(("_mass", "_mean", "_dice"))]
+    np.testing.assert_allclose(ours[cols].to_numpy(float), reference[cols].to_numpy(float), rtol=1e-4, atol=1e-6)
