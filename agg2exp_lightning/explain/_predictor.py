@@ -35,6 +35,7 @@ class Predictor:
     labels: Tensor | None = None
     vectorize: bool = False
     counter: PassCounter = field(default_factory=PassCounter)
+    _graph: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:
@@ -44,9 +45,21 @@ class Predictor:
         self.counter.forward(x.shape[0])
         return self.model(x)
 
-    def predict(self, image: Tensor) -> Tensor:
-        """Logits of the unperturbed ``image`` ``[1, 1, *S]``; fixes :attr:`labels` from their argmax."""
-        logits = self.logits(image)
+    def predict(self, image: Tensor, *, keep_graph: bool = False) -> Tensor:
+        """Logits of the unperturbed ``image`` ``[1, 1, *S]``; fixes :attr:`labels` from their argmax.
+
+        With ``keep_graph`` (whole volume only) the pass runs with grad on a leaf copy of the
+        image, and the next :meth:`gradients` call on the same input reuses it: the vanilla gradient
+        then costs one forward pass in all.
+        """
+        self._graph = None
+        if keep_graph and self.plan is None:
+            inp = image.detach().clone().requires_grad_(True)
+            logits = self.model(inp)
+            self.counter.forward(1)
+            self._graph = (inp, logits)
+        else:
+            logits = self.logits(image)
         spatial = tuple(image.shape[2:])
         if logits.dim() != image.dim() or logits.shape[0] != 1 or tuple(logits.shape[2:]) != spatial:
             raise ValueError(
@@ -55,8 +68,8 @@ class Predictor:
             )
         if not bool(torch.isfinite(logits).all()):
             raise ValueError("Expected argument `model` to return finite logits for `image`, but they hold NaN or infinite values")
-        self.labels = logits.argmax(dim=1)[0]
-        return logits
+        self.labels = logits.detach().argmax(dim=1)[0]
+        return logits.detach()
 
     @torch.no_grad()
     def proxies(self, x: Tensor) -> Tensor:
@@ -73,9 +86,13 @@ class Predictor:
         labels = self._labels()
         if self.plan is not None:
             return windowed_proxy_gradients(self.model, x, labels, self.targets, self.plan, self.counter, vectorize=self.vectorize)
-        inp = x.detach().clone().requires_grad_(True)
-        logits = self.model(inp)
-        self.counter.forward(x.shape[0])
+        graph, self._graph = self._graph, None
+        if graph is not None and graph[0].shape == x.shape and torch.equal(graph[0].detach(), x):
+            inp, logits = graph  # the prediction pass of this very input, kept with its graph
+        else:
+            inp = x.detach().clone().requires_grad_(True)
+            logits = self.model(inp)
+            self.counter.forward(x.shape[0])
         cotangents = {}
         for t, c in enumerate(self.targets):
             mask = labels == c

@@ -190,7 +190,7 @@ def explain(
             plan = window_plan(spatial, window["roi_size"], sw_batch_size=window["sw_batch_size"], overlap=window["overlap"],
                                mode=window["mode"], sigma_scale=window["sigma_scale"], device=device, dtype=x.dtype)
         predictor = Predictor(model, plan, [])
-        logits = predictor.predict(x)
+        logits = predictor.predict(x, keep_graph=name == "vanilla_gradient")
         num_classes = int(logits.shape[1])
         target_ids = check_targets(targets, num_classes)
         predictor.targets = target_ids

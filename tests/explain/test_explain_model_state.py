@@ -67,15 +67,15 @@ def test_state_restored_after_success(method):
     assert res.attributions.shape == (3, 6, 6, 6)
 
 
-@pytest.mark.parametrize("method", ["vg", "sg", "ks_semantic"])
-def test_state_restored_after_an_error(method):
+@pytest.mark.parametrize(("method", "window"), [("vg", {"roi_size": 6}), ("sg", {}), ("ks_semantic", {})])
+def test_state_restored_after_an_error(method, window):
     model = _mixed_model()
     model.fail_at = 2  # the prediction pass works, the next model call raises
     before = _state(model)
     torch.set_grad_enabled(False)
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            explain(model, torch.rand(1, 6, 6, 6), method=method)
+            explain(model, torch.rand(1, 6, 6, 6), method=method, **window)
         assert not torch.is_grad_enabled()
     finally:
         torch.set_grad_enabled(True)
