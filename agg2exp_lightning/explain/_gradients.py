@@ -59,8 +59,7 @@ def integration_points(n_steps: int, rule: str = "gausslegendre") -> tuple[Tenso
 def _weighted_gradients(predictor: Predictor, sample: Callable[[int, int], Tensor], weights: Tensor, batch_size: int, shape: tuple[int, ...]) -> Tensor:
     """``sum_k weights[k] * grad proxy(sample k)``, samples made ``batch_size`` at a time: ``[T, *S]``."""
     acc = torch.zeros((len(predictor.targets), *shape), dtype=torch.float64, device=weights.device)
-    for start in range(0, len(weights), batch_size):
-        stop = min(start + batch_size, len(weights))
+    for start, stop in predictor.batches(len(weights), batch_size, "gradient samples"):
         grads = predictor.gradients(sample(start, stop))  # [b, T, *S]
         w = weights[start:stop].view(-1, *([1] * (grads.dim() - 1)))
         acc += (w * grads.to(torch.float64)).sum(0)

@@ -206,8 +206,8 @@ def kernelshap(
         z, w, exact = sample_coalitions(num_features, n, paired=bool(paired), generator=gen)
         diff = image - base
         outs = []
-        for start in range(0, z.shape[0], batch_size):
-            keep = z[start : start + batch_size].to(device=image.device, dtype=image.dtype)[:, feature_mask]  # [b, *S]
+        for start, stop in predictor.batches(z.shape[0], batch_size, "KernelSHAP coalitions"):
+            keep = z[start:stop].to(device=image.device, dtype=image.dtype)[:, feature_mask]  # [b, *S]
             outs.append(predictor.proxies(base + keep.unsqueeze(1) * diff).double().cpu())
         f = torch.cat(outs)
     phi = solve_shapley(z, w, f, proxy_at_image, f_empty)  # [M, T]

@@ -5,7 +5,7 @@ and counts every forward and backward pass for the diagnostics.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +27,7 @@ class Predictor:
         labels: ``[*S]`` mask labels of the unperturbed prediction (set by :meth:`predict`).
         vectorize: batched backward over the targets (``is_grads_batched``) instead of a loop.
         counter: forward/backward pass counts.
+        progress: show a progress bar over the sample batches.
     """
 
     model: nn.Module
@@ -35,6 +36,7 @@ class Predictor:
     labels: Tensor | None = None
     vectorize: bool = False
     counter: PassCounter = field(default_factory=PassCounter)
+    progress: bool = False
     _graph: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     @torch.no_grad()
@@ -103,6 +105,16 @@ class Predictor:
         for t, g in grads.items():
             out[:, t] = g[:, 0]
         return out
+
+    def batches(self, total: int, batch_size: int, desc: str) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` of consecutive batches, with a tqdm bar when :attr:`progress`."""
+        from tqdm.auto import tqdm
+
+        with tqdm(total=total, desc=desc, unit="sample", disable=not self.progress, leave=False) as bar:
+            for start in range(0, total, batch_size):
+                stop = min(start + batch_size, total)
+                yield start, stop
+                bar.update(stop - start)
 
     def _labels(self) -> Tensor:
         if self.labels is None:

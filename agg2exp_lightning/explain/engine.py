@@ -101,6 +101,7 @@ def explain(
     keep_attributions: bool = True,
     spatial_dims: int = 3,
     eval_mode: bool = True,
+    progress: bool = False,
     **method_options: Any,
 ) -> ExplanationResult:
     """Explain a segmentation model's prediction of ``image`` for each target class (Agg2Exp).
@@ -132,6 +133,7 @@ def explain(
         keep_attributions: return the maps (``False`` saves memory).
         spatial_dims: number of spatial dims of ``image``.
         eval_mode: explain the model in eval mode.
+        progress: show a progress bar over the samples (SmoothGrad, IG, KernelSHAP).
         **method_options: per method (defaults in brackets):
             all gradient methods: ``batch_size`` [4] samples per forward, ``vectorize`` [False]
             (one vmapped backward for all targets instead of a loop);
@@ -189,7 +191,7 @@ def explain(
         if window is not None:
             plan = window_plan(spatial, window["roi_size"], sw_batch_size=window["sw_batch_size"], overlap=window["overlap"],
                                mode=window["mode"], sigma_scale=window["sigma_scale"], device=device, dtype=x.dtype)
-        predictor = Predictor(model, plan, [])
+        predictor = Predictor(model, plan, [], progress=bool(progress))
         logits = predictor.predict(x, keep_graph=name == "vanilla_gradient")
         num_classes = int(logits.shape[1])
         target_ids = check_targets(targets, num_classes)

@@ -90,3 +90,16 @@ def test_keep_attributions_false_and_result_fields(net):
     assert res.targets == [2, 0] and res.roi.shape == res.roi_mean.shape == (2, 3)
     assert res.method == "smoothgrad" and res.seconds > 0 and res.prediction.shape == (6, 6, 6)
     assert res.region_names == ["0", "1", "2"]
+
+
+def test_a_captum_class_runs_on_the_proxy_per_target(net):
+    from captum.attr import IntegratedGradients
+
+    image = torch.rand(1, 6, 6, 6)
+    ours = explain(net, image, method="ig", n_steps=5, targets=[0, 2])
+    theirs = explain(net, image, method=IntegratedGradients, n_steps=5, targets=[0, 2], progress=True)
+    assert theirs.method == "IntegratedGradients" and "captum_class" in theirs.diagnostics
+    # same Gauss-Legendre rule; Captum's float32 step sizes limit the agreement
+    torch.testing.assert_close(theirs.attributions, ours.attributions, rtol=1e-4, atol=1e-5 * float(ours.attributions.abs().max()))
+    with_progress = explain(net, image, method="sg", n_samples=2, seed=0, progress=True)
+    torch.testing.assert_close(with_progress.attributions, explain(net, image, method="sg", n_samples=2, seed=0).attributions)
