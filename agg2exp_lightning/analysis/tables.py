@@ -17,6 +17,7 @@ this project's label names; :func:`to_published_frame` writes the published spel
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -266,7 +267,7 @@ def read_explanation_table(
     joined.index.name = "id"
     overlap = [c for c in joined.columns if c in table.metadata.columns]
     combined = pd.concat([table.metadata.drop(columns=overlap), joined], axis=1)
-    return ExplanationTable(**{**table.__dict__, "metadata": combined})
+    return dataclasses.replace(table, metadata=combined)
 
 
 def column_name(a: str, b: str | None, kind: Literal["mass", "mean", "dice", "iou", "explanation_var", "explanation_mean"], *, published: bool = True) -> str:

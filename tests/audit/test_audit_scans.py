@@ -1,6 +1,7 @@
 """Scan-by-scan audits through Trainer.predict: known answers, failures, resume after a kill, DDP."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -55,7 +56,7 @@ def test_pointwise_model_keeps_every_class_in_its_own_region(tmp_path, records):
     np.testing.assert_allclose(own[np.isfinite(own)], 1.0, atol=1e-5)
     np.testing.assert_allclose(other[np.isfinite(other)], 0.0, atol=1e-6)
     # Dice against an independent computation (scikit-learn F1 = Dice) on the same preprocessing
-    item = PerScanTransform(load_structure_mapping(), NUM_CLASSES, SPACING)({**records[0].__dict__})
+    item = PerScanTransform(load_structure_mapping(), NUM_CLASSES, SPACING)(dataclasses.asdict(records[0]))
     pred = PointwiseNet()(item["image"].as_tensor()[None]).argmax(1)[0].flatten().numpy()
     label = item["label"].as_tensor()[0].flatten().long().numpy()
     expected = f1_score(label, pred, labels=range(NUM_CLASSES), average=None, zero_division=np.nan)
@@ -82,7 +83,7 @@ def test_conv_model_audit_outputs(conv_audit):
 
 def test_failing_scans_are_reported_and_the_others_finish(tmp_path, records):
     # scan 1 cannot be loaded; the explainer fails on its 2nd call, i.e. on scan 2 (one process, in order)
-    broken = records[1].__class__(**{**records[1].__dict__, "image": str(tmp_path / "missing.nii.gz"), "labels": str(tmp_path / "nowhere")})
+    broken = dataclasses.replace(records[1], image=str(tmp_path / "missing.nii.gz"), labels=str(tmp_path / "nowhere"))
     calls = []
 
     def explainer(model, image):
