@@ -35,9 +35,9 @@ def tiny_model_args() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory):
-    """Six synthetic subjects in the TotalSegmentator layout, 40^3 voxels of 8 mm (generated once)."""
+    """36 synthetic subjects (splits as the demo: 5 validation scans), 40^3 voxels of 8 mm, generated once."""
     from agg2exp_lightning.data.synthetic import generate_cohort
 
     root = tmp_path_factory.mktemp("cohort") / "thorax"
-    generate_cohort(root, n_subjects=6, seed=3, shape=(40, 40, 40), spacing=8.0, progress=False)
+    generate_cohort(root, n_subjects=36, seed=3, shape=(40, 40, 40), spacing=8.0, progress=False)
     return root

@@ -10,6 +10,8 @@ import torch
 from agg2exp_lightning.model import SegmentationModule, load_segmentation_checkpoint
 from agg2exp_lightning.training import train
 
+NO_MONITORS = ("--config", str(Path(__file__).parent / "configs" / "checkpoints_only.yaml"))
+
 
 def _args(root, run_dir, *extra, model_args=()):
     return [
@@ -25,11 +27,12 @@ def _args(root, run_dir, *extra, model_args=()):
 
 
 def test_fast_dev_run_through_train(tiny_cohort, tiny_model_args, tmp_path):
-    out = train(_args(tiny_cohort, tmp_path / "run", "--trainer.fast_dev_run=true", model_args=tiny_model_args))
+    out = train(_args(tiny_cohort, tmp_path / "run", *NO_MONITORS, "--trainer.fast_dev_run=true", model_args=tiny_model_args))
     assert out["best_checkpoint"] is None and out["run_dir"] == str(tmp_path / "run")
 
 
-def test_short_run_validates_best_checkpoint_and_writes_dice_table(tiny_cohort, tiny_model_args, tmp_path):
+def test_short_run_with_the_demo_monitors(tiny_cohort, tiny_model_args, tmp_path):
+    """The demo config end to end: train, validate the best checkpoint, explanation monitors at the end."""
     run = tmp_path / "run"
     out = train(_args(tiny_cohort, run, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
                       "--trainer.check_val_every_n_epoch=1", model_args=tiny_model_args))
@@ -38,6 +41,9 @@ def test_short_run_validates_best_checkpoint_and_writes_dice_table(tiny_cohort, 
     table = (run / "dice_table.md").read_text()
     assert "| aorta |" in table and "mean foreground" in table
     assert 0.0 <= out["dice"]["mean_foreground"] <= 1.0 and not math.isnan(out["dice"]["mean_foreground"])
+    figures = sorted(p.name for p in run.rglob("agg2exp/figures/*.png"))
+    assert any(n.startswith("agg2exp_global_roi_importance") for n in figures), figures
+    assert any(p.name.startswith("agg2exp_anomaly_scores") for p in run.rglob("agg2exp/tables/*.csv"))
     # the checkpoint loads safely (weights_only) into an identical module
     module = load_segmentation_checkpoint(best, num_classes=17, in_channels=1)
     assert isinstance(module, SegmentationModule) and not module.training
@@ -59,7 +65,7 @@ def test_bad_feature_size_names_argument():
 def test_killed_run_resumes_from_last_checkpoint(tiny_cohort, tiny_model_args, tmp_path):
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
-    common = ("--trainer.limit_train_batches=2", "--trainer.check_val_every_n_epoch=5")
+    common = (*NO_MONITORS, "--trainer.limit_train_batches=2", "--trainer.check_val_every_n_epoch=5")
     out = train(_args(tiny_cohort, run, "--trainer.max_epochs=1", *common, model_args=tiny_model_args))
     assert out["resumed_from"] is None and torch.load(last, weights_only=True)["global_step"] == 2
     # a run stopped after epoch 1 and started again for 2 epochs continues to the uninterrupted total
