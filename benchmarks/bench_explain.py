@@ -20,6 +20,11 @@ Columns:
     limit: the pass-count limit of our run: its forward and backward passes (from the result's
         diagnostics) times the median cost of one pass of that kind and batch size, measured
         beforehand in the same process.
+    time: wall seconds and process CPU seconds (``time.process_time``). The machine is shared
+        with other jobs: with 2 threads a pass varied 0.2-1.2 s from one call to the next (OpenMP
+        threads spin while they wait for each other, so even CPU time inflated), with 1 thread it
+        held within a few percent. So the default is ``--threads 1``, and speed-ups and the ratio
+        to the limit use CPU seconds (wall ratios printed too).
     memory: peak resident set size (RSS) during the call minus the RSS just before it, sampled
         every 5 ms from /proc/self/statm in a background thread (tracemalloc does not see torch's
         CPU allocations). Allocations shorter than 5 ms may be missed.
@@ -27,9 +32,9 @@ Columns:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -71,13 +76,22 @@ class PeakRSS:
         self.peak_mib = (self.peak - self.start) / 2**20
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """``(result, seconds, peak MiB)`` of one call."""
-    with PeakRSS() as mem:
-        t = time.perf_counter()
+class Clock:
+    """Wall and process-CPU seconds of a block: ``.wall``, ``.cpu``."""
+
+    def __enter__(self) -> Clock:
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wall, self.cpu = time.perf_counter() - self._w, time.process_time() - self._c
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, Clock, float]:
+    """``(result, clock, peak MiB)`` of one call."""
+    with PeakRSS() as mem, Clock() as clock:
         out = fn()
-        seconds = time.perf_counter() - t
-    return out, seconds, mem.peak_mib
+    return out, clock, mem.peak_mib
 
 
 def build(size: int, feature_size: int, norm: str) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -102,76 +116,99 @@ def build(size: int, feature_size: int, norm: str) -> tuple[torch.nn.Module, tor
     return model, image
 
 
-def pass_costs(model: torch.nn.Module, image: torch.Tensor, batches: list[int], reps: int) -> dict[str, float]:
-    """Median seconds of one no-grad forward, one forward with grad and one backward per batch size."""
-    costs: dict[str, float] = {}
-    with explanation_mode(model):
-        for b in sorted(set(batches)):
-            x = image[None].repeat(b, 1, 1, 1, 1)
-            ng, fg, bw = [], [], []
-            for _ in range(reps):
-                with torch.no_grad():
-                    t = time.perf_counter()
-                    model(x)
-                    ng.append(time.perf_counter() - t)
+class PassCosts:
+    """Median wall and CPU seconds of one pass, measured on first use and cached.
+
+    Kinds: ``Fng`` (forward without grad), ``Fg`` (forward with grad), ``B`` (one backward with
+    ``retain_graph`` w.r.t. the input, a one-class cotangent), each at a batch size. Every
+    measurement is preceded by one untimed warm-up pass of the same shape (oneDNN builds its
+    kernels for a new shape on first use), with the model frozen in eval mode as ``explain`` runs it.
+    """
+
+    def __init__(self, model: torch.nn.Module, image: torch.Tensor, reps: int) -> None:
+        self.model, self.image, self.reps = model, image, reps
+        self.cache: dict[tuple[str, int], Clock] = {}
+
+    def _measure(self, b: int) -> None:
+        x = self.image[None].repeat(b, 1, 1, 1, 1)
+        found: dict[str, list[Clock]] = {"Fng": [], "Fg": [], "B": []}
+        with explanation_mode(self.model):
+            for rep in range(self.reps + 1):  # rep 0 warms up
+                with torch.no_grad(), Clock() as c_ng:
+                    self.model(x)
                 xi = x.clone().requires_grad_(True)
-                t = time.perf_counter()
-                out = model(xi)
-                fg.append(time.perf_counter() - t)
+                with Clock() as c_fg:
+                    out = self.model(xi)
                 cot = torch.zeros_like(out)
                 cot[:, 3] = 1.0
-                t = time.perf_counter()
-                torch.autograd.grad(out, xi, cot, retain_graph=True)
-                bw.append(time.perf_counter() - t)
+                with Clock() as c_b:
+                    torch.autograd.grad(out, xi, cot, retain_graph=True)
                 del out, cot
-            costs[f"Fng{b}"], costs[f"Fg{b}"], costs[f"B{b}"] = map(statistics.median, (ng, fg, bw))
-    return costs
+                if rep:
+                    found["Fng"].append(c_ng), found["Fg"].append(c_fg), found["B"].append(c_b)
+        for kind, clocks in found.items():
+            med = Clock()
+            med.wall = statistics.median(c.wall for c in clocks)
+            med.cpu = statistics.median(c.cpu for c in clocks)
+            self.cache[(kind, b)] = med
+
+    def __call__(self, kind: str, b: int, clock: str) -> float:
+        if b == 0:
+            return 0.0
+        if (kind, b) not in self.cache:
+            self._measure(b)
+        return getattr(self.cache[(kind, b)], clock)
+
+    def summary(self) -> str:
+        return "; ".join(f"{k}{b}={c.cpu:.2f}/{c.wall:.2f}" for (k, b), c in sorted(self.cache.items(), key=lambda i: (i[0][1], i[0][0])))
 
 
-def limit_seconds(method: str, diag: dict[str, Any], c: dict[str, float], bs: int, n: int) -> float:
-    """Pass-count limit of our run (the counts from its diagnostics)."""
-    full, rest = divmod(n, bs)
+def limit_seconds(method: str, diag: dict[str, Any], cost: PassCosts, bs: int, n: int, clock: str) -> float:
+    """Pass-count limit of our run (the counts from its diagnostics), in ``clock`` seconds."""
     if method == "vanilla_gradient":
-        assert diag["forward_passes"] == 1
-        return c["Fg1"] + diag["backward_passes"] * c["B1"]
+        if diag["forward_passes"] != 1:
+            raise RuntimeError(f"unexpected pass counts {diag}")
+        return cost("Fg", 1, clock) + diag["backward_passes"] * cost("B", 1, clock)
     if method in ("smoothgrad", "integrated_gradients"):
+        full, rest = divmod(n, bs)
         extra_ng = 1 + (method == "integrated_gradients")  # prediction (+ IG baseline)
-        assert diag["forward_passes"] == extra_ng + full + (rest > 0)
         batches = full + (rest > 0)
-        per_b = diag["backward_passes"] / batches  # backward passes per batch (= targets present)
-        return extra_ng * c["Fng1"] + full * (c[f"Fg{bs}"] + per_b * c[f"B{bs}"]) + (rest > 0) * (c[f"Fg{rest}"] + per_b * c[f"B{rest}"])
-    samples = diag["kernelshap_samples"]
-    full, rest = divmod(samples, bs)
-    return 2 * c["Fng1"] + full * c[f"Fng{bs}"] + (rest > 0) * c[f"Fng{rest}"]
+        if diag["forward_passes"] != extra_ng + batches:
+            raise RuntimeError(f"unexpected pass counts {diag}")
+        per_batch = diag["backward_passes"] / batches  # backward passes per batch (= targets present)
+        return (extra_ng * cost("Fng", 1, clock) + full * (cost("Fg", bs, clock) + per_batch * cost("B", bs, clock))
+                + cost("Fg", rest, clock) + (per_batch * cost("B", rest, clock) if rest else 0.0))
+    full, rest = divmod(diag["kernelshap_samples"], bs)
+    return 2 * cost("Fng", 1, clock) + full * cost("Fng", bs, clock) + cost("Fng", rest, clock)
 
 
-def captum_loop(method: str, model, image, labels, opts: dict[str, Any], classes: list[int], bs: int) -> list[float]:
-    """Seconds per class of the Captum equivalent (model frozen and in eval mode, as ours)."""
+def captum_loop(method: str, model, image, labels, opts: dict[str, Any], classes: list[int], bs: int) -> list[Clock]:
+    """Clock per class of the Captum equivalent (model frozen and in eval mode, as ours)."""
     from captum.attr import IntegratedGradients, KernelShap, NoiseTunnel, Saliency
 
     f = lambda x: proxy_output(model(x), labels, list(range(17)))  # noqa: E731
     x = image[None]
+    if method == "kernelshap_cubes":
+        mask = cube_feature_mask(tuple(image.shape[1:]), opts.get("cubes_per_axis", 8))[0]
+    else:
+        mask = torch.unique(labels, return_inverse=True)[1]
+    sigma = 0.1 * float(image.max() - image.min())
     per_class = []
     with explanation_mode(model):
         for c in classes:
-            t = time.perf_counter()
-            if method == "vanilla_gradient":
-                Saliency(f).attribute(x, target=c, abs=False)
-            elif method == "smoothgrad":
-                sigma = 0.1 * float(image.max() - image.min())
-                NoiseTunnel(Saliency(f)).attribute(x, nt_type="smoothgrad", nt_samples=opts["n_samples"], nt_samples_batch_size=bs,
-                                                   stdevs=sigma, target=c, abs=False)
-            elif method == "integrated_gradients":
-                IntegratedGradients(f).attribute(x, baselines=0.0, target=c, n_steps=opts["n_steps"], method="gausslegendre",
-                                                 internal_batch_size=bs)
-            else:
-                if method == "kernelshap_cubes":
-                    mask = cube_feature_mask(tuple(image.shape[1:]), opts.get("cubes_per_axis", 8))[0]
+            with Clock() as clock:
+                if method == "vanilla_gradient":
+                    Saliency(f).attribute(x, target=c, abs=False)
+                elif method == "smoothgrad":
+                    NoiseTunnel(Saliency(f)).attribute(x, nt_type="smoothgrad", nt_samples=opts["n_samples"], nt_samples_batch_size=bs,
+                                                       stdevs=sigma, target=c, abs=False)
+                elif method == "integrated_gradients":
+                    IntegratedGradients(f).attribute(x, baselines=0.0, target=c, n_steps=opts["n_steps"], method="gausslegendre",
+                                                     internal_batch_size=bs)
                 else:
-                    mask = torch.unique(labels, return_inverse=True)[1]
-                KernelShap(f).attribute(x, baselines=0.0, target=c, feature_mask=mask[None, None], n_samples=opts["n_samples"],
-                                        perturbations_per_eval=bs)
-            per_class.append(time.perf_counter() - t)
+                    KernelShap(f).attribute(x, baselines=0.0, target=c, feature_mask=mask[None, None], n_samples=opts["n_samples"],
+                                            perturbations_per_eval=bs)
+            per_class.append(clock)
     return per_class
 
 
@@ -187,10 +224,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["vanilla_gradient", "smoothgrad", "integrated_gradients", "kernelshap_cubes", "kernelshap_semantic"])
     parser.add_argument("--vectorize", action="store_true", help="also time the vmapped backward (is_grads_batched) for VG")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of the unit pass costs")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable timings on a shared machine)")
     parser.add_argument("--out", type=Path, default=None, help="default results/explain_cpu.md (quick: explain_cpu_quick.md)")
     args = parser.parse_args()
     if args.out is None:
         args.out = Path(__file__).parent / "results" / ("explain_cpu_quick.md" if args.quick else "explain_cpu.md")
+    torch.set_num_threads(args.threads)
     bs = args.batch_size
     settings = {
         "vanilla_gradient": {},
@@ -210,9 +249,9 @@ def main() -> None:
               f"({present} present in the prediction), torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"batch_size {bs}{', QUICK settings' if args.quick else ''}")
     print(header, flush=True)
-    costs = pass_costs(model, image, [1, bs] + [n % bs for n in (20, 4, 1000, 200, 80, 40) if n % bs], args.reps)
-    print("unit pass costs (s): " + ", ".join(f"{k}={v:.3f}" for k, v in costs.items()), flush=True)
-    mask_s = costs["Fng1"]
+    cost = PassCosts(model, image, args.reps)
+    cost("Fng", 1, "cpu"), cost("Fng", bs, "cpu")  # the common sizes first
+    print(f"unit pass costs (CPU s / wall s): {cost.summary()}", flush=True)
 
     rows = []
     runs = [(m, False) for m in args.methods] + ([("vanilla_gradient", True)] if args.vectorize else [])
@@ -222,33 +261,44 @@ def main() -> None:
             opts |= {"batch_size": bs, "vectorize": vec}
         else:
             opts |= {"batch_size": bs, "seed": 0}
-        res, ours_s, ours_mb = timed(lambda: explain(model, image, method=method, keep_attributions=False, **opts))  # noqa: B023
+        res, ours, ours_mb = timed(lambda: explain(model, image, method=method, keep_attributions=False, **opts))  # noqa: B023
         n = opts.get("n_samples", opts.get("n_steps", 1))
-        limit = limit_seconds(method, res.diagnostics, costs, bs, n)
+        limit = {kind: limit_seconds(method, res.diagnostics, cost, bs, n, kind) for kind in ("cpu", "wall")}
         passes = f"{res.diagnostics['forward_samples']}F/{res.diagnostics['backward_passes']}B"
         name = method + (" (vectorize)" if vec else "")
-        if vec:
-            cap_s, cap_mb, mark = float("nan"), float("nan"), ""
-        else:
+        nan = float("nan")
+        cap, cap_mb, mark = {"cpu": nan, "wall": nan}, nan, ""
+        if not vec:
             k = ks_classes if method.startswith("kernelshap") else grad_classes
             classes = list(range(17))[:k]
             per_class, _, cap_mb = timed(lambda: captum_loop(method, model, image, labels, opts, classes, bs))  # noqa: B023
-            cap_s = mask_s + 17 * statistics.mean(per_class) if k < 17 else mask_s + sum(per_class)
+            for kind in ("cpu", "wall"):
+                secs = [getattr(c, kind) for c in per_class]
+                cap[kind] = cost("Fng", 1, kind) + (17 * statistics.mean(secs) if k < 17 else sum(secs))  # + the mask pass
             mark = "*" if k < 17 else ""
-        row = (name, ", ".join(f"{k}={v}" for k, v in settings[method].items()) or "-", ours_s, ours_mb, cap_s, mark, cap_mb,
-               cap_s / ours_s, limit, ours_s / limit, passes)
+        row = dict(method=name, settings=", ".join(f"{k}={v}" for k, v in settings[method].items()) or "-",
+                   ours_cpu=ours.cpu, ours_wall=ours.wall, ours_mb=ours_mb, cap_cpu=cap["cpu"], cap_wall=cap["wall"], mark=mark,
+                   cap_mb=cap_mb, speed_cpu=cap["cpu"] / ours.cpu, speed_wall=cap["wall"] / ours.wall, limit_cpu=limit["cpu"],
+                   ratio_cpu=ours.cpu / limit["cpu"], ratio_wall=ours.wall / limit["wall"], passes=passes)
         rows.append(row)
-        print(" | ".join(str(r) if not isinstance(r, float) else f"{r:.3g}" for r in row), flush=True)
+        print(" | ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
+    unit = cost.summary()
     lines = [
         f"# Explanation engine on CPU\n\n{header}.\n",
-        "Command: `python benchmarks/bench_explain.py" + (" --quick" if args.quick else "") + "`\n",
-        f"Unit pass costs (median of {args.reps}, s): " + ", ".join(f"{k}={v:.3f}" for k, v in costs.items()) + "\n",
-        "| method | settings | ours s | ours peak MiB | Captum loop s | Captum peak MiB | speed-up | pass limit s | ours / limit | passes (samples F / B) |",
+        "Command: `python " + " ".join(["benchmarks/bench_explain.py", *sys.argv[1:]]) + "`\n",
+        f"Unit pass costs (median of {args.reps}; CPU s / wall s; F = forward, ng = no grad, g = with grad, "
+        f"B = backward, digit = batch size): {unit}\n",
+        "| method | settings | ours CPU s (wall) | ours peak MiB | Captum loop CPU s (wall) | Captum peak MiB "
+        "| speed-up CPU (wall) | pass limit CPU s | ours / limit CPU (wall) | passes (samples F / B) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for name, sett, o_s, o_mb, c_s, mark, c_mb, sp, lim, ratio, passes in rows:
-        lines.append(f"| {name} | {sett} | {o_s:.1f} | {o_mb:.0f} | {c_s:.1f}{mark} | {c_mb:.0f} | {sp:.2f}x | {lim:.1f} | {ratio:.2f} | {passes} |")
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['settings']} | {r['ours_cpu']:.1f} ({r['ours_wall']:.1f}) | {r['ours_mb']:.0f} "
+            f"| {r['cap_cpu']:.1f}{r['mark']} ({r['cap_wall']:.1f}{r['mark']}) | {r['cap_mb']:.0f} "
+            f"| {r['speed_cpu']:.2f}x ({r['speed_wall']:.2f}x) | {r['limit_cpu']:.1f} | {r['ratio_cpu']:.2f} ({r['ratio_wall']:.2f}) | {r['passes']} |"
+        )
     lines.append(f"\n`*` Captum timed on {grad_classes} (gradient methods) / {ks_classes} (KernelSHAP) of the 17 classes and "
                  "extrapolated linearly: mask pass + 17 x mean seconds per class.\n"
                  "Memory: peak RSS minus RSS before the call, sampled every 5 ms from /proc/self/statm.\n")

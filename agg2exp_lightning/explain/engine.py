@@ -182,6 +182,10 @@ def explain(
     device = _model_device(model, x.device)
     x = x.to(device)
     region_map = None if regions is None else check_label_map("regions", regions, spatial, device)
+    if num_regions is not None:
+        num_regions = positive_int("num_regions", num_regions)
+        if region_map is not None and region_map.numel() and int(region_map.max()) >= num_regions:
+            raise ValueError(f"Expected argument `regions` to hold labels < num_regions={num_regions}, but found {int(region_map.max())}")
     masks = {}
     for key, m in (extra_masks or {}).items():
         masks[str(key)] = check_label_map(f"extra_masks[{key!r}]", torch.as_tensor(m).long(), spatial, device).bool()
@@ -203,10 +207,10 @@ def explain(
 
     present = set(torch.unique(labels).tolist())
     if region_map is None:
-        region_map, n_regions = labels, num_classes if num_regions is None else positive_int("num_regions", num_regions)
+        region_map, n_regions = labels, num_classes if num_regions is None else num_regions
     else:
         top = int(region_map.max()) + 1 if region_map.numel() else 0
-        n_regions = max(num_classes, top) if num_regions is None else positive_int("num_regions", num_regions)
+        n_regions = max(num_classes, top) if num_regions is None else num_regions
     mask_stack = torch.stack(list(masks.values())) if masks else None
     roi = roi_importance(attr, region_map, n_regions, "mass", sign, extra_masks=mask_stack)
     roi_mean = roi_importance(attr, region_map, n_regions, "mean", sign, extra_masks=mask_stack)

@@ -56,6 +56,7 @@ def test_method_names_and_aliases():
         (dict(roi_size=4, sw_batch_size=0), r"`sw_batch_size`"),
         (dict(sign="both"), r"`sign`"),
         (dict(num_regions=0), r"`num_regions`"),
+        (dict(regions=torch.full((6, 6, 6), 5), num_regions=4), r"`regions`.*num_regions=4"),
     ],
 )
 def test_bad_arguments_name_the_argument(net, kwargs, match):
