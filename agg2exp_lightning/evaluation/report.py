@@ -74,6 +74,7 @@ def plot_comparison(table: pd.DataFrame, path: str | Path, methods: Sequence[str
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     methods = list(methods) if methods is not None else list(dict.fromkeys(table["method"]))
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
@@ -88,6 +89,8 @@ def plot_comparison(table: pd.DataFrame, path: str | Path, methods: Sequence[str
         ax.set_title(f"{heading} {better}")
         if metric in PER_SCAN and all(d.size and (d > 0).all() for d in data):
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     fig.suptitle(f"Attribution methods on {table['subject_id'].nunique()} scans, {table['target'].nunique()} targets")
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
@@ -119,7 +122,8 @@ def write_report(table: pd.DataFrame, out_dir: str | Path, methods: Sequence[str
     _atomic_text(paths["results"], table.to_csv(index=False))
     _atomic_text(paths["summary_csv"], summary.to_csv())
     n_scans, n_targets = table["subject_id"].nunique(), table["target"].nunique()
-    note = (f"\nMean ± sd over {n_scans} scans × {n_targets} targets (times: over scans). "
+    note = (f"\nMean ± sd over {n_scans} scans × {n_targets} targets (times: over scans; one class = the first "
+            f"target alone, all classes = the {n_targets} targets in one call). "
             f"Targets: {', '.join(dict.fromkeys(table['target']))}.\n")
     _atomic_text(paths["summary_md"], markdown_table(summary) + note)
     plot_comparison(table, paths["figure"], methods)
