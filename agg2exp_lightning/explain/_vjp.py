@@ -55,6 +55,8 @@ def target_vjps(
     if not cotangents:
         return {}
     keys = list(cotangents)
+    if not logits.requires_grad:  # logits that do not depend on the input: zero gradients
+        return {key: torch.zeros_like(inputs) for key in keys}
     if vectorize:
         stacked = logits.new_zeros((len(keys), *logits.shape))
         for k, key in enumerate(keys):

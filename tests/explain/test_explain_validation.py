@@ -104,3 +104,12 @@ def test_a_captum_class_runs_on_the_proxy_per_target(net):
     torch.testing.assert_close(theirs.attributions, ours.attributions, rtol=1e-4, atol=1e-5 * float(ours.attributions.abs().max()))
     with_progress = explain(net, image, method="sg", n_samples=2, seed=0, progress=True)
     torch.testing.assert_close(with_progress.attributions, explain(net, image, method="sg", n_samples=2, seed=0).attributions)
+
+
+def test_a_model_ignoring_its_input_gets_zero_attributions_and_nan_shares():
+    class Constant(nn.Module):
+        def forward(self, x):
+            return torch.stack([torch.zeros_like(x[:, 0]), torch.ones_like(x[:, 0])], 1).detach()
+
+    res = explain(Constant(), torch.rand(1, 4, 4, 4), method="sg", n_samples=2)
+    assert (res.attributions == 0).all() and torch.isnan(res.roi).all()
