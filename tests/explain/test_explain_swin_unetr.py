@@ -16,7 +16,6 @@ def swin():
     return SwinUNETR(in_channels=1, out_channels=17, feature_size=12, depths=(1, 1, 1, 1), norm_name=("group", {"num_groups": 3}))
 
 
-@pytest.mark.slow  # ~30 s on the shared 2-core machine
 def test_vanilla_gradient_of_swin_unetr_matches_captum_under_inference_mode(swin):
     image = torch.rand(1, 32, 32, 32)
     targets = [1, 8]
