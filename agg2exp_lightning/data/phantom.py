@@ -12,9 +12,12 @@ a few millimetres and rotated a few degrees about the cranio-caudal axis. Every 
 most one structure (masks never overlap): structures are painted in a fixed order, later ones
 winning, into one structure-id volume.
 
-HU levels are chosen so that neighbours differ clearly (aorta ~260 > pulmonary veins ~175 >
-thyroid ~150 > heart ~50; ribs ~700 > sternum ~600 > vertebrae ~500; costal cartilage ~160 against
-muscle ~45 and fat ~-100); lobes are told apart by position and by thin brighter fissures.
+HU levels are those of a contrast-enhanced (venous phase) CT, chosen so that neighbours differ
+clearly against the ~30 HU noise (aorta ~290 > pulmonary veins ~200 > thyroid ~160 > heart blood pool
+~100 > autochthon ~80 > chest-wall muscle ~45; ribs ~700 > sternum ~600 > vertebrae ~500; costal
+cartilage ~160 against muscle and fat ~-100); lobes are told apart by position and by thin brighter
+fissures. (With the heart and the autochthon muscles at the HU of the chest wall, a small model has
+to learn them from shape alone and needs several times the demo's training budget.)
 
 Planted conditions (``PLANTED_CONDITIONS``): ``pleural_effusion`` (fluid ~10 HU fills the dependent
 back of one lower lobe; those voxels are background), ``missing_lobe`` (no right middle lobe: its
@@ -67,8 +70,8 @@ PLANTED_CONDITIONS: tuple[str, ...] = ("none", "pleural_effusion", "missing_lobe
  STERNUM, VERTEBRA, DISC, CSF, CORD, AUTOCHTHON, LIVER, SPLEEN, EFFUSION, METAL) = range(24)
 #: Mean HU and between-subject standard deviation of each tissue.
 TISSUE_HU: tuple[tuple[float, float], ...] = (
-    (-1000, 0), (-100, 10), (45, 5), (-90, 10), (-850, 25), (-300, 30), (40, 5), (35, 5), (260, 18), (175, 10),
-    (50, 6), (150, 8), (700, 40), (160, 10), (600, 30), (500, 30), (80, 5), (10, 3), (35, 3), (50, 5), (95, 8),
+    (-1000, 0), (-100, 10), (45, 5), (-90, 10), (-850, 25), (-300, 30), (40, 5), (35, 5), (290, 18), (200, 10),
+    (100, 6), (160, 8), (700, 40), (160, 10), (600, 30), (500, 30), (80, 5), (10, 3), (35, 3), (80, 5), (95, 8),
     (70, 8), (10, 5), (3000, 0),
 )
 
