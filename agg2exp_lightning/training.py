@@ -116,9 +116,27 @@ def train(args: list[str] | None = None) -> dict[str, Any]:
         (run_dir / "dice_table.md").write_text(
             f"Validation Dice of the best checkpoint ({best}) on scans never trained on:\n\n{table}"
         )
-        print(f"\nValidation Dice (best checkpoint {best}):\n{table}\nRun folder: {run_dir.resolve()}")
+        print(f"\nValidation Dice (best checkpoint {best}):\n{table}\n{_where_things_are(run_dir, trainer)}")
     result.update(best_checkpoint=best, dice=means)
     return result
+
+
+def _where_things_are(run_dir: Path, trainer: Any) -> str:
+    """The closing lines of a run: where its checkpoints, logs and monitor figures are."""
+    lines = [f"Run folder: {run_dir.resolve()}"]
+    for label, path in (("checkpoints", run_dir / "checkpoints"), ("Dice table", run_dir / "dice_table.md"),
+                        ("explanation figures", run_dir / "agg2exp" / "figures"),
+                        ("explanation tables", run_dir / "agg2exp" / "tables")):
+        if path.exists():
+            lines.append(f"  {label + ':':<22}{path.resolve()}")
+    for logger in trainer.loggers:
+        log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+        if log_dir:
+            lines.append(f"  {type(logger).__name__ + ':':<22}{Path(log_dir).resolve()}")
+        experiment_dir = getattr(getattr(logger, "_experiment", None), "dir", None)
+        if type(logger).__name__.endswith("WandbLogger") and experiment_dir:
+            lines.append(f"  {'W&B offline run:':<22}{Path(experiment_dir).parent.resolve()}  (upload: wandb sync <that folder>)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,3 +75,21 @@ def test_killed_run_resumes_from_last_checkpoint(tiny_cohort, tiny_model_args, t
     assert out["resumed_from"] is None and torch.load(last, weights_only=True)["global_step"] == 2
     with pytest.raises(ValueError, match="`--resume`"):
         train(_args(tiny_cohort, run, "--resume=/no/such.ckpt", model_args=tiny_model_args))
+
+
+def test_the_end_of_a_run_says_where_its_files_are(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from agg2exp_lightning.training import _where_things_are
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "agg2exp" / "figures").mkdir(parents=True)
+    logger = CSVLogger(save_dir=tmp_path, name="csv")
+    text = _where_things_are(tmp_path, SimpleNamespace(loggers=[logger]))
+    assert f"Run folder: {tmp_path.resolve()}" in text
+    assert str((tmp_path / "checkpoints").resolve()) in text
+    assert str((tmp_path / "agg2exp" / "figures").resolve()) in text
+    assert "tables" not in text  # absent folders are not announced
+    assert "CSVLogger:" in text and str(tmp_path.resolve() / "csv") in text
