@@ -68,7 +68,8 @@ def main() -> None:
     meta = pd.read_csv(cohort / "meta.csv", sep=";")
     scans = pd.read_csv(out / "audit" / "per_scan.csv")
     id_col = "patient" if "patient" in scans.columns else scans.columns[0]
-    table = scans.merge(meta, left_on=id_col, right_on="image_id", how="left")
+    missing = ["image_id", *[c for c in meta.columns if c not in scans.columns and c != "image_id"]]
+    table = scans.merge(meta[missing], left_on=id_col, right_on="image_id", how="left")
     score_cols = [c for c in table.columns if c.endswith("_anomaly_score")]
     scores = table[score_cols].astype(float)
     # Each class's forest has its own scale: rank-normalise per class, then take the maximum over classes.
