@@ -122,20 +122,25 @@ def train(args: list[str] | None = None) -> dict[str, Any]:
 
 
 def _where_things_are(run_dir: Path, trainer: Any) -> str:
-    """The closing lines of a run: where its checkpoints, logs and monitor figures are."""
+    """The closing lines of a run: where its checkpoints, logs and monitor figures are (those that exist)."""
+    from agg2exp_lightning.callbacks._plumbing import run_folder, wandb_loggers
+
+    monitors = run_folder(trainer)
+    places = [("checkpoints", Path(cb.dirpath)) for cb in trainer.checkpoint_callbacks if cb.dirpath]
+    places += [("Dice table", run_dir / "dice_table.md"), ("explanation figures", monitors / "figures"),
+               ("explanation tables", monitors / "tables")]
+    if trainer.log_dir:
+        places.append(("logs", Path(trainer.log_dir)))
+    for logger in wandb_loggers(trainer):
+        experiment = getattr(logger, "_experiment", None)  # never start a W&B run just to print its folder
+        if getattr(experiment, "dir", None):
+            places.append(("W&B run (wandb sync it)", Path(experiment.dir).parent))
     lines = [f"Run folder: {run_dir.resolve()}"]
-    for label, path in (("checkpoints", run_dir / "checkpoints"), ("Dice table", run_dir / "dice_table.md"),
-                        ("explanation figures", run_dir / "agg2exp" / "figures"),
-                        ("explanation tables", run_dir / "agg2exp" / "tables")):
-        if path.exists():
-            lines.append(f"  {label + ':':<22}{path.resolve()}")
-    for logger in trainer.loggers:
-        log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
-        if log_dir:
-            lines.append(f"  {type(logger).__name__ + ':':<22}{Path(log_dir).resolve()}")
-        experiment_dir = getattr(getattr(logger, "_experiment", None), "dir", None)
-        if type(logger).__name__.endswith("WandbLogger") and experiment_dir:
-            lines.append(f"  {'W&B offline run:':<22}{Path(experiment_dir).parent.resolve()}  (upload: wandb sync <that folder>)")
+    seen = set()
+    for label, path in places:
+        if path.exists() and path.resolve() not in seen:
+            seen.add(path.resolve())
+            lines.append(f"  {label + ':':<26}{path.resolve()}")
     return "\n".join(lines)
 
 

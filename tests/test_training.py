@@ -78,18 +78,23 @@ def test_killed_run_resumes_from_last_checkpoint(tiny_cohort, tiny_model_args, t
 
 
 def test_the_end_of_a_run_says_where_its_files_are(tmp_path):
-    from types import SimpleNamespace
-
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from agg2exp_lightning.training import _where_things_are
 
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "agg2exp" / "figures").mkdir(parents=True)
-    logger = CSVLogger(save_dir=tmp_path, name="csv")
-    text = _where_things_are(tmp_path, SimpleNamespace(loggers=[logger]))
+    # With a CSV logger the monitors write under the logger's version folder, not under the run folder.
+    trainer = Trainer(default_root_dir=tmp_path, logger=CSVLogger(save_dir=tmp_path, name="csv"),
+                      callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpts")], enable_progress_bar=False)
+    log_dir = Path(trainer.log_dir)
+    assert log_dir.parent == tmp_path / "csv"
+    figures = log_dir / "agg2exp" / "figures"
+    figures.mkdir(parents=True)
+    (tmp_path / "ckpts").mkdir()
+    text = _where_things_are(tmp_path, trainer)
     assert f"Run folder: {tmp_path.resolve()}" in text
-    assert str((tmp_path / "checkpoints").resolve()) in text
-    assert str((tmp_path / "agg2exp" / "figures").resolve()) in text
-    assert "tables" not in text  # absent folders are not announced
-    assert "CSVLogger:" in text and str(tmp_path.resolve() / "csv") in text
+    assert "checkpoints:" in text and str((tmp_path / "ckpts").resolve()) in text
+    assert "explanation figures:" in text and str(figures.resolve()) in text
+    assert "explanation tables:" not in text and "Dice table:" not in text  # absent: not announced
+    assert "logs:" in text and str(log_dir.resolve()) in text
