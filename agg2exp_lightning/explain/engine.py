@@ -25,6 +25,7 @@ from agg2exp_lightning.explain._validation import (
     resolve_method_name,
 )
 from agg2exp_lightning.explain.aggregation import roi_importance
+from agg2exp_lightning.explain.memory import PASS_BYTES_PER_VOXEL, available_memory, check_explain_memory, explain_memory_estimate
 from agg2exp_lightning.explain.model_state import explanation_mode
 from agg2exp_lightning.explain.proxy import proxy_output
 
@@ -102,6 +103,8 @@ def explain(
     spatial_dims: int = 3,
     eval_mode: bool = True,
     progress: bool = False,
+    max_memory: float | None = None,
+    pass_bytes_per_voxel: float = PASS_BYTES_PER_VOXEL,
     **method_options: Any,
 ) -> ExplanationResult:
     """Explain a segmentation model's prediction of ``image`` for each target class (Agg2Exp).
@@ -134,6 +137,13 @@ def explain(
         spatial_dims: number of spatial dims of ``image``.
         eval_mode: explain the model in eval mode.
         progress: show a progress bar over the samples (SmoothGrad, IG, KernelSHAP).
+        max_memory: bytes the explanation may use (default: what the model's device has available,
+            :func:`~agg2exp_lightning.explain.memory.available_memory`; ``math.inf`` turns the check off).
+            Before the first model pass, and again once the number of classes is known, the peak is
+            estimated (:func:`~agg2exp_lightning.explain.memory.explain_memory_estimate`) and an
+            explanation that would not fit is refused with the estimate instead of being killed.
+        pass_bytes_per_voxel: activation memory of the model's forward+backward pass per input voxel,
+            for that estimate (default: above MONAI Swin-UNETR's on CPU).
         **method_options: per method (defaults in brackets):
             all gradient methods: ``batch_size`` [4] samples per forward, ``vectorize`` [False]
             (one vmapped backward for all targets instead of a loop);
@@ -154,6 +164,8 @@ def explain(
         ValueError: a bad argument, named in the message (image shape or channels, non-finite
             voxels, targets outside ``[0, C)``, regions of another shape, unknown method or
             option, too few KernelSHAP samples for the number of features, ...).
+        ExplanationTooLarge: (a ``MemoryError``) the estimated peak exceeds ``max_memory``; the
+            message gives the estimate, its parts and what to change (e.g. sliding windows).
 
     Example:
         >>> net = torch.nn.Conv3d(1, 3, 3, padding=1)
@@ -180,6 +192,22 @@ def explain(
         if positive_int("n_samples", n) < n_cubes:
             raise ValueError(f"Expected argument `n_samples` >= the number of cubes ({n_cubes}) so that the Shapley regression is determined, but got {n}")
     device = _model_device(model, x.device)
+    limit = available_memory(device) if max_memory is None else float(max_memory)
+    if not limit > 0:
+        raise ValueError(f"Expected argument `max_memory` to be a positive number of bytes, but got {max_memory!r}")
+    cost_name = name if isinstance(name, str) else "captum"
+    roi = None if window is None else tuple(window["roi_size"])
+
+    def check_memory(num_classes: int, num_targets: int) -> None:
+        estimate = explain_memory_estimate(
+            spatial, cost_name, num_classes=num_classes, num_targets=num_targets, roi_size=roi,
+            sw_batch_size=sw_batch_size, batch_size=method_options.get("batch_size", 4),
+            pass_bytes_per_voxel=pass_bytes_per_voxel, dtype_bytes=x.element_size(),
+        )
+        check_explain_memory(estimate, limit, spatial=spatial, method=cost_name, roi_size=roi)
+
+    # before any pass: a lower bound (the classes are not known yet), so a hopeless volume is refused now
+    check_memory(1 if targets is None else max(targets) + 1, 1 if targets is None else max(1, len(targets)))
     x = x.to(device)
     region_map = None if regions is None else check_label_map("regions", regions, spatial, device)
     if num_regions is not None:
@@ -199,6 +227,7 @@ def explain(
         logits = predictor.predict(x, keep_graph=name == "vanilla_gradient")
         num_classes = int(logits.shape[1])
         target_ids = check_targets(targets, num_classes)
+        check_memory(num_classes, len(target_ids))
         predictor.targets = target_ids
         labels = predictor.labels
         proxy_at_image = proxy_output(logits, labels, target_ids)[0]

@@ -1,0 +1,182 @@
+"""Will an explanation fit in memory? An estimate before the first pass, and the memory at hand.
+
+A 512^3 CT explained in one pass would need hundreds of GiB of activations; a process that tries is
+killed by the operating system without a word, and a long audit loses its place. :func:`explain`
+therefore compares :func:`explain_memory_estimate` with :func:`available_memory` before any model
+pass and refuses with :class:`ExplanationTooLarge`, whose message gives the estimate, its parts and
+what to change (sliding windows, fewer samples per pass, fewer targets).
+
+The estimate counts the whole-volume tensors the engine allocates (stitched logits, labels,
+gradient accumulators, attribution maps, perturbed batches) exactly, and the model's activations
+as ``pass_bytes_per_voxel`` times the voxels of one pass. The default, 8 KiB per input voxel for a
+forward and backward pass, is above what MONAI's Swin-UNETR used on CPU (3.0 KiB at feature_size 12,
+5.5 KiB at 48, depths 2,2,2,2; peak RSS growth of one forward+backward at 64^3), so it errs on the
+safe side for that model; pass your model's figure for another one.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+#: Default activation memory of one forward+backward pass, per input voxel (see the module docstring).
+PASS_BYTES_PER_VOXEL = 8192.0
+#: A forward pass without grad keeps far fewer activations alive; this share of the above.
+FORWARD_ONLY_SHARE = 0.5
+_GiB = 1024.0**3
+
+
+class ExplanationTooLarge(MemoryError):
+    """The explanation would need more memory than is available; the message says how much and why."""
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes an explanation needs at its peak, with the parts that make it up."""
+
+    total: float
+    parts: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """``"12.3 GiB (model pass 8.0 GiB, logits 2.1 GiB, ...)"``, largest parts first."""
+        biggest = sorted(self.parts.items(), key=lambda kv: -kv[1])
+        inner = ", ".join(f"{k} {_fmt(v)}" for k, v in biggest if v >= 0.01 * self.total)
+        return f"{_fmt(self.total)} ({inner})"
+
+
+def _fmt(nbytes: float) -> str:
+    if nbytes >= _GiB:
+        return f"{nbytes / _GiB:.1f} GiB"
+    return f"{nbytes / 1024.0**2:.1f} MiB"
+
+
+def explain_memory_estimate(
+    spatial: Sequence[int],
+    method: str,
+    *,
+    num_classes: int,
+    num_targets: int,
+    roi_size: Sequence[int] | None = None,
+    sw_batch_size: int = 1,
+    batch_size: int = 4,
+    pass_bytes_per_voxel: float = PASS_BYTES_PER_VOXEL,
+    dtype_bytes: int = 4,
+) -> MemoryEstimate:
+    """Peak memory of :func:`~agg2exp_lightning.explain.explain` on a volume of this size.
+
+    Args:
+        spatial: spatial size ``S`` of the volume.
+        method: canonical method name (``vanilla_gradient``, ``smoothgrad``, ``integrated_gradients``,
+            ``kernelshap_cubes``, ``kernelshap_semantic``; anything else is costed like a gradient method).
+        num_classes: output classes ``C`` of the model.
+        num_targets: explained classes ``T``.
+        roi_size: sliding-window size, or ``None`` for one pass over the whole volume.
+        sw_batch_size: windows per pass.
+        batch_size: input samples per pass (the methods' ``batch_size`` option; 1 for the vanilla gradient).
+        pass_bytes_per_voxel: activation memory of one forward+backward pass per input voxel.
+        dtype_bytes: bytes per value of the model's input and output (4 for float32).
+
+    Returns:
+        A :class:`MemoryEstimate` in bytes.
+
+    Example:
+        >>> est = explain_memory_estimate((512, 512, 512), "vanilla_gradient", num_classes=17, num_targets=17)
+        >>> est.total > 2**40  # one pass over 512^3 voxels: over a TiB of activations
+        True
+    """
+    volume = math.prod(int(s) for s in spatial)
+    gradient_method = not method.startswith("kernelshap")
+    batch = 1 if method == "vanilla_gradient" else max(1, int(batch_size))
+    if roi_size is None:
+        padded, pass_voxels = volume, batch * volume
+    else:
+        padded = math.prod(max(int(s), int(r)) for s, r in zip(spatial, roi_size))
+        pass_voxels = max(1, int(sw_batch_size)) * math.prod(int(r) for r in roi_size)
+    share = 1.0 if gradient_method else FORWARD_ONLY_SHARE
+    b = dtype_bytes
+    parts = {
+        "model pass": share * pass_bytes_per_voxel * pass_voxels,
+        "image": 2 * b * volume + (b * padded if roi_size is not None else 0),
+        "logits": b * num_classes * padded + (b * padded if roi_size is not None else 0),
+        "labels": 2 * 8 * padded,
+        "attributions": b * num_targets * volume,
+        "aggregation": b * num_targets * volume,
+    }
+    if gradient_method:
+        parts["input samples"] = b * batch * volume
+        parts["gradients"] = b * batch * num_targets * padded + b * batch * padded
+        parts["accumulator"] = 8 * num_targets * volume
+    else:
+        parts["input samples"] = b * batch * volume + 8 * volume  # perturbed batch, feature mask
+        parts["batch logits"] = b * batch * num_classes * padded
+    return MemoryEstimate(float(sum(parts.values())), parts)
+
+
+def _cgroup_headroom() -> float | None:
+    """Bytes left under a cgroup v2 memory limit (containers), or None without one."""
+    root = Path("/sys/fs/cgroup")
+    try:
+        limit = (root / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return float(int(limit) - int((root / "memory.current").read_text().strip()))
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory(device: torch.device | str = "cpu") -> float:
+    """Bytes that an explanation on ``device`` can still allocate.
+
+    CUDA: free device memory plus what PyTorch's caching allocator holds unused. CPU: the kernel's
+    ``MemAvailable`` (``/proc/meminfo``), capped by a cgroup limit when the process runs under one;
+    ``inf`` where neither can be read.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return float(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    candidates = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                candidates.append(float(line.split()[1]) * 1024.0)
+    except OSError:
+        pass
+    headroom = _cgroup_headroom()
+    if headroom is not None:
+        candidates.append(headroom)
+    if not candidates and hasattr(os, "sysconf"):
+        try:
+            candidates.append(float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")))
+        except (OSError, ValueError):
+            pass
+    return min(candidates) if candidates else math.inf
+
+
+def check_explain_memory(
+    estimate: MemoryEstimate,
+    limit: float,
+    *,
+    spatial: Sequence[int],
+    method: str,
+    roi_size: Sequence[int] | None,
+    what: str = "explaining",
+) -> None:
+    """Raise :class:`ExplanationTooLarge` when ``estimate`` exceeds ``limit`` bytes, saying what to change."""
+    if estimate.total <= limit:
+        return
+    size = "x".join(str(int(s)) for s in spatial)
+    if roi_size is None:
+        advice = "pass `roi_size` (e.g. the model's training patch, 96x96x96) to explain with sliding windows"
+    else:
+        advice = ("lower `sw_batch_size` or the method's `batch_size`, explain fewer targets, "
+                  "or resample the scan to a coarser spacing")
+    raise ExplanationTooLarge(
+        f"{what} a volume of {size} voxels with {method} "
+        f"({'one pass over the whole volume' if roi_size is None else 'windows of ' + 'x'.join(map(str, roi_size))}) "
+        f"needs about {estimate.describe()}, but only {_fmt(limit)} is available: {advice}"
+    )
