@@ -7,3 +7,15 @@ class DataError(ValueError):
 
     The message always names the offending file or subject and what was expected.
     """
+
+
+def find_data_error(err: BaseException) -> DataError | None:
+    """The first :class:`DataError` in ``err``'s chain of causes (MONAI and Lightning wrap errors), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DataError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -63,7 +63,13 @@ class ScanDataset(torch.utils.data.Dataset):
 
 
 def _describe(err: BaseException) -> str:
-    """``Type: message`` of the innermost cause (MONAI wraps transform errors in a RuntimeError)."""
+    """``Type: message`` of the first DataError in the chain, else of the innermost cause (MONAI wraps
+    transform errors in a RuntimeError)."""
+    from agg2exp_lightning.errors import find_data_error
+
+    found = find_data_error(err)
+    if found is not None:
+        return f"{type(found).__name__}: {found}"
     while err.__cause__ is not None:
         err = err.__cause__
     return f"{type(err).__name__}: {err}"

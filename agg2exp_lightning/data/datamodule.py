@@ -12,10 +12,30 @@ from torch.utils.data import DataLoader
 
 from agg2exp_lightning.data.subjects import SubjectRecord, discover_records, select_split
 from agg2exp_lightning.data.transforms import preprocessing, training_augmentation
-from agg2exp_lightning.errors import DataError
+from agg2exp_lightning.errors import DataError, find_data_error
 from agg2exp_lightning.labels import NUM_CLASSES, load_structure_mapping
 
 log = logging.getLogger(__name__)
+
+
+def _unusable_subjects(items: list[dict[str, Any]], preprocess: Any, where: str) -> DataError | None:
+    """A DataError listing every item that ``preprocess`` fails on (subject and reason), or None if none fails."""
+    problems = []
+    for item in items:
+        try:
+            preprocess(dict(item))
+        except Exception as err:
+            found = find_data_error(err)
+            if found is not None:
+                problems.append(str(found))
+            else:
+                while err.__cause__ is not None:  # MONAI wraps a transform's error in a RuntimeError
+                    err = err.__cause__
+                problems.append(f"subject {item['subject_id']}: {type(err).__name__}: {err}")
+    if not problems:
+        return None
+    listed = "\n".join(f"  - {p}" for p in problems)
+    return DataError(f"{where}: {len(problems)} of {len(items)} subjects cannot be used:\n{listed}")
 
 
 def _positive_int(name: str, value: int) -> int:
@@ -91,15 +111,23 @@ class ThoraxDataModule(pl.LightningDataModule):
             log.info("generating the synthetic thorax cohort in %s", self.data_root)
             generate_cohort(self.data_root, **cohort)
 
-    def _dataset(self, records: list[SubjectRecord], train: bool):
+    def _dataset(self, records: list[SubjectRecord], train: bool, split: str = ""):
         from monai.data import CacheDataset
         from monai.transforms import Compose
 
         steps = preprocessing(self.mapping, NUM_CLASSES, self.hparams.spacing, with_labels=all(r.labels for r in records))
+        n_deterministic = len(steps)
         if train:
             steps += training_augmentation(self.hparams.roi_size, self.hparams.samples_per_volume, *self.hparams.pos_neg)
         items = [dataclasses.asdict(r) for r in records]
-        return CacheDataset(items, Compose(steps), cache_rate=self.hparams.cache_rate, num_workers=0, progress=False)
+        try:
+            return CacheDataset(items, Compose(steps), cache_rate=self.hparams.cache_rate, num_workers=0, progress=False)
+        except Exception as err:
+            # Name every subject that cannot be used, not only the first, so one run lists all to fix.
+            problem = _unusable_subjects(items, Compose(steps[:n_deterministic]), f"{self.data_root}, split {split!r}")
+            if problem is None:  # every subject loads: not a data problem
+                raise
+            raise problem from err
 
     def setup(self, stage: str | None = None) -> None:
         if not self.records:
@@ -116,7 +144,7 @@ class ThoraxDataModule(pl.LightningDataModule):
             if split == "train" and not all(r.labels for r in records):
                 raise DataError(f"{self.data_root}: every training subject needs labels")
             log.info("%s split: %d subjects", name, len(records))
-            self.datasets[split] = self._dataset(records, train=split == "train")
+            self.datasets[split] = self._dataset(records, train=split == "train", split=name)
 
     def whole_volume_dataset(self, split: str = "train", max_subjects: int | None = None):
         """Whole preprocessed volumes of a split (no random crops), e.g. a reference set for anomaly detectors.
@@ -132,7 +160,7 @@ class ThoraxDataModule(pl.LightningDataModule):
                 self.records = discover_records(self.data_root)
             name = {"train": self.hparams.train_split, "val": self.hparams.val_split, "test": self.hparams.test_split}.get(split, split)
             records = sorted(select_split(self.records, name, source=self.data_root), key=lambda r: r.subject_id)
-            cache[key] = self._dataset(records[:max_subjects], train=False)
+            cache[key] = self._dataset(records[:max_subjects], train=False, split=name)
         return cache[key]
 
     # -- loaders ------------------------------------------------------------------------------

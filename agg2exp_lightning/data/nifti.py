@@ -9,6 +9,8 @@ from agg2exp_lightning.errors import DataError
 
 #: Largest deviation tolerated between two affines that must describe the same grid (mm).
 AFFINE_TOLERANCE = 1e-3
+#: Largest voxel side accepted (mm); anything above is a broken header, and resampling it would not fit in memory.
+MAX_VOXEL_MM = 100.0
 
 
 def load_nifti(path: str | Path, *, what: str = "volume") -> tuple[np.ndarray, np.ndarray]:
@@ -22,7 +24,9 @@ def load_nifti(path: str | Path, *, what: str = "volume") -> tuple[np.ndarray, n
         ``(array, affine)``: the voxel array as stored (no scaling beyond the header's) and the 4x4 affine.
 
     Raises:
-        DataError: the file is missing, truncated, not NIfTI, not 3D, or holds non-finite affine values.
+        DataError: the file is missing, truncated, not NIfTI, not 3D, not real-valued (complex, RGB), or
+            its geometry is broken: zero, negative or non-finite ``pixdim``, a singular or non-finite
+            affine, or voxels larger than :data:`MAX_VOXEL_MM`.
     """
     import nibabel as nib
 
@@ -40,14 +44,57 @@ def load_nifti(path: str | Path, *, what: str = "volume") -> tuple[np.ndarray, n
         raise DataError(
             f"{what}: cannot read {p} as NIfTI ({type(err).__name__}: {err}); expected a complete .nii/.nii.gz file"
         ) from err
+    if data.dtype.fields is not None or data.dtype.kind not in "biuf":
+        raise DataError(
+            f"{what}: {p} holds voxels of type {_dtype_name(data.dtype)}, expected one real number per voxel "
+            "(an integer or floating-point NIfTI)"
+        )
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise DataError(f"{what}: {p} has shape {data.shape}, expected a 3D volume")
+    pixdim = _stored_pixdim(img, p)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        raise DataError(f"{what}: {p} has voxel sizes (header pixdim) {pixdim.tolist()}, expected three positive numbers (mm)")
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise DataError(f"{what}: {p} has a degenerate or non-finite affine:\n{affine}")
+    voxel = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.any(voxel > MAX_VOXEL_MM):
+        raise DataError(
+            f"{what}: {p} has voxel sizes {np.round(voxel, 3).tolist()} mm in its affine, expected at most {MAX_VOXEL_MM:g} mm"
+        )
     return data, affine
+
+
+def _stored_pixdim(img, path: Path) -> np.ndarray:
+    """``pixdim[1:4]`` as stored in the file (nibabel's loaded header silently turns 0 into 1 and drops signs)."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as f:
+        raw = type(img.header).from_fileobj(f, check=False)
+    return np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    if dtype.fields is not None:
+        return f"{''.join(dtype.names)} ({dtype})"  # e.g. RGB
+    return str(dtype)
+
+
+def check_ct(ct: np.ndarray, *, what: str, path: str | Path) -> np.ndarray:
+    """Return ``ct`` as float32 Hounsfield units, or raise DataError if it cannot be a CT.
+
+    Raises:
+        DataError: NaN or infinite voxels, or only the values 0 and 1 (a mask saved as the image).
+    """
+    ct = ct.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(ct)):
+        bad = int(np.size(ct) - np.count_nonzero(np.isfinite(ct)))
+        raise DataError(f"{what}: {path} holds {bad} NaN or infinite voxels, expected finite Hounsfield units")
+    if ct.size and ct.min() >= 0 and ct.max() <= 1 and np.all((ct == 0) | (ct == 1)):
+        raise DataError(f"{what}: {path} holds only the values 0 and 1 (a mask?), expected a CT in Hounsfield units")
+    return ct
 
 
 def check_same_grid(

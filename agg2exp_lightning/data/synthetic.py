@@ -274,7 +274,10 @@ def _prepare_root(root: Path, settings: dict, overwrite: bool) -> None:
     """Check that ``root`` is empty or a cohort written with the same settings; clear it on ``overwrite``."""
     if root.exists() and not root.is_dir():
         raise DataError(f"cohort root {root} exists and is not a folder")
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a parent is a file, no permission, read-only disk...
+        raise DataError(f"cohort root {root}: cannot create the folder ({err.strerror or err}); expected a writable folder path") from err
     entries = sorted(root.iterdir())
     foreign = [p.name for p in entries if not _is_cohort_entry(p)]
     if overwrite:

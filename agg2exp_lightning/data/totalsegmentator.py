@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agg2exp_lightning.data.nifti import check_binary, check_same_grid, load_nifti
+from agg2exp_lightning.data.nifti import check_binary, check_ct, check_same_grid, load_nifti
 from agg2exp_lightning.errors import DataError
 from agg2exp_lightning.labels import THORAX_CLASSES
 
@@ -49,8 +49,8 @@ def read_meta_csv(path: str | Path, *, required: Sequence[str] = REQUIRED_META_C
         (missing values as ``""``), indexed by ``image_id``.
 
     Raises:
-        DataError: the file is not UTF-8, not semicolon-separated, lacks a required column, or
-            repeats an ``image_id``.
+        DataError: the file is empty, not UTF-8, not semicolon-separated, lacks a required column,
+            or repeats an ``image_id``.
     """
     import pandas as pd
 
@@ -61,6 +61,8 @@ def read_meta_csv(path: str | Path, *, required: Sequence[str] = REQUIRED_META_C
         raise DataError(f"{p}: expected UTF-8 text, cannot decode byte {err.start} ({err.reason})") from err
     from io import StringIO
 
+    if not raw.strip():
+        raise DataError(f"{p}: the file is empty; expected a semicolon-separated header line ({';'.join(META_COLUMNS)}) and one row per subject")
     try:
         table = pd.read_csv(StringIO(raw), sep=";", dtype=str, keep_default_na=False)
     except Exception as err:
@@ -173,13 +175,11 @@ def load_totalsegmentator_subject(
         ``(ct float32 [X, Y, Z], labels uint8 [X, Y, Z], affine 4x4)``.
 
     Raises:
-        DataError: see :func:`load_nifti` and :func:`merge_structures`; also non-finite HU values.
+        DataError: see :func:`load_nifti`, :func:`check_ct` and :func:`merge_structures`.
     """
     subject_dir = Path(subject_dir)
     ct, affine = load_nifti(subject_dir / "ct.nii.gz", what=f"CT of subject {subject_dir.name}")
-    ct = ct.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(ct)):
-        raise DataError(f"CT of subject {subject_dir.name}: {subject_dir / 'ct.nii.gz'} holds NaN or infinite voxels")
+    ct = check_ct(ct, what=f"CT of subject {subject_dir.name}", path=subject_dir / "ct.nii.gz")
     labels, _ = merge_structures(subject_dir, mapping, class_names=class_names, reference=(ct.shape, affine))
     return ct, labels, affine
 

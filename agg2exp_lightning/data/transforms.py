@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.transforms import Transform
 
-from agg2exp_lightning.data.nifti import check_same_grid, load_nifti
+from agg2exp_lightning.data.nifti import check_ct, check_same_grid, load_nifti
 from agg2exp_lightning.data.totalsegmentator import load_totalsegmentator_subject
 from agg2exp_lightning.errors import DataError
 
@@ -41,9 +42,7 @@ def load_subject_arrays(
             )
         return load_totalsegmentator_subject(record["labels"], mapping, class_names=names)
     ct, affine = load_nifti(record["image"], what=f"image of subject {sid}")
-    ct = ct.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(ct)):
-        raise DataError(f"image of subject {sid}: {record['image']} holds NaN or infinite voxels")
+    ct = check_ct(ct, what=f"image of subject {sid}", path=record["image"])
     if record.get("labels") is None:
         return ct, None, affine
     labels, label_affine = load_nifti(record["labels"], what=f"labels of subject {sid}")
@@ -56,10 +55,13 @@ def load_subject_arrays(
     return ct, labels.astype(np.uint8), affine
 
 
-class LoadSubjectd:
+class LoadSubjectd(Transform):
     """Dict transform: a :class:`SubjectRecord` dict -> ``image`` / ``label`` MetaTensors ``[1, X, Y, Z]``.
 
-    Keeps ``subject_id`` and ``metadata`` in the dict so they travel with each sample.
+    Keeps ``subject_id`` and ``metadata`` in the dict so they travel with each sample. A MONAI
+    ``Transform`` (deterministic), so that ``CacheDataset`` caches the pipeline from here up to the first
+    random transform; a plain callable would end the cached part before it, and every step would read the
+    NIfTI files again.
     """
 
     def __init__(self, mapping: Mapping[str, Sequence[str]], num_classes: int) -> None:
