@@ -57,6 +57,37 @@ def checkpoint_spacing(path: str | Path) -> tuple[float, float, float] | None:
         return None
 
 
+def load_audit_model(checkpoint: str | Path, *, num_classes: int | None = None) -> Any:
+    """The :class:`~agg2exp_lightning.model.SegmentationModule` of a checkpoint (``weights_only``), for
+    one input channel (CT) and, if given, ``num_classes`` classes.
+
+    Raises:
+        DataError: naming the file and what was expected: missing, not a torch checkpoint (or one
+            holding objects that would need unpickling), a checkpoint of another model, or of another
+            number of classes or channels.
+    """
+    from agg2exp_lightning.model import load_segmentation_checkpoint
+
+    try:
+        model = load_segmentation_checkpoint(checkpoint)
+    except DataError as err:
+        cause = err.__cause__
+        if not isinstance(cause, RuntimeError) or "state_dict" not in str(cause):
+            raise
+        # load_state_dict's message lists every key; keep the kind of each mismatch and a few keys
+        details = [" ".join(line.split())[:240] for line in str(cause).splitlines()[1:] if line.strip()]
+        raise DataError(
+            f"checkpoint {checkpoint}: expected the weights of the Swin-UNETR SegmentationModule its hyper-parameters "
+            f"describe, but they do not fit: {'; '.join(details[:2]) or str(cause)[:300]}"
+        ) from cause
+    for name, wanted, why in (("in_channels", 1, "CT scans have one channel"),
+                              ("num_classes", num_classes, "the data's structures are merged into the thorax labels")):
+        got = int(model.hparams.get(name, -1))
+        if wanted is not None and got != wanted:
+            raise DataError(f"checkpoint {checkpoint}: expected a model with {name}={wanted} ({why}), but it has {name}={got}")
+    return model
+
+
 def run_checkpoint_audit(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -118,17 +149,18 @@ def run_checkpoint_audit(
     """
     from agg2exp_lightning.audit.scan_audit import run_scan_audit
     from agg2exp_lightning.data.subjects import discover_records, manifest_records, select_split
-    from agg2exp_lightning.labels import load_structure_mapping
-    from agg2exp_lightning.model import load_segmentation_checkpoint
+    from agg2exp_lightning.labels import THORAX_CLASSES, load_structure_mapping
 
     if data is None and manifest is None:
         raise DataError("a checkpoint audit needs --data (dataset root or manifest) or --manifest")
     checkpoint = Path(checkpoint)
-    model = load_segmentation_checkpoint(checkpoint)
-    spacing = tuple(float(s) for s in spacing) if spacing is not None else (checkpoint_spacing(checkpoint) or DEFAULT_SPACING)
-    roi_size = tuple(int(r) for r in (roi_size if roi_size is not None else model.hparams.roi_size))
     source = manifest if manifest is not None else data
     records = manifest_records(manifest) if manifest is not None else discover_records(data)
+    # TotalSegmentator subjects are merged into the thorax labels: the model must predict exactly those.
+    thorax = any(r.layout == "totalsegmentator" for r in records)
+    model = load_audit_model(checkpoint, num_classes=len(THORAX_CLASSES) if thorax else None)
+    spacing = tuple(float(s) for s in spacing) if spacing is not None else (checkpoint_spacing(checkpoint) or DEFAULT_SPACING)
+    roi_size = tuple(int(r) for r in (roi_size if roi_size is not None else model.hparams.roi_size))
     sets = {"audited": select_split(records, split, source=source)}
     if reference_split is not None:
         sets["reference"] = select_split(records, reference_split, source=source)

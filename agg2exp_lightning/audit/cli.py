@@ -10,10 +10,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE
@@ -72,6 +74,19 @@ def parse_method_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+def describe_os_error(err: OSError, out_dir: str | Path) -> str:
+    """A one-line account of a failed read or write, naming the file and, for writes there, the output folder."""
+    reason = f"{err.strerror or err} ({errno.errorcode.get(err.errno, err.errno)})" if err.errno else str(err)
+    where = Path(err.filename) if err.filename else None
+    out = Path(out_dir)
+    inside = where is not None and (where.resolve() == out.resolve() or out.resolve() in where.resolve().parents)
+    if where is None or inside:
+        return (f"cannot write to the output folder {out}{f' ({where})' if where is not None else ''}: {reason}. "
+                "Expected a writable --out with free space; results finished there so far are kept, so rerun the "
+                "same command to resume once it is writable, or choose another --out")
+    return f"cannot access {where}: {reason}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the audit; returns the exit status (2 for bad input)."""
     parser = build_parser()
@@ -106,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as err:
         print(f"agg2exp-audit: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only --out ...: say where, keep what is finished
+        print(f"agg2exp-audit: error: {describe_os_error(err, args.out)}", file=sys.stderr)
+        return 1
     if outputs is not None:  # None on DDP ranks other than 0
         print(f"report: {outputs.report_html}")
     return 0

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -39,9 +40,18 @@ def fingerprint(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
+#: Names of the temporary files of :func:`atomic_write_bytes`: ``.<name>.<pid>.<8 hex>.tmp``.
+_TEMPORARY = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder and :func:`os.replace`,
-    so a reader (or a resumed audit) never sees a half-written file."""
+    so a reader (or a resumed audit) never sees a half-written file.
+
+    Raises:
+        OSError: the file cannot be written (e.g. a full disk or a read-only folder); ``path`` keeps
+            its earlier content and no temporary file is left.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -65,6 +75,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Write strict JSON (NaN refused: convert it to ``None`` first), indented, atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Remove the temporary files of writes a killed audit left behind (never read: their names differ)."""
+    for folder in (out, *(out / name for name in AUDIT_OUTPUTS if (out / name).is_dir()), out / "figures" / "cases"):
+        for tmp in folder.glob(".*.tmp"):
+            if _TEMPORARY.fullmatch(tmp.name):
+                log.info("removing %s, left by an interrupted write", tmp)
+                tmp.unlink(missing_ok=True)
 
 
 def open_output_folder(out_dir: str | Path, config: Mapping[str, Any], *, overwrite: bool = False) -> Literal["new", "resume"]:
@@ -92,15 +111,22 @@ def open_output_folder(out_dir: str | Path, config: Mapping[str, Any], *, overwr
     present = [name for name in AUDIT_OUTPUTS if (out / name).exists()]
     if manifest.is_file():
         try:
-            old = json.loads(manifest.read_text())
-            old_fp = old.get("fingerprint")
-        except (json.JSONDecodeError, AttributeError):
-            old, old_fp = {}, None
+            old = json.loads(manifest.read_text(encoding="utf-8"))
+            old_fp, old_config = old.get("fingerprint"), dict(old.get("config", {}))
+            unreadable = None
+        except (UnicodeDecodeError, ValueError, AttributeError, TypeError) as err:  # never trusted: JSON only
+            old_fp, old_config, unreadable = None, {}, f"{type(err).__name__}: {err}"
         if old_fp == fp:
             log.info("output folder %s holds this audit already: resuming", out)
+            _remove_temporaries(out)
             return "resume"
         if not overwrite:
-            diff = sorted(k for k in set(config) | set(old.get("config", {})) if config.get(k) != old.get("config", {}).get(k))
+            if unreadable is not None:
+                raise DataError(
+                    f"output folder {out}: its {MANIFEST} is not the JSON an audit writes ({unreadable}), so it cannot "
+                    "be resumed; choose another --out or pass --overwrite to replace its audit files"
+                )
+            diff = sorted(k for k in set(config) | set(old_config) if config.get(k) != old_config.get(k))
             raise DataError(
                 f"output folder {out} holds the results of another audit (differs in: {', '.join(diff) or 'fingerprint'}); "
                 "choose another --out or pass --overwrite to replace them"

@@ -22,8 +22,8 @@ from agg2exp_lightning.analysis.cohort import CohortAnalysis, analyze_cohort
 from agg2exp_lightning.analysis.figures import case_grid, figure_png
 from agg2exp_lightning.audit.output_folder import atomic_write_json, open_output_folder
 from agg2exp_lightning.audit.outputs import AuditOutputs, write_audit_outputs
-from agg2exp_lightning.audit.scan_prediction import Explainer, load_slices
-from agg2exp_lightning.audit.scan_records import load_records, record_stem, records_to_table
+from agg2exp_lightning.audit.scan_prediction import Explainer
+from agg2exp_lightning.audit.scan_records import is_finished, load_records, read_slices, record_stem, records_to_table
 from agg2exp_lightning.data.subjects import SubjectRecord
 from agg2exp_lightning.errors import DataError
 
@@ -74,7 +74,11 @@ def _case_figures(analysis: CohortAnalysis, folder: Path) -> list[tuple[str, byt
     for i, cls in enumerate(analysis.table.classes):
         rows = []
         for case in analysis.extremes[analysis.extremes["class"] == cls].itertuples(index=False):
-            bundle = load_slices(folder / f"{record_stem(case.id)}.slices.npz")
+            try:
+                bundle = read_slices(folder / f"{record_stem(case.id)}.slices.npz")
+            except DataError as err:
+                log.warning("left out of the case figures: %s", err)
+                continue
             if bundle is None or i >= len(bundle["index"]):
                 continue
             label = f"{case.id}\n{case.end.replace('_', ' ')} #{case.rank}\nscore {case.score:.3f}, slice {int(bundle['index'][i])}"
@@ -143,7 +147,7 @@ def run_scan_audit(
     for name in SET_FOLDERS.values():
         (out / name).mkdir(parents=True, exist_ok=True)
     pending = [{**dataclasses.asdict(r), "audit_set": s} for s, recs in sets.items() for r in recs
-               if not (out / SET_FOLDERS[s] / f"{record_stem(r.subject_id)}.json").is_file()]
+               if not is_finished(out / SET_FOLDERS[s], r.subject_id)]
     n_all = sum(len(v) for v in sets.values())
     log.info("%d of %d scans to explain (%d finished earlier)", len(pending), n_all, n_all - len(pending))
     if pending:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor, nn
@@ -166,10 +165,3 @@ class ScanRecordWriter(BasePredictionWriter):
             self.done += 1
             log.info("scan %s written (rank %d: %d scans; %d to do in this run over all ranks)", sid, trainer.global_rank, self.done, self.total)
 
-
-def load_slices(path: Path) -> dict[str, np.ndarray] | None:
-    """The slice bundle of a scan, or ``None`` when it was not stored."""
-    if not path.is_file():
-        return None
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}

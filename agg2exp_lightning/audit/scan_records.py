@@ -8,12 +8,17 @@ A record (``scans/<id>.json``) holds::
 
 A failed scan is written as ``scans/<id>.failed.json`` = ``{"id": str, "error": str}``.
 Optional slices for the anomaly-case figures go to ``scans/<id>.slices.npz``.
+
+Everything here is read back as plain JSON or as ``.npz`` without pickles (``allow_pickle=False``),
+and checked before use: a record that is truncated, tampered with or of another scan is reported and
+its scan explained again, never trusted and never unpickled.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -25,6 +30,8 @@ import pandas as pd
 
 from agg2exp_lightning.analysis.tables import ExplanationTable, column_name, parse_explanation_table
 from agg2exp_lightning.errors import DataError
+
+log = logging.getLogger(__name__)
 
 #: Longest side of a stored slice; larger slices are subsampled by an integer stride.
 MAX_SLICE_SIDE = 160
@@ -104,16 +111,108 @@ def records_to_frame(records: Sequence[Mapping[str, Any]], metadata: Mapping[str
     return pd.DataFrame(rows).astype({c: float for c in rows[0] if c.endswith(("_mass", "_mean", "_dice"))})
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DataError(f"{path} is not readable JSON ({type(err).__name__}: {err})") from err
+
+
+def _is_matrix(value: Any, rows: int, cols: int) -> bool:
+    return isinstance(value, list) and len(value) == rows and all(_is_vector(row, cols) for row in value)
+
+
+def _is_vector(value: Any, n: int) -> bool:
+    return isinstance(value, list) and len(value) == n and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value)
+
+
+def read_record(path: str | Path, scan_id: str) -> dict[str, Any]:
+    """Read and check the record of scan ``scan_id`` (see the module docstring).
+
+    Raises:
+        DataError: the file is unreadable, not JSON, or not a well-formed record of ``scan_id``.
+    """
+    path = Path(path)
+    rec = _read_json(path)
+    expected = "a JSON object with 'id', 'classes', 'regions', 'mass' [T x R], 'mean' [T x R] and 'dice' [T] or null"
+    if not isinstance(rec, dict) or not {"id", "classes", "regions", "mass", "mean"} <= set(rec):
+        raise DataError(f"{path}: expected {expected}, got {type(rec).__name__} with keys {sorted(rec) if isinstance(rec, dict) else []}")
+    if rec["id"] != scan_id:
+        raise DataError(f"{path}: expected the record of scan {scan_id!r}, got one of {rec['id']!r}")
+    classes, regions = rec["classes"], rec["regions"]
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
+            and isinstance(regions, list) and regions and all(isinstance(r, str) for r in regions)):
+        raise DataError(f"{path}: expected 'classes' and 'regions' to be non-empty lists of names")
+    t, r = len(classes), len(regions)
+    if not (_is_matrix(rec["mass"], t, r) and _is_matrix(rec["mean"], t, r)) or not (rec.get("dice") is None or _is_vector(rec["dice"], t)):
+        raise DataError(f"{path}: expected {expected} with T={t} classes and R={r} regions of numbers or null")
+    return rec
+
+
+def read_failure(path: str | Path) -> str:
+    """The error message stored in a scan's ``.failed.json`` (a readable note if the file is damaged)."""
+    try:
+        rec = _read_json(Path(path))
+    except DataError as err:
+        return f"unknown error ({err})"
+    return str(rec.get("error", "unknown error")) if isinstance(rec, dict) else f"unknown error ({path} holds no JSON object)"
+
+
+def read_slices(path: str | Path) -> dict[str, np.ndarray] | None:
+    """The slice bundle of a scan (see :func:`slice_bundle`), or ``None`` when it was not stored.
+
+    Raises:
+        DataError: the file is not a readable ``.npz`` of the expected numeric arrays (object arrays,
+            which would need unpickling, are refused).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    expected = {"index": 1, "image": 3, "prediction": 3, "attribution": 3}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            bundle = {k: data[k] for k in data.files}
+    except Exception as err:  # zipfile, numpy and OS errors alike: the file is not what we wrote
+        raise DataError(f"{path} is not a readable slice bundle ({type(err).__name__}: {err})") from err
+    shapes = {k: getattr(bundle.get(k), "shape", None) for k in expected}
+    if set(bundle) != set(expected) or any(len(shapes[k]) != n for k, n in expected.items()) or any(
+            bundle[k].dtype.kind not in "iuf" for k in expected) or len({shapes[k][0] for k in expected}) != 1:
+        raise DataError(f"{path}: expected numeric arrays {sorted(expected)} with one slice per class, got "
+                        f"{ {k: (str(v.dtype), v.shape) for k, v in bundle.items()} }")
+    return bundle
+
+
 def load_records(folder: Path, ids: Sequence[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Finished records (in ``ids`` order) and failures ``id -> error`` from a scans folder."""
+    """Finished records (in ``ids`` order) and failures ``id -> error`` from a scans folder.
+
+    A record that does not pass :func:`read_record` counts as a failure of its scan (with the reason).
+    """
     done, failed = [], {}
     for sid in ids:
         ok, bad = folder / f"{record_stem(sid)}.json", folder / f"{record_stem(sid)}.failed.json"
         if ok.is_file():
-            done.append(json.loads(ok.read_text()))
+            try:
+                done.append(read_record(ok, sid))
+            except DataError as err:
+                failed[sid] = str(err)
         elif bad.is_file():
-            failed[sid] = json.loads(bad.read_text()).get("error", "unknown error")
+            failed[sid] = read_failure(bad)
     return done, failed
+
+
+def is_finished(folder: Path, scan_id: str) -> bool:
+    """Whether ``folder`` holds a sound record of ``scan_id`` (and, if stored, sound slices); a damaged
+    one is reported (and will be written again when the scan is explained again)."""
+    stem = record_stem(scan_id)
+    if not (folder / f"{stem}.json").is_file():
+        return False
+    try:
+        read_record(folder / f"{stem}.json", scan_id)
+        read_slices(folder / f"{stem}.slices.npz")
+    except DataError as err:
+        log.warning("%s; scan %s is explained again", err, scan_id)
+        return False
+    return True
 
 
 def records_to_table(records: Sequence[Mapping[str, Any]], metadata: Mapping[str, Mapping[str, Any]] | None = None, *, source: str) -> ExplanationTable:

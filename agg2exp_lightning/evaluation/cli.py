@@ -165,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, ValueError, ImportError) as err:
         print(f"agg2exp-compare-methods: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only --out ...
+        from agg2exp_lightning.audit.cli import describe_os_error
+
+        print(f"agg2exp-compare-methods: error: {describe_os_error(err, args.out)}", file=sys.stderr)
+        return 1
     print(f"table: {Path(args.out) / 'summary.md'}")
     return 0
 

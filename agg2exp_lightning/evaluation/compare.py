@@ -198,8 +198,13 @@ def _check_settings_file(out_dir: Path, settings: ComparisonSettings, context: M
     wanted = dataclasses.asdict(settings) | {"context": dict(context), "fingerprint": fingerprint}
     wanted = json.loads(json.dumps(wanted, default=str))
     if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("fingerprint") != wanted["fingerprint"]:
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            stored_fp = stored.get("fingerprint")
+        except (UnicodeDecodeError, ValueError, AttributeError) as err:
+            raise ValueError(f"`out_dir` {out_dir}: {path} is not the JSON a comparison writes ({type(err).__name__}: {err}); "
+                             "use another output folder or remove it to start afresh") from err
+        if stored_fp != wanted["fingerprint"]:
             raise ValueError(
                 f"`out_dir` {out_dir} holds a comparison with other settings ({stored}); use another output folder "
                 "or remove it to start afresh"
