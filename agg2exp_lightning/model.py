@@ -104,6 +104,8 @@ class SegmentationModule(pl.LightningModule):
         self._dice_count = torch.zeros(num_classes, dtype=torch.float64)
         #: Per-scan Dice of the last validation epoch: subject id -> [C] (NaN: class absent from both).
         self.last_val_dice: dict[str, Tensor] = {}
+        #: Training steps skipped because their loss was NaN or infinite (saved in checkpoints).
+        self.nonfinite_loss_steps = 0
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -115,10 +117,33 @@ class SegmentationModule(pl.LightningModule):
         label = label.as_tensor() if hasattr(label, "as_tensor") else label
         loss = self.loss(logits, label)
         if not torch.isfinite(loss):
-            log.warning("non-finite training loss at step %d; skipping this batch", self.global_step)
-            return None  # Lightning skips the optimiser step
+            self.nonfinite_loss_steps += 1
+            ids = batch.get("subject_id") if isinstance(batch, dict) else None
+            log.warning(
+                "non-finite training loss (%s) at global step %d (epoch %d, batch %d, subjects %s); skipping this "
+                "batch (%d such steps so far)", float(loss), self.global_step, self.current_epoch, batch_idx, ids,
+                self.nonfinite_loss_steps,
+            )
+            return None  # Lightning skips backward and the optimiser's update; the run goes on
         self.log("train/loss", loss, prog_bar=True, batch_size=label.shape[0])
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        # a running total over the run (restored from checkpoints), logged once per epoch
+        self.log("train/nonfinite_loss_steps", float(self.nonfinite_loss_steps), on_step=False, on_epoch=True)
+
+    def on_train_end(self) -> None:
+        if self.nonfinite_loss_steps:
+            log.warning(
+                "%d training step(s) had a non-finite loss and were skipped (see the warnings naming each step)",
+                self.nonfinite_loss_steps,
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_loss_steps"] = int(self.nonfinite_loss_steps)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_loss_steps = int(checkpoint.get("nonfinite_loss_steps", 0))
 
     # -- inference ----------------------------------------------------------------------------
     def predict_logits(self, image: Tensor) -> Tensor:

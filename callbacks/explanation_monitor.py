@@ -29,6 +29,7 @@ class ExplanationCheck:
         reference_ids / reference_roi: the training scans explained as a reference for anomaly
             detectors (``[M, T, R]``; empty when none were asked for).
         skipped: scans left out by the time budget.
+        nonfinite: scans left out because the model's logits or attributions on them were NaN or infinite.
     """
 
     epoch: int
@@ -38,6 +39,7 @@ class ExplanationCheck:
     reference_ids: list[str] = field(default_factory=list)
     reference_roi: np.ndarray | None = None
     skipped: int = 0
+    nonfinite: list[str] = field(default_factory=list)
 
 
 def resolve_targets(targets: Sequence[int | str] | None, class_names: Sequence[str], *, argument: str = "targets") -> list[int]:
@@ -206,7 +208,10 @@ class ExplanationMonitor(Callback):
             raise ValueError(f"ExplanationMonitor: scans {missing} chosen earlier are no longer in the validation set")
         return [ids.index(s) for s in self.scan_ids]
 
-    def _explain_items(self, pl_module, dataset, indices, deadline) -> tuple[list[tuple[str, np.ndarray, dict]], int, dict]:
+    def _explain_items(
+        self, pl_module, dataset, indices, deadline
+    ) -> tuple[list[tuple[str, np.ndarray, dict]], int, dict, list[str]]:
+        """Explain ``dataset[indices]``: ``(done, skipped by the budget, overlay data, non-finite scan ids)``."""
         from agg2exp_lightning.explain import explain
 
         hp = pl_module.hparams
@@ -214,17 +219,26 @@ class ExplanationMonitor(Callback):
         if window and "sw_mode" in hp:
             window.update(mode=hp["sw_mode"], overlap=hp.get("sw_overlap", 0.25), sw_batch_size=hp.get("sw_batch_size", 1))
         net = getattr(pl_module, "net", pl_module)
-        done, skipped, overlay = [], 0, {}
+        done, skipped, overlay, nonfinite = [], 0, {}, []
         for i in indices:
             if deadline is not None and time.monotonic() > deadline:
                 skipped += 1
                 continue
             image, sid, meta = _volume(dataset[i])
             want_maps = not overlay and bool(self.overlay_classes)
-            with torch.inference_mode(False):
-                x = image.detach().clone().to(pl_module.device)
-                result = explain(net, x, method=self.method, targets=self._target_ids, keep_attributions=want_maps,
-                                 **window, **self.method_options)
+            try:
+                with torch.inference_mode(False):
+                    x = image.detach().clone().to(pl_module.device)
+                    result = explain(net, x, method=self.method, targets=self._target_ids, keep_attributions=want_maps,
+                                     **window, **self.method_options)
+            except ValueError as err:
+                # The engine refuses NaN/infinite logits, images or attributions (its messages say "finite"):
+                # a diverging model must be reported, not kill the training run. Other errors are real bugs.
+                if "finite" not in str(err):
+                    raise
+                log.warning("ExplanationMonitor: scan %s left out at epoch %d: %s", sid, pl_module.current_epoch, err)
+                nonfinite.append(sid)
+                continue
             roi = result.roi.detach().cpu().double().numpy()
             if not np.all(np.isfinite(roi) | np.isnan(roi)):
                 log.warning("ExplanationMonitor: non-finite shares for scan %s", sid)
@@ -232,7 +246,7 @@ class ExplanationMonitor(Callback):
             if want_maps and result.attributions is not None:
                 overlay = {"image": image[0].cpu().numpy(), "prediction": result.prediction.cpu().numpy(),
                            "attributions": result.attributions.detach().cpu().numpy(), "subject_id": sid}
-        return done, skipped, overlay
+        return done, skipped, overlay, nonfinite
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ExplanationCheck | None:
         """Explain the chosen scans now (split across ranks), log, and notify the listeners."""
@@ -246,22 +260,28 @@ class ExplanationMonitor(Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            mine, skipped, overlay = self._explain_items(pl_module, dataset, indices[rank::world], deadline)
+            mine, skipped, overlay, nonfinite = self._explain_items(pl_module, dataset, indices[rank::world], deadline)
             ref: list[tuple[str, np.ndarray, dict]] = []
             if self.reference_scans:
                 ref_ds = getattr(trainer.datamodule, "whole_volume_dataset", None)
                 if ref_ds is not None:
                     ds = ref_ds("train", max_subjects=self.reference_scans)
-                    ref, ref_skipped, _ = self._explain_items(pl_module, ds, list(range(len(ds)))[rank::world], deadline)
+                    ref, ref_skipped, _, ref_nonfinite = self._explain_items(
+                        pl_module, ds, list(range(len(ds)))[rank::world], deadline
+                    )
                     skipped += ref_skipped
+                    nonfinite += ref_nonfinite
         finally:
             pl_module.train(was_training)
-        gathered = gather_objects((mine, ref, skipped))
+        gathered = gather_objects((mine, ref, skipped, nonfinite))
         val = sorted((x for g in gathered for x in g[0]), key=lambda t: t[0])
         refs = sorted((x for g in gathered for x in g[1]), key=lambda t: t[0])
         skipped = sum(g[2] for g in gathered)
+        nonfinite = sorted(sid for g in gathered for sid in g[3])
         if not val:
-            log.warning("ExplanationMonitor: the time budget allowed no scan at epoch %d", trainer.current_epoch)
+            log_scalars(trainer, {"agg2exp/scans_nonfinite": float(len(nonfinite))})
+            why = f"{len(nonfinite)} non-finite ({', '.join(nonfinite)})" if nonfinite else "none within the time budget"
+            log.warning("ExplanationMonitor: no scan explained at epoch %d: %s", trainer.current_epoch, why)
             return None
         check = ExplanationCheck(
             epoch=trainer.current_epoch,
@@ -271,6 +291,7 @@ class ExplanationMonitor(Callback):
             reference_ids=[r[0] for r in refs],
             reference_roi=np.stack([r[1] for r in refs]) if refs else None,
             skipped=skipped,
+            nonfinite=nonfinite,
         )
         self.latest = check
         self._log(trainer, check, overlay, time.monotonic() - start)
@@ -288,7 +309,8 @@ class ExplanationMonitor(Callback):
         glob = global_roi_importance(check.roi)  # [T, R], NaN-aware mean over scans
         previous = np.asarray(self.history[-1]["global"], dtype=float) if self.history else None
         drift = float(np.nanmean(np.abs(glob - previous))) if previous is not None and previous.shape == glob.shape else None
-        metrics: dict[str, float] = {"agg2exp/seconds": seconds, "agg2exp/scans_skipped": float(check.skipped)}
+        metrics: dict[str, float] = {"agg2exp/seconds": seconds, "agg2exp/scans_skipped": float(check.skipped),
+                                     "agg2exp/scans_nonfinite": float(len(check.nonfinite))}
         if drift is not None:
             metrics["agg2exp/drift"] = drift
         for t, cls in zip(self._target_ids, self.target_names):
