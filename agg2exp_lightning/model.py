@@ -58,6 +58,10 @@ class SegmentationModule(pl.LightningModule):
         in_channels: input channels (1 for CT).
         feature_size, depths, num_heads, norm_name, use_v2, use_checkpoint: Swin-UNETR settings
             (``use_checkpoint`` is gradient checkpointing).
+        class_weights: per-class weights of the DiceCE loss: ``None`` (uniform, as published), a list
+            of ``num_classes`` numbers, or ``"inverse_sqrt_frequency"`` / ``"inverse_frequency"``:
+            computed when fitting starts from the label voxel counts of the data module's training
+            scans (:mod:`agg2exp_lightning.class_weights`).
         lr, weight_decay: AdamW settings.
         warmup_fraction: share of the optimisation steps with a linear warm-up before the cosine decay.
         roi_size, sw_batch_size, sw_overlap, sw_mode: sliding-window inference for validation.
@@ -77,6 +81,7 @@ class SegmentationModule(pl.LightningModule):
         norm_name: str | list = "instance",
         use_v2: bool = False,
         use_checkpoint: bool = False,
+        class_weights: str | Sequence[float] | None = None,
         lr: float = 1e-4,
         weight_decay: float = 1e-5,
         warmup_fraction: float = 0.02,
@@ -99,7 +104,7 @@ class SegmentationModule(pl.LightningModule):
         self.net = build_swin_unetr(in_channels, num_classes, feature_size, depths, num_heads, norm_name, use_v2, use_checkpoint)
         from monai.losses import DiceCELoss
 
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, weight=_fixed_class_weights(class_weights, num_classes))
         self._dice_sum = torch.zeros(num_classes, dtype=torch.float64)
         self._dice_count = torch.zeros(num_classes, dtype=torch.float64)
         #: Per-scan Dice of the last validation epoch: subject id -> [C] (NaN: class absent from both).
@@ -194,6 +199,24 @@ class SegmentationModule(pl.LightningModule):
         return {"subject_id": batch["subject_id"], "prediction": logits.argmax(1)}
 
     # -- optimisation -------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        scheme = self.hparams.class_weights
+        if stage != "fit" or not isinstance(scheme, str) or self.loss.cross_entropy.weight is not None:
+            return
+        from monai.losses import DiceCELoss
+
+        from agg2exp_lightning.class_weights import class_weights, training_label_counts
+
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "mapping"):
+            raise ValueError(
+                f"Expected a ThoraxDataModule to count training labels for `class_weights={scheme!r}`, but the "
+                f"trainer has {type(datamodule).__name__}: pass the weights as a list instead"
+            )
+        weights = class_weights(training_label_counts(datamodule, self.hparams.num_classes), scheme)
+        log.info("DiceCE class weights (%s): %s", scheme, dict(zip(self.class_names, [round(float(w), 3) for w in weights])))
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, weight=weights.to(self.device))
+
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
@@ -208,6 +231,22 @@ class SegmentationModule(pl.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _fixed_class_weights(class_weights: str | Sequence[float] | None, num_classes: int) -> Tensor | None:
+    """The loss weights known at construction (a list), ``None`` for uniform or data-derived ones."""
+    from agg2exp_lightning.class_weights import SCHEMES
+
+    if class_weights is None:
+        return None
+    if isinstance(class_weights, str):
+        if class_weights not in SCHEMES:
+            raise ValueError(f"Expected argument `class_weights` to be None, a list of {num_classes} weights or one of {SCHEMES}, but got {class_weights!r}")
+        return None
+    w = torch.as_tensor(list(class_weights), dtype=torch.float32)
+    if w.shape != (num_classes,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not bool((w > 0).any()):
+        raise ValueError(f"Expected argument `class_weights` to hold {num_classes} non-negative finite weights, but got {list(class_weights)!r}")
+    return w
 
 
 def load_segmentation_checkpoint(
@@ -249,7 +288,12 @@ def load_segmentation_checkpoint(
             raise DataError(f"checkpoint {p} is for {name}={hparams.get(name)}, expected {name}={wanted}")
     try:
         module = SegmentationModule(**hparams)
-        module.load_state_dict(ckpt["state_dict"], strict=True)
+        # the loss's class weights are training state, not part of the network: never required here
+        state = {k: v for k, v in dict(ckpt["state_dict"]).items() if not str(k).startswith("loss.")}
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("loss.")]
+        if missing or unexpected:
+            raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {list(unexpected)[:5]}")
     except (TypeError, RuntimeError, ValueError) as err:
         raise DataError(f"checkpoint {p} does not fit SegmentationModule: {str(err).splitlines()[0][:300]}") from err
     return module.eval()
