@@ -295,5 +295,6 @@ def load_segmentation_checkpoint(
         if missing or unexpected:
             raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {list(unexpected)[:5]}")
     except (TypeError, RuntimeError, ValueError) as err:
-        raise DataError(f"checkpoint {p} does not fit SegmentationModule: {str(err).splitlines()[0][:300]}") from err
+        detail = " ".join(line.strip() for line in str(err).splitlines()[:3])  # the header alone names no key
+        raise DataError(f"checkpoint {p} does not fit SegmentationModule: {detail[:400]}") from err
     return module.eval()
