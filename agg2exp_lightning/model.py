@@ -291,10 +291,18 @@ def load_segmentation_checkpoint(
         # the loss's class weights are training state, not part of the network: never required here
         state = {k: v for k, v in dict(ckpt["state_dict"]).items() if not str(k).startswith("loss.")}
         missing, unexpected = module.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("loss.")]
-        if missing or unexpected:
-            raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {list(unexpected)[:5]}")
-    except (TypeError, RuntimeError, ValueError) as err:
-        detail = " ".join(line.strip() for line in str(err).splitlines()[:3])  # the header alone names no key
-        raise DataError(f"checkpoint {p} does not fit SegmentationModule: {detail[:400]}") from err
+    except (TypeError, ValueError) as err:
+        raise DataError(f"checkpoint {p}: its hyper-parameters do not build a SegmentationModule: {str(err).splitlines()[0][:300]}") from err
+    except RuntimeError as err:  # shapes differ: load_state_dict lists each key on its own line
+        details = [" ".join(line.split())[:240] for line in str(err).splitlines()[1:] if line.strip()]
+        raise DataError(
+            f"checkpoint {p}: expected the weights of the Swin-UNETR SegmentationModule its hyper-parameters "
+            f"describe, but they do not fit: {'; '.join(details[:2]) or str(err)[:300]}"
+        ) from err
+    missing = [k for k in missing if not k.startswith("loss.")]
+    if missing or unexpected:
+        raise DataError(
+            f"checkpoint {p}: expected the weights of the Swin-UNETR SegmentationModule its hyper-parameters "
+            f"describe, but they do not fit: missing keys {missing[:5]}, unexpected keys {list(unexpected)[:5]}"
+        )
     return module.eval()

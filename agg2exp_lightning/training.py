@@ -162,8 +162,9 @@ def check_resume_checkpoint(path: str | Path, model: Any) -> None:
             f"but it lacks {missing} (found {found}). A bare state_dict or a weights-only checkpoint holds no "
             "optimiser or loop state to continue from."
         )
-    theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items() if hasattr(v, "shape")}
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # the loss's class weights are set when fitting starts (after this check) and are not the model's weights
+    theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items() if hasattr(v, "shape") and not k.startswith("loss.")}
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("loss.")}
     if theirs != ours:
         hp_theirs = dict(ckpt.get("hyper_parameters") or {})
         hp_ours = dict(getattr(model, "hparams", {}) or {})

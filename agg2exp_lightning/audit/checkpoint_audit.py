@@ -68,18 +68,7 @@ def load_audit_model(checkpoint: str | Path, *, num_classes: int | None = None) 
     """
     from agg2exp_lightning.model import load_segmentation_checkpoint
 
-    try:
-        model = load_segmentation_checkpoint(checkpoint)
-    except DataError as err:
-        cause = err.__cause__
-        if not isinstance(cause, RuntimeError) or "state_dict" not in str(cause):
-            raise
-        # load_state_dict's message lists every key; keep the kind of each mismatch and a few keys
-        details = [" ".join(line.split())[:240] for line in str(cause).splitlines()[1:] if line.strip()]
-        raise DataError(
-            f"checkpoint {checkpoint}: expected the weights of the Swin-UNETR SegmentationModule its hyper-parameters "
-            f"describe, but they do not fit: {'; '.join(details[:2]) or str(cause)[:300]}"
-        ) from cause
+    model = load_segmentation_checkpoint(checkpoint)  # names the file and what does not fit
     for name, wanted, why in (("in_channels", 1, "CT scans have one channel"),
                               ("num_classes", num_classes, "the data's structures are merged into the thorax labels")):
         got = int(model.hparams.get(name, -1))
