@@ -3,7 +3,7 @@
 With uniform weights the loss is ruled by background, lungs and bones; small structures (thyroid,
 pulmonary veins, trachea) switch on late. On the demo cohort, weighting the DiceCE loss by the
 inverse square root of each label's voxel frequency raised the mean foreground validation Dice after
-208 steps from 0.43 to 0.86 (``benchmarks/class_weighting.py``).
+8 epochs (208 steps) from 0.137 to 0.631, same seed and schedule (``python benchmarks/class_weighting.py``).
 """
 from __future__ import annotations
 
