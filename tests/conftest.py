@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -41,3 +44,62 @@ def tiny_cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("cohort") / "thorax"
     generate_cohort(root, n_subjects=36, seed=3, shape=(40, 40, 40), spacing=8.0, progress=False)
     return root
+
+
+# Explanation tables (analysis and audit tests): the published table (shared/) and seeded synthetic tables.
+#: CI clones the repository with shared/ beside it, i.e. at <clone>/../shared.
+PUBLISHED_TABLE = (
+    Path(__file__).parents[1] / ".." / "shared" / "data" / "agg2exp_tsv2" / "tsv2_test_aggregated_sg_explanations_with_dice.csv"
+)
+CLASSES = ("background", "aorta", "trachea", "heart", "ribs", "sternum")
+
+
+@pytest.fixture(scope="session")
+def published_table() -> Path:
+    if not PUBLISHED_TABLE.is_file():
+        pytest.skip(f"published Agg2Exp table not found at {PUBLISHED_TABLE.resolve()} (shared/ must sit beside the repository)")
+    return PUBLISHED_TABLE
+
+
+def synthetic_frame(
+    n_normal: int = 60,
+    n_planted: int = 0,
+    *,
+    seed: int = 0,
+    classes: tuple[str, ...] = CLASSES,
+    planted_scanner: str = "C",
+) -> pd.DataFrame:
+    """A table in the published format with ``n_planted`` anomalous rows at the end.
+
+    Normal rows: class ``a`` puts ~50 % of its mass in its own region and ~30 % in the
+    background (Dirichlet noise). Planted row ``r``: every class ``i`` puts ~70 % of its mass in
+    region ``(i + 1 + r mod (k - 1)) mod k`` (never its own) (so planted rows differ from each other too), have low Dice, and all share ``scanner == planted_scanner``; normal rows draw
+    the scanner uniformly from A, B, C. ``age`` and ``sex`` are unrelated to anything.
+    """
+    rng = np.random.default_rng(seed)
+    k = len(classes)
+    n = n_normal + n_planted
+    cols: dict[str, object] = {"patient": [f"s{i:04d}" for i in range(n)]}
+    for i, a in enumerate(classes):
+        normal = np.full(k, 0.2 / max(k - 2, 1))
+        normal[0], normal[i] = 0.3, 0.5
+        if i == 0:
+            normal = np.full(k, 0.2 / (k - 1)); normal[0] = 0.8
+        planted = np.full((n_planted, k), 0.3 / (k - 1))
+        planted[np.arange(n_planted), (i + 1 + np.arange(n_planted) % (k - 1)) % k] = 0.7  # never region i
+        shares = np.concatenate([rng.dirichlet(200 * normal, size=n_normal), *(rng.dirichlet(200 * p, size=1) for p in planted)])
+        for j, b in enumerate(classes):
+            cols[f"{a}_explanation_in_{b}_mass"] = shares[:, j]
+            cols[f"{a}_explanation_in_{b}_mean"] = shares[:, j] * 1000.0
+    for a in classes:
+        cols[f"{a}_dice"] = np.concatenate([rng.uniform(0.9, 0.99, n_normal), rng.uniform(0.6, 0.8, n_planted)])
+    cols["scanner"] = list(rng.choice(["A", "B", "C"], size=n_normal)) + [planted_scanner] * n_planted
+    cols["age"] = rng.integers(20, 90, size=n)
+    cols["sex"] = rng.choice(["F", "M"], size=n)
+    return pd.DataFrame(cols)
+
+
+@pytest.fixture(scope="session")
+def make_frame():
+    """The :func:`synthetic_frame` factory (test modules here are not importable packages)."""
+    return synthetic_frame
