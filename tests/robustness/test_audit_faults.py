@@ -47,7 +47,7 @@ def _results(out: Path) -> dict[str, bytes]:
 def _table(tmp_path: Path) -> Path:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_audit_conftest", REPO / "tests" / "audit" / "conftest.py")
+    spec = importlib.util.spec_from_file_location("_audit_conftest", REPO / "tests" / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     path = tmp_path / "table.csv"

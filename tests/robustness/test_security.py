@@ -42,10 +42,10 @@ def _malicious_checkpoint(path: Path, marker: Path) -> Path:
 
 
 def _synthetic_frame():
-    """:func:`synthetic_frame` of tests/audit/conftest.py (a table in the published format)."""
+    """:func:`synthetic_frame` of tests/conftest.py (a table in the published format)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_audit_conftest", Path(__file__).parents[1] / "audit" / "conftest.py")
+    spec = importlib.util.spec_from_file_location("_audit_conftest", Path(__file__).parents[1] / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.synthetic_frame
