@@ -17,8 +17,10 @@ from agg2exp_lightning.explain._predictor import Predictor
 from agg2exp_lightning.explain._validation import choice, nonnegative_float, positive_int
 from agg2exp_lightning.explain.baselines import make_baseline
 
-#: Integration rules of Integrated Gradients (Captum's names).
+#: Integration rules of Integrated Gradients shared with Captum (Captum's names).
 IG_RULES: tuple[str, ...] = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
+#: The published Agg2Exp rule (not in Captum): ``n`` equally weighted points ``linspace(0, 1, n)``, both ends included.
+PAPER_IG_RULE = "uniform_inclusive"
 
 GRADIENT_OPTIONS = {"batch_size", "vectorize"}
 SMOOTHGRAD_OPTIONS = GRADIENT_OPTIONS | {"n_samples", "noise_level", "stdev", "seed"}
@@ -30,8 +32,9 @@ def integration_points(n_steps: int, rule: str = "gausslegendre") -> tuple[Tenso
 
     Args:
         n_steps: number of points.
-        rule: one of :data:`IG_RULES`; the same points and weights as Captum's
-            ``approximation_methods`` for that name.
+        rule: one of :data:`IG_RULES`, the same points and weights as Captum's
+            ``approximation_methods`` for that name; or :data:`PAPER_IG_RULE`, the published
+            Agg2Exp rule (``torch.linspace(0, 1, n)``, each weighted ``1/n``).
 
     Returns:
         ``(alphas [n], weights [n])`` in float64.
@@ -41,7 +44,7 @@ def integration_points(n_steps: int, rule: str = "gausslegendre") -> tuple[Tenso
         tensor([0.2500, 0.5000, 0.2500], dtype=torch.float64)
     """
     n = positive_int("n_steps", n_steps)
-    rule = choice("integration", rule, IG_RULES)
+    rule = choice("integration", rule, (*IG_RULES, PAPER_IG_RULE))
     if rule == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)
         return torch.from_numpy(0.5 * (nodes + 1)), torch.from_numpy(0.5 * weights)
@@ -51,6 +54,8 @@ def integration_points(n_steps: int, rule: str = "gausslegendre") -> tuple[Tenso
         w = torch.full((n,), 1.0 / (n - 1), dtype=torch.float64)
         w[0] = w[-1] = 0.5 / (n - 1)
         return torch.linspace(0, 1, n, dtype=torch.float64), w
+    if rule == PAPER_IG_RULE:
+        return torch.linspace(0, 1, n, dtype=torch.float64), torch.full((n,), 1.0 / n, dtype=torch.float64)
     k = torch.arange(n, dtype=torch.float64)
     offset = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[rule]
     return (k + offset) / n, torch.full((n,), 1.0 / n, dtype=torch.float64)
@@ -130,7 +135,7 @@ def integrated_gradients(
     *,
     proxy_at_image: Tensor,
     n_steps: int = 20,
-    integration: Literal["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"] = "gausslegendre",
+    integration: Literal["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle", "uniform_inclusive"] = "gausslegendre",
     baseline: Any = "zero",
     baseline_value: float = 0.0,
     baseline_sigma: float | None = None,

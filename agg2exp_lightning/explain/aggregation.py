@@ -106,6 +106,7 @@ def roi_importance(
     sign: Literal["abs", "positive", "negative"] = "abs",
     *,
     extra_masks: ArrayLike | Sequence[ArrayLike] | None = None,
+    empty_regions: Literal["nan", "zero"] = "nan",
 ) -> Tensor:
     """RoI importance ``[T, R (+ K)]`` of attribution maps ``[T, *S]``.
 
@@ -120,10 +121,14 @@ def roi_importance(
         sign: ``s``: ``"abs"``, ``"positive"`` (positive part) or ``"negative"`` (negative part).
         extra_masks: ``[K, *S]`` (or a list of ``[*S]``) boolean masks appended as extra
             regions (they may overlap the labelled ones).
+        empty_regions: the ``mass`` share of a region with no voxel on this scan: ``"nan"``
+            (undefined; the default) or ``"zero"`` (none of the mass lies there, as the published
+            aggregation writes it; see :mod:`agg2exp_lightning.protocols`). Its ``mean`` is NaN either way.
 
     Returns:
-        float64 tensor. NaN where undefined: every entry of an empty region (no voxel), and the
-        whole row of an all-zero map (``mass``; its ``mean`` entries are 0).
+        float64 tensor. NaN where undefined: every entry of an empty region (no voxel; 0 for
+        ``mass`` with ``empty_regions="zero"``), and the whole row of an all-zero map (``mass``; its
+        ``mean`` entries are 0).
 
     Example:
         >>> a = torch.tensor([[1.0, -1.0, 2.0, 0.0]])
@@ -132,10 +137,12 @@ def roi_importance(
     """
     if reduce not in ("mass", "mean"):
         raise ValueError(f"Expected argument `reduce` to be 'mass' or 'mean', but got {reduce!r}")
+    if empty_regions not in ("nan", "zero"):
+        raise ValueError(f"Expected argument `empty_regions` to be 'nan' or 'zero', but got {empty_regions!r}")
     inside, sizes, total = region_masses(attributions, regions, num_regions, sign=sign, extra_masks=extra_masks)
     nan = torch.tensor(float("nan"), dtype=torch.float64, device=inside.device)
     if reduce == "mass":
-        ok = (total[:, None] > 0) & (sizes[None] > 0)
+        ok = (total[:, None] > 0) & ((sizes[None] > 0) | (empty_regions == "zero"))
         return torch.where(ok, inside / total[:, None].clamp_min(1e-300), nan)
     return torch.where(sizes[None] > 0, inside / sizes[None].clamp_min(1), nan)
 

@@ -28,6 +28,8 @@ from agg2exp_lightning.explain.aggregation import roi_importance
 from agg2exp_lightning.explain.memory import PASS_BYTES_PER_VOXEL, available_memory, check_explain_memory, explain_memory_estimate
 from agg2exp_lightning.explain.model_state import explanation_mode
 from agg2exp_lightning.explain.proxy import proxy_output
+from agg2exp_lightning.protocols import SETTING_CHOICES, Protocol, ProtocolLike, resolve_protocol
+from agg2exp_lightning.utils import look_up_option
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,7 @@ def explain(
     progress: bool = False,
     max_memory: float | None = None,
     pass_bytes_per_voxel: float = PASS_BYTES_PER_VOXEL,
+    protocol: ProtocolLike = None,
     **method_options: Any,
 ) -> ExplanationResult:
     """Explain a segmentation model's prediction of ``image`` for each target class (Agg2Exp).
@@ -144,6 +147,11 @@ def explain(
             explanation that would not fit is refused with the estimate instead of being killed.
         pass_bytes_per_voxel: activation memory of the model's forward+backward pass per input voxel,
             for that estimate (default: above MONAI Swin-UNETR's on CPU).
+        protocol: ``"corrected"`` (default), ``"paper"`` or a
+            :class:`~agg2exp_lightning.protocols.Protocol`: gives the KernelSHAP ``spread``, the IG
+            ``integration`` rule and the share of an empty region (``empty_regions``) unless a method
+            option sets them (an option overrides the protocol's setting, and the override is recorded);
+            ``diagnostics["protocol"]`` records the resolved settings.
         **method_options: per method (defaults in brackets):
             all gradient methods: ``batch_size`` [4] samples per forward, ``vectorize`` [False]
             (one vmapped backward for all targets instead of a loop);
@@ -177,6 +185,7 @@ def explain(
     name = resolve_method_name(method)
     if isinstance(name, str):
         check_options(name, method_options, METHOD_OPTIONS[name])
+    resolved_protocol, method_options = _apply_protocol(name, protocol, method_options)
     sign = choice("sign", sign, ("abs", "positive", "negative"))
     spatial_dims = positive_int("spatial_dims", spatial_dims)
     if not isinstance(model, nn.Module):
@@ -241,9 +250,10 @@ def explain(
         top = int(region_map.max()) + 1 if region_map.numel() else 0
         n_regions = max(num_classes, top) if num_regions is None else num_regions
     mask_stack = torch.stack(list(masks.values())) if masks else None
-    roi = roi_importance(attr, region_map, n_regions, "mass", sign, extra_masks=mask_stack)
+    roi = roi_importance(attr, region_map, n_regions, "mass", sign, extra_masks=mask_stack, empty_regions=resolved_protocol.empty_regions)
     roi_mean = roi_importance(attr, region_map, n_regions, "mean", sign, extra_masks=mask_stack)
     diag.update(predictor.counter.as_dict())
+    diag["protocol"] = resolved_protocol.as_dict()
     diag["targets_absent"] = [c for c in target_ids if c not in present]
     if plan is not None:
         diag["windows"] = plan.num_windows
@@ -261,6 +271,21 @@ def explain(
         diagnostics=diag,
         region_names=[str(i) for i in range(n_regions)] + list(masks),
     )
+
+
+def _apply_protocol(name: Any, protocol: ProtocolLike, options: Mapping[str, Any]) -> tuple[Protocol, dict[str, Any]]:
+    """The protocol (method options that set one of its choices recorded as overrides) and the options
+    with the protocol's KernelSHAP ``spread`` / IG ``integration`` filled in."""
+    resolved = resolve_protocol(protocol)
+    options = dict(options)
+    for methods, option, setting in ((("kernelshap_cubes", "kernelshap_semantic"), "spread", "kernelshap_spread"),
+                                     (("integrated_gradients",), "integration", "ig_integration")):
+        if name in methods:
+            if option in options:
+                value = look_up_option(option, options[option], SETTING_CHOICES[setting])
+                resolved = resolved.with_overrides(**{setting: value})
+            options[option] = getattr(resolved, setting)
+    return resolved, options
 
 
 def _attribute(
