@@ -11,9 +11,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from agg2exp_lightning.errors import DataError
 from agg2exp_lightning.labels import THORAX_CLASSES
-from agg2exp_lightning.segmentation_metrics import dice_per_class
+from agg2exp_lightning.segmentation_metrics import dice_per_class, mean_dice_per_class
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +104,11 @@ class SegmentationModule(pl.LightningModule):
         from monai.losses import DiceCELoss
 
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, weight=_fixed_class_weights(class_weights, num_classes))
-        self._dice_sum = torch.zeros(num_classes, dtype=torch.float64)
-        self._dice_count = torch.zeros(num_classes, dtype=torch.float64)
-        #: Per-scan Dice of the last validation epoch: subject id -> [C] (NaN: class absent from both).
+        #: Per-scan Dice of the last validation epoch, every rank's scans: subject id -> [C] (NaN: class absent
+        #: from both). Complete before the epoch-end hooks (see :meth:`_record_scan_dice`).
         self.last_val_dice: dict[str, Tensor] = {}
+        #: The same for the last test epoch.
+        self.last_test_dice: dict[str, Tensor] = {}
         #: Training steps skipped because their loss was NaN or infinite (saved in checkpoints).
         self.nonfinite_loss_steps = 0
 
@@ -162,41 +162,72 @@ class SegmentationModule(pl.LightningModule):
         )
 
     def on_validation_epoch_start(self) -> None:
-        self._dice_sum.zero_()
-        self._dice_count.zero_()
         self.last_val_dice = {}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        return self._record_scan_dice(batch, self.last_val_dice)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_mean_dice("val", self.last_val_dice)
+
+    def on_test_epoch_start(self) -> None:
+        self.last_test_dice = {}
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        return self._record_scan_dice(batch, self.last_test_dice)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_mean_dice("test", self.last_test_dice)
+
+    def _record_scan_dice(self, batch: dict[str, Any], records: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-scan Dice of ``batch`` into ``records``, with every rank's scans of this step.
+
+        Under distributed evaluation each step gathers all ranks' records, so ``records`` holds every
+        scan seen so far on every rank before any epoch-end hook (the monitors' included) runs. A scan
+        that ``DistributedSampler`` repeats to even out the ranks is kept once.
+        """
+        from agg2exp_lightning.utils.distributed import gather_objects
+
         logits = self.predict_logits(batch["image"])
         pred = logits.argmax(1)
         label = batch["label"]
         label = (label.as_tensor() if hasattr(label, "as_tensor") else label)[:, 0].long()
-        out = {}
-        for i in range(pred.shape[0]):
-            dice = dice_per_class(pred[i], label[i], self.hparams.num_classes).cpu()
-            ok = ~torch.isnan(dice)
-            self._dice_sum += torch.where(ok, dice, 0)
-            self._dice_count += ok
-            sid = batch["subject_id"][i]
-            self.last_val_dice[sid] = dice
-            out[sid] = dice
-        return out
+        mine = [
+            (str(batch["subject_id"][i]), dice_per_class(pred[i], label[i], self.hparams.num_classes).cpu())
+            for i in range(pred.shape[0])
+        ]
+        for sid, dice in (record for rank in gather_objects(mine) for record in rank):
+            records.setdefault(sid, dice)
+        return dict(mine)
 
-    def on_validation_epoch_end(self) -> None:
-        total, count = self._dice_sum.to(self.device), self._dice_count.to(self.device)
-        if self.trainer.world_size > 1:
-            total = self.all_gather(total).sum(0)
-            count = self.all_gather(count).sum(0)
-        mean = (total / count).float()  # NaN for a class absent from every scan
+    def _log_mean_dice(self, stage: str, records: dict[str, Tensor]) -> None:
+        """``{stage}/dice/<class>`` and ``{stage}/mean_dice_fg`` over every scan (identical on every rank)."""
+        mean = mean_dice_per_class(records, self.hparams.num_classes).float()  # NaN: class absent from every scan
         for name, value in zip(self.class_names, mean):
             if not math.isnan(value):
-                self.log(f"val/dice/{name}", value, sync_dist=False)
+                self.log(f"{stage}/dice/{name}", value, sync_dist=False)
         fg = mean[1:][~torch.isnan(mean[1:])]
-        self.log("val/mean_dice_fg", fg.mean() if fg.numel() else torch.tensor(0.0), prog_bar=True, sync_dist=False)
+        self.log(f"{stage}/mean_dice_fg", fg.mean() if fg.numel() else torch.tensor(0.0), prog_bar=True, sync_dist=False)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        logits = self.predict_logits(batch["image"])
-        return {"subject_id": batch["subject_id"], "prediction": logits.argmax(1)}
+        """Label maps ``[B, *S]`` (uint8 up to 256 classes) on the preprocessed grid, with what maps them back to the scan's grid.
+
+        Returns:
+            ``subject_id``, ``prediction``, ``affine`` (``[B, 4, 4]`` of the preprocessed grid) and, when the
+            data recorded them (MONAI's ``original_affine`` / ``spatial_shape`` meta keys), the original
+            image's ``original_affine`` and ``spatial_shape``.
+        """
+        image = batch["image"]
+        logits = self.predict_logits(image)
+        label_dtype = torch.uint8 if self.hparams.num_classes <= 256 else torch.int32
+        out: dict[str, Any] = {"subject_id": list(batch["subject_id"]), "prediction": logits.argmax(1).to(label_dtype).cpu()}
+        meta = getattr(image, "meta", {}) or {}
+        if hasattr(image, "affine"):
+            out["affine"] = torch.as_tensor(image.affine, dtype=torch.float64).reshape(-1, 4, 4).cpu()
+        for key, tail in (("original_affine", (4, 4)), ("spatial_shape", (-1,))):
+            if key in meta:
+                out[key] = torch.as_tensor(meta[key]).reshape(image.shape[0], *tail).cpu()
+        return out
 
     # -- optimisation -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -266,43 +297,8 @@ def load_segmentation_checkpoint(
         DataError: the file is missing, corrupt, not a checkpoint of this module, or for another number
             of classes or channels.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"checkpoint {p} does not exist")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise DataError(
-            f"checkpoint {p} cannot be loaded with weights_only=True ({type(err).__name__}): it is truncated, "
-            "not a torch checkpoint, or holds objects other than tensors and plain containers, which are "
-            "never unpickled here"
-        ) from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise DataError(f"checkpoint {p}: expected a Lightning checkpoint with 'state_dict' and 'hyper_parameters'")
-    import inspect
+    from agg2exp_lightning.model_loading import read_weights_file
+    from agg2exp_lightning.model_loading.toolkit import segmentation_module_from_checkpoint
 
-    accepted = set(inspect.signature(SegmentationModule.__init__).parameters) - {"self"}
-    hparams = {k: v for k, v in dict(ckpt["hyper_parameters"]).items() if k in accepted}
-    for name, wanted in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if wanted is not None and hparams.get(name) != wanted:
-            raise DataError(f"checkpoint {p} is for {name}={hparams.get(name)}, expected {name}={wanted}")
-    try:
-        module = SegmentationModule(**hparams)
-        # the loss's class weights are training state, not part of the network: never required here
-        state = {k: v for k, v in dict(ckpt["state_dict"]).items() if not str(k).startswith("loss.")}
-        missing, unexpected = module.load_state_dict(state, strict=False)
-    except (TypeError, ValueError) as err:
-        raise DataError(f"checkpoint {p}: its hyper-parameters do not build a SegmentationModule: {str(err).splitlines()[0][:300]}") from err
-    except RuntimeError as err:  # shapes differ: load_state_dict lists each key on its own line
-        details = [" ".join(line.split())[:240] for line in str(err).splitlines()[1:] if line.strip()]
-        raise DataError(
-            f"checkpoint {p}: expected the weights of the Swin-UNETR SegmentationModule its hyper-parameters "
-            f"describe, but they do not fit: {'; '.join(details[:2]) or str(err)[:300]}"
-        ) from err
-    missing = [k for k in missing if not k.startswith("loss.")]
-    if missing or unexpected:
-        raise DataError(
-            f"checkpoint {p}: expected the weights of the Swin-UNETR SegmentationModule its hyper-parameters "
-            f"describe, but they do not fit: missing keys {missing[:5]}, unexpected keys {list(unexpected)[:5]}"
-        )
-    return module.eval()
+    ckpt = read_weights_file(path, what="checkpoint", map_location=map_location)
+    return segmentation_module_from_checkpoint(ckpt, where=str(path), num_classes=num_classes, in_channels=in_channels)
