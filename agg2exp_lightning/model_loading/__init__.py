@@ -30,8 +30,10 @@ from agg2exp_lightning.model_loading.checkpoints import (
 from agg2exp_lightning.model_loading.factory import build_factory_model, import_factory, is_factory_spec
 from agg2exp_lightning.model_loading.label_map import LABEL_MAP_FORMATS, check_label_count, label_names, read_label_map
 from agg2exp_lightning.model_loading.toolkit import (
+    RESUME_KEYS,
     check_resume_checkpoint,
     checkpoint_spacing,
+    read_lightning_checkpoint,
     segmentation_module_from_checkpoint,
 )
 
@@ -42,6 +44,7 @@ SourceKind = Literal["checkpoint", "bundle", "factory", "module"]
 __all__ = [
     "LABEL_MAP_FORMATS",
     "LoadedModel",
+    "RESUME_KEYS",
     "SourceKind",
     "check_label_count",
     "check_resume_checkpoint",
@@ -52,6 +55,7 @@ __all__ = [
     "load_state_dict_checked",
     "output_channels",
     "read_label_map",
+    "read_lightning_checkpoint",
     "read_weights_file",
     "state_dict_mismatch",
     "unwrap_state_dict",

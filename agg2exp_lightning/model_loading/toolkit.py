@@ -79,6 +79,34 @@ def segmentation_module_from_checkpoint(
     return module.eval()
 
 
+def read_lightning_checkpoint(path: str | Path, needed: tuple[str, ...] = ("state_dict",), *, purpose: str = "load",
+                              advice: str = "") -> dict[str, Any]:
+    """A Lightning checkpoint read with ``weights_only=True`` (memory-mapped where possible) that holds ``needed``.
+
+    Args:
+        path: the checkpoint.
+        needed: top-level keys it must hold (e.g. :data:`RESUME_KEYS`).
+        purpose: what it is read for, in the messages (``"resume from"``, ``"validate"``).
+        advice: what the user can do instead, appended to the messages.
+
+    Raises:
+        DataError: unreadable (truncated, not a torch file, pickled objects other than tensors and plain
+            containers) or lacking one of ``needed``; the message names ``path``.
+    """
+    p = Path(path)
+    tail = f" {advice}" if advice else ""
+    try:
+        ckpt = read_weights_file(p, what="checkpoint")
+    except DataError as err:
+        raise DataError(f"{err}; cannot {purpose} it.{tail}") from err
+    missing = [k for k in needed if not (isinstance(ckpt, Mapping) and k in ckpt)]
+    if missing:
+        found = sorted(map(str, ckpt))[:6] if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise DataError(f"cannot {purpose} checkpoint {p}: expected a Lightning checkpoint with {list(needed)}, "
+                        f"but it lacks {missing} (found {found}).{tail}")
+    return dict(ckpt)
+
+
 def check_resume_checkpoint(path: str | Path, model: Any) -> None:
     """Refuse, naming ``path``, a checkpoint that training of ``model`` cannot continue from.
 
@@ -87,23 +115,14 @@ def check_resume_checkpoint(path: str | Path, model: Any) -> None:
     Raises:
         DataError: the file is unreadable (truncated, not a torch file, or holding pickled objects other
             than tensors and plain containers), not a Lightning training checkpoint (e.g. a bare
-            ``state_dict``), or the weights of another model (the differing hyper-parameters named, else
-            the keys and shapes).
+            ``state_dict``: no optimiser or loop state), or the weights of another model (the differing
+            hyper-parameters named, else the keys and shapes).
     """
     p = Path(path)
-    try:
-        ckpt = read_weights_file(p, what="checkpoint")
-    except DataError as err:
-        raise DataError(f"cannot resume: {err}. Pass --resume never to start over (overwriting it) or --resume PATH "
-                        "for another checkpoint.") from err
-    missing = [k for k in RESUME_KEYS if not (isinstance(ckpt, Mapping) and k in ckpt)]
-    if missing:
-        found = sorted(map(str, ckpt))[:6] if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise DataError(
-            f"cannot resume from checkpoint {p}: expected a Lightning training checkpoint with {list(RESUME_KEYS)}, "
-            f"but it lacks {missing} (found {found}). A bare state_dict or a weights-only checkpoint holds no "
-            "optimiser or loop state to continue from."
-        )
+    ckpt = read_lightning_checkpoint(
+        p, RESUME_KEYS, purpose="resume from",
+        advice="A bare state_dict or a weights-only checkpoint holds no optimiser or loop state to continue from. Pass "
+               "--resume never to start over (overwriting it) or --resume PATH for another checkpoint.")
     detail = state_dict_mismatch(ckpt["state_dict"], model.state_dict(), ignore_prefixes=TRAINING_STATE_PREFIXES, limit=3)
     if detail:
         hp_theirs = dict(ckpt.get("hyper_parameters") or {})

@@ -242,7 +242,7 @@ def test_toolkit_checkpoint_with_shapes_of_another_model_names_them(tmp_path):
 def test_resume_check_names_the_file_and_what_differs(tmp_path):
     module = _tiny_module()
     torch.save({"state_dict": module.state_dict()}, tmp_path / "bare.ckpt")
-    with pytest.raises(DataError, match=r"bare.ckpt: expected a Lightning training checkpoint .* lacks \['optimizer_states'"):
+    with pytest.raises(DataError, match=r"cannot resume from checkpoint .*bare.ckpt: expected a Lightning checkpoint with .* lacks \['optimizer_states'"):
         check_resume_checkpoint(tmp_path / "bare.ckpt", module)
     full = {"state_dict": module.state_dict(), "optimizer_states": [], "loops": {}, "global_step": 0,
             "hyper_parameters": dict(module.hparams)}
@@ -252,5 +252,5 @@ def test_resume_check_names_the_file_and_what_differs(tmp_path):
     with pytest.raises(DataError, match=r"another model .*num_classes=17 in the checkpoint, 4 configured"):
         check_resume_checkpoint(tmp_path / "ok.ckpt", other)
     (tmp_path / "trunc.ckpt").write_bytes((tmp_path / "ok.ckpt").read_bytes()[:100])
-    with pytest.raises(DataError, match=r"cannot resume: checkpoint .*trunc.ckpt cannot be loaded with weights_only=True"):
+    with pytest.raises(DataError, match=r"checkpoint .*trunc.ckpt cannot be loaded with weights_only=True.*; cannot resume from it"):
         check_resume_checkpoint(tmp_path / "trunc.ckpt", module)
