@@ -15,11 +15,14 @@ NO_MONITORS = ("--config", str(Path(__file__).parent / "configs" / "checkpoints_
 
 
 def test_known_weights():
-    # frequencies 0.64, 0.32, 0.04: inverse square roots 1.25, 1.768, 5 scaled so that sum f w = 1
-    w = class_weights([64, 32, 4], "inverse_sqrt_frequency").double()
-    raw = torch.tensor([0.64, 0.32, 0.04], dtype=torch.float64) ** -0.5
-    torch.testing.assert_close(w, raw / (raw * torch.tensor([0.64, 0.32, 0.04])).sum(), rtol=1e-6, atol=0)
-    assert float((w * torch.tensor([0.64, 0.32, 0.04])).sum()) == pytest.approx(1.0)
+    # frequencies 0.81, 0.09, 0.09, 0.01: inverse square roots 10/9, 10/3, 10/3, 10 with
+    # sum f w = 0.9 + 0.3 + 0.3 + 0.1 = 1.6, so divided by 1.6: 25/36, 25/12, 25/12, 25/4
+    w = class_weights([81, 9, 9, 1], "inverse_sqrt_frequency")
+    torch.testing.assert_close(w, torch.tensor([25 / 36, 25 / 12, 25 / 12, 25 / 4]))
+    # frequencies 0.64, 0.32, 0.04: inverse square roots 1.25, 1.7678, 5; sum f w = 0.8 + 0.5657 + 0.2 = 1.5657
+    w = class_weights([64, 32, 4], "inverse_sqrt_frequency")
+    torch.testing.assert_close(w, torch.tensor([0.79837, 1.12907, 3.19349]), rtol=0, atol=2e-5)
+    assert float((w.double() * torch.tensor([0.64, 0.32, 0.04], dtype=torch.float64)).sum()) == pytest.approx(1.0)
     # inverse frequency equalises the classes' total weight; an absent class gets the largest weight
     w = class_weights([75, 25, 0], "inverse_frequency")
     torch.testing.assert_close(w, torch.tensor([2 / 3, 2.0, 2.0]))
