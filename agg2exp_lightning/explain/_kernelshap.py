@@ -21,7 +21,7 @@ from agg2exp_lightning.explain._predictor import Predictor
 from agg2exp_lightning.explain._validation import choice, positive_int
 from agg2exp_lightning.explain.baselines import make_baseline
 
-KERNELSHAP_OPTIONS = {"n_samples", "baseline", "baseline_value", "batch_size", "seed", "paired", "spread"}
+KERNELSHAP_OPTIONS = {"n_samples", "baseline", "baseline_value", "batch_size", "seed", "paired", "spread", "reuse_windows"}
 CUBE_OPTIONS = KERNELSHAP_OPTIONS | {"cubes_per_axis"}
 
 #: Largest feature count for which full enumeration is considered.
@@ -165,6 +165,7 @@ def kernelshap(
     seed: int | None = None,
     paired: bool = True,
     spread: Literal["divide", "broadcast"] = "divide",
+    reuse_windows: bool = True,
 ) -> tuple[Tensor, dict[str, Any]]:
     """KernelSHAP of every target's proxy over the features of ``feature_mask``.
 
@@ -182,11 +183,15 @@ def kernelshap(
         spread: ``"divide"`` spreads ``phi_j`` evenly over feature ``j``'s voxels (so a map sums
             to ``f(x) - f(baseline)``); ``"broadcast"`` writes ``phi_j`` into every voxel of ``j``
             (Captum's ``KernelShap`` output).
+        reuse_windows: with sliding windows, run a window once per distinct set of present
+            features inside it and reuse its share of the proxies for every coalition that agrees
+            there (same numbers as without; fewer passes).
 
     Returns:
         ``([T, *S] attributions, diagnostics)``; diagnostics hold ``shapley_values`` ``[M][T]``,
         ``kernelshap_features``, ``kernelshap_samples``, ``kernelshap_exact`` and
-        ``kernelshap_efficiency_gap`` (``sum phi - (f(x) - f(b))`` per target, zero up to rounding).
+        ``kernelshap_efficiency_gap`` (``sum phi - (f(x) - f(b))`` per target, zero up to rounding)
+        and, with windows, ``kernelshap_window_passes_saved``.
     """
     n = positive_int("n_samples", n_samples)
     batch_size = positive_int("batch_size", batch_size)
@@ -197,19 +202,19 @@ def kernelshap(
             f"regression is determined, but got {n}"
         )
     base = make_baseline(image, baseline, value=baseline_value)
-    f_empty = predictor.proxies(base)[0]
+    reuse = bool(reuse_windows)
+    f_empty, saved = predictor.coalition_proxies(
+        base, image, feature_mask, torch.zeros((1, num_features), dtype=torch.float64), batch_size=1, reuse_windows=reuse
+    )
+    f_empty = f_empty[0]
     gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
     if num_features == 1:
         z, w, exact = torch.zeros((0, 1), dtype=torch.float64), torch.zeros(0, dtype=torch.float64), True
         f = torch.zeros((0, len(predictor.targets)), dtype=torch.float64)
     else:
         z, w, exact = sample_coalitions(num_features, n, paired=bool(paired), generator=gen)
-        diff = image - base
-        outs = []
-        for start, stop in predictor.batches(z.shape[0], batch_size, "KernelSHAP coalitions"):
-            keep = z[start:stop].to(device=image.device, dtype=image.dtype)[:, feature_mask]  # [b, *S]
-            outs.append(predictor.proxies(base + keep.unsqueeze(1) * diff).double().cpu())
-        f = torch.cat(outs)
+        f, more = predictor.coalition_proxies(base, image, feature_mask, z, batch_size=batch_size, reuse_windows=reuse)
+        saved += more
     phi = solve_shapley(z, w, f, proxy_at_image, f_empty)  # [M, T]
     values = phi.to(device=image.device, dtype=image.dtype)
     if spread == "divide":
@@ -217,7 +222,8 @@ def kernelshap(
         values = values / sizes.clamp_min(1)[:, None]
     attr = values[feature_mask].movedim(-1, 0).contiguous()  # [T, *S]
     delta = proxy_at_image.double().cpu() - f_empty.double().cpu()
-    return attr, {
+    diag = {"kernelshap_window_passes_saved": int(saved)} if predictor.plan is not None else {}
+    return attr, diag | {
         "shapley_values": phi.tolist(),
         "kernelshap_features": int(num_features),
         "kernelshap_samples": int(z.shape[0]),

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from agg2exp_lightning.explain._sliding_window import WindowPlan, blended_logits, windowed_proxy_gradients
+from agg2exp_lightning.explain._sliding_window import WindowPlan, blended_logits, windowed_coalition_proxies, windowed_proxy_gradients
 from agg2exp_lightning.explain._vjp import PassCounter, target_vjps
 from agg2exp_lightning.explain.proxy import proxy_output
 
@@ -38,6 +38,7 @@ class Predictor:
     counter: PassCounter = field(default_factory=PassCounter)
     progress: bool = False
     _graph: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+    _window_terms: dict = field(default_factory=dict, repr=False)
 
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:
@@ -77,6 +78,29 @@ class Predictor:
     def proxies(self, x: Tensor) -> Tensor:
         """``[B, T]`` proxy outputs of ``x`` with the fixed mask (no grad)."""
         return proxy_output(self.logits(x), self._labels(), self.targets)
+
+    @torch.no_grad()
+    def coalition_proxies(
+        self, base: Tensor, image: Tensor, feature_mask: Tensor, z: Tensor, *, batch_size: int, reuse_windows: bool = True
+    ) -> tuple[Tensor, int]:
+        """``[N, T]`` float64 proxies of ``base + z[:, feature_mask] * (image - base)`` for coalitions ``z`` ``[N, M]``.
+
+        Whole volume: ``batch_size`` perturbed volumes per forward pass. With windows, window by
+        window (:func:`~agg2exp_lightning.explain._sliding_window.windowed_coalition_proxies`):
+        with ``reuse_windows`` a window runs once per distinct restriction of the coalitions to the
+        features it covers, across calls of one explanation. Returns ``(proxies, window passes saved)``.
+        """
+        if self.plan is not None:
+            return windowed_coalition_proxies(
+                self.model, base, image, feature_mask, z, self._labels(), self.targets, self.plan, self.counter,
+                reuse=reuse_windows, cache=self._window_terms, progress=self.progress and z.shape[0] > 1,
+            )
+        diff = image - base
+        outs = []
+        for start, stop in self.batches(z.shape[0], batch_size, "KernelSHAP coalitions"):
+            keep = z[start:stop].to(device=image.device, dtype=image.dtype)[:, feature_mask]  # [b, *S]
+            outs.append(self.proxies(base + keep.unsqueeze(1) * diff).double().cpu())
+        return (torch.cat(outs) if outs else torch.zeros((0, len(self.targets)), dtype=torch.float64)), 0
 
     def gradients(self, x: Tensor) -> Tensor:
         """``[B, T, *S]``: gradient of each target's proxy w.r.t. each input of ``x`` ``[B, 1, *S]``.

@@ -176,3 +176,105 @@ def windowed_proxy_gradients(
             for i, (b, w) in enumerate(chunk):
                 grad[(b, t, *plan.slices[w])] += g[i, 0]
     return grad[(slice(None), slice(None), *plan.crop)]
+
+
+def _window_proxy_scales(plan: WindowPlan, labels: Tensor, targets: Sequence[int], dtype: torch.dtype) -> list[Tensor | None]:
+    """Per window, ``[T, *roi]`` weights ``(w / count) * 1[label == c_t]`` (``None``: no target in it).
+
+    The proxy of the blended prediction is ``sum_windows sum_v logits_w[c_t] * weights_w[t]``.
+    """
+    lab = _padded(labels[None, None].to(torch.float32), plan, value=-1.0)[0, 0].long()
+    ids = torch.as_tensor(list(targets), dtype=torch.long, device=lab.device).view(-1, *([1] * lab.dim()))
+    out: list[Tensor | None] = []
+    for sl in plan.slices:
+        mask = lab[sl][None] == ids  # [T, *roi]
+        out.append((plan.weight / plan.count[sl]).to(dtype)[None] * mask.to(dtype) if bool(mask.any()) else None)
+    return out
+
+
+def window_features(feature_mask: Tensor, plan: WindowPlan) -> list[Tensor]:
+    """Feature ids (sorted) that each window of ``plan`` covers, from ``feature_mask`` ``[*S]``."""
+    padded = _padded(feature_mask[None, None].to(torch.float32), plan, value=-1.0)[0, 0].long()
+    return [ids[ids >= 0] for ids in (torch.unique(padded[sl]) for sl in plan.slices)]
+
+
+@torch.no_grad()
+def windowed_coalition_proxies(
+    model: nn.Module,
+    base: Tensor,
+    image: Tensor,
+    feature_mask: Tensor,
+    z: Tensor,
+    labels: Tensor,
+    targets: Sequence[int],
+    plan: WindowPlan,
+    counter: PassCounter,
+    *,
+    reuse: bool = True,
+    cache: dict[tuple[int, bytes], Tensor] | None = None,
+    progress: bool = False,
+) -> tuple[Tensor, int]:
+    """``[N, T]`` proxies (float64) of the coalition inputs ``base + z[feature_mask] * (image - base)``.
+
+    The proxy of the blended prediction is a sum of per-window terms (see the module docstring),
+    and window ``w``'s input depends only on the coalition's entries for the features ``w`` covers.
+    With ``reuse``, a window is run once per distinct restriction of the coalitions to its
+    features, and the other coalitions reuse its term: e.g. a window whose features a coalition
+    keeps all present (or all absent) costs no new pass after the first such coalition. Without
+    ``reuse`` every (coalition, window) pair is run; the two give the same numbers (each term is
+    computed the same way and summed in window order).
+
+    Args:
+        model: the network (frozen by the caller).
+        base: ``[1, 1, *S]`` baseline (absent features).
+        image: ``[1, 1, *S]`` input (present features).
+        feature_mask: ``[*S]`` feature ids.
+        z: ``[N, M]`` coalitions (0/1).
+        labels: ``[*S]`` fixed mask labels.
+        targets: class ids.
+        plan: the window plan of ``S``.
+        counter: counts forward passes (windows per pass: ``sw_batch_size``).
+        reuse: share window terms between coalitions that agree on the window's features.
+        cache: ``{(window, key): [T] term}`` kept across calls (e.g. the baseline's, then the samples').
+        progress: show a progress bar over the window passes.
+
+    Returns:
+        ``(proxies [N, T] float64, window passes saved)``: saved against one pass per coalition and
+        window (windows holding no target's voxels are never run: their term is zero).
+    """
+    from tqdm.auto import tqdm
+
+    store = ({} if cache is None else cache) if reuse else {}
+    scales = _window_proxy_scales(plan, labels, targets, image.dtype)
+    feats = window_features(feature_mask, plan)
+    bp, dp = _padded(base, plan), _padded(image - base, plan)
+    fm = _padded(feature_mask[None, None].to(torch.float32), plan, value=0.0)[0, 0].long()
+    zb = z.to(torch.bool).cpu()
+    n, n_win, n_t = zb.shape[0], plan.num_windows, len(targets)
+    keys: list[list[tuple[int, bytes]]] = []  # [window][coalition] -> cache key
+    todo: dict[tuple[int, bytes], int] = {}  # key -> a coalition that needs it
+    for w in range(n_win):
+        sub = zb[:, feats[w].cpu()].numpy()
+        row = [(w, sub[i].tobytes() if reuse else i.to_bytes(8, "little")) for i in range(n)]
+        keys.append(row)
+        for i, key in enumerate(row):
+            if scales[w] is not None and key not in store and key not in todo:
+                todo[key] = i
+    items = list(todo.items())
+    for start in tqdm(range(0, len(items), plan.sw_batch_size), desc="KernelSHAP windows", disable=not progress, leave=False):
+        chunk = items[start : start + plan.sw_batch_size]
+        wins = []
+        for (w, _), i in chunk:
+            keep = zb[i].to(device=fm.device)[fm[plan.slices[w]]].to(image.dtype)
+            wins.append(bp[(0, slice(None), *plan.slices[w])] + keep[None] * dp[(0, slice(None), *plan.slices[w])])
+        logits = model(torch.stack(wins))
+        counter.forward(len(chunk))
+        ids = torch.as_tensor(list(targets), dtype=torch.long, device=logits.device)
+        for k, ((w, key), _) in enumerate(chunk):
+            store[(w, key)] = (logits[k].index_select(0, ids) * scales[w].to(logits.dtype)).flatten(1).sum(1).double().cpu()
+    out = torch.zeros((n, n_t), dtype=torch.float64)
+    for w in range(n_win):
+        if scales[w] is None:
+            continue
+        out += torch.stack([store[key] for key in keys[w]])
+    return out, n * n_win - len(items)
