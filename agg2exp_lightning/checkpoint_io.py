@@ -8,21 +8,17 @@ disk, then renamed over it (``os.replace``, atomic within one file system).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-log = logging.getLogger(__name__)
+from agg2exp_lightning.utils.files import atomic_write, remove_temporaries
 
-#: Prefix and suffix of the temporary files (``.last.ckpt.<random>.partial``); a killed write leaves one.
-PARTIAL_SUFFIX = ".partial"
+log = logging.getLogger(__name__)
 
 
 def _is_local(path: Any) -> bool:
@@ -31,37 +27,18 @@ def _is_local(path: Any) -> bool:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` through a synced temporary file in ``path``'s folder and an atomic rename."""
-    target = Path(str(path).removeprefix("file://"))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX, dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """``torch.save(obj, path)`` through a synced temporary file in ``path``'s folder and an atomic rename
+    (:func:`~agg2exp_lightning.utils.files.atomic_write`; a killed write leaves ``.<name>.<pid>.<hex>.tmp``)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def remove_stale_partials(folder: str | os.PathLike, older_than_s: float = 0.0) -> list[Path]:
-    """Delete temporary files that killed writes left in ``folder``; returns what was removed."""
-    removed = []
-    now = time.time()
-    for p in Path(folder).glob(f".*{PARTIAL_SUFFIX}"):
-        with contextlib.suppress(OSError):
-            if now - p.stat().st_mtime >= older_than_s:
-                p.unlink()
-                removed.append(p)
+    """Delete the temporary files that killed checkpoint writes left in ``folder``; returns what was removed.
+
+    Only names of :data:`~agg2exp_lightning.utils.files.TEMPORARY_PATTERN` are touched; files modified less
+    than ``older_than_s`` seconds ago are kept (a write that may still be running).
+    """
+    removed = remove_temporaries(folder, older_than_s=older_than_s)
     if removed:
         log.info("removed %d partial checkpoint file(s) left by an interrupted run in %s", len(removed), folder)
     return removed

@@ -9,6 +9,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from agg2exp_lightning.utils.files import atomic_write_bytes, atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -46,9 +48,7 @@ def log_figure(trainer: pl.Trainer, key: str, fig: Any) -> Path | None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    tmp = path.with_suffix(".png.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())
     for logger in wandb_loggers(trainer):
         try:
             logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
@@ -64,9 +64,7 @@ def log_table(trainer: pl.Trainer, key: str, frame: Any) -> Path | None:
     folder = run_folder(trainer) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    frame.to_csv(tmp, index=True)
-    tmp.replace(path)
+    atomic_write_text(path, frame.to_csv(index=True))
     for logger in wandb_loggers(trainer):
         try:
             logger.log_table(key=key, dataframe=frame.reset_index(), step=trainer.global_step)

@@ -26,7 +26,7 @@ from agg2exp_lightning.analysis.cohort import CohortAnalysis
 from agg2exp_lightning.analysis.figures import anomaly_vs_dice, dependency_graph, figure_png, importance_heatmap, share_distributions
 from agg2exp_lightning.analysis.importance import own_region_share
 from agg2exp_lightning.analysis.report import render_report
-from agg2exp_lightning.audit.output_folder import atomic_write_bytes, atomic_write_json, atomic_write_text
+from agg2exp_lightning.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class AuditOutputs:
     per_scan_csv: Path
     report_html: Path
     figures: dict[str, Path] = field(default_factory=dict)
+    #: The cohort analysis the files were written from (tables, anomaly scores, statistics).
+    analysis: CohortAnalysis | None = None
 
 
 def cohort_figures(analysis: CohortAnalysis) -> dict[str, bytes]:
@@ -97,4 +99,5 @@ def write_audit_outputs(
     n_sig = sum(1 for v in summary["per_class"].values() if v["q"] is not None and v["q"] < 0.05)
     log.info("%d scans, %d outlier scans, %d classes with anomaly~Dice q<0.05",
              summary["n_scans"], summary["anomaly"]["n_outlier_scans"], n_sig)
-    return AuditOutputs(out_dir=out, summary=summary, summary_json=summary_json, per_scan_csv=per_scan, report_html=report, figures=paths)
+    return AuditOutputs(out_dir=out, summary=summary, summary_json=summary_json, per_scan_csv=per_scan, report_html=report, figures=paths,
+                        analysis=analysis)

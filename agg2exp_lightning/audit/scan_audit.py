@@ -20,12 +20,13 @@ from torch import nn
 from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE
 from agg2exp_lightning.analysis.cohort import CohortAnalysis, analyze_cohort
 from agg2exp_lightning.analysis.figures import case_grid, figure_png
-from agg2exp_lightning.audit.output_folder import atomic_write_json, open_output_folder
+from agg2exp_lightning.audit.output_folder import open_output_folder
 from agg2exp_lightning.audit.outputs import AuditOutputs, write_audit_outputs
 from agg2exp_lightning.audit.scan_prediction import Explainer
 from agg2exp_lightning.audit.scan_records import is_finished, load_records, read_slices, record_stem, records_to_table
 from agg2exp_lightning.data.subjects import SubjectRecord
 from agg2exp_lightning.errors import DataError
+from agg2exp_lightning.utils.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor, nn
 
-from agg2exp_lightning.audit.output_folder import atomic_write_bytes, atomic_write_json
 from agg2exp_lightning.audit.scan_records import record_stem, scan_record, slice_bundle
 from agg2exp_lightning.segmentation_metrics import dice_per_class
+from agg2exp_lightning.utils.files import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,12 @@ class ScanAuditModule(pl.LightningModule):
         prediction = _plain(result.prediction).reshape(image.shape[2:]).long().cpu()
         roi, roi_mean = _plain(result.roi).float().cpu(), _plain(result.roi_mean).float().cpu()
         t = roi.shape[0]
-        classes, regions = self.class_names[:t], self.class_names[: roi.shape[1]]
+        # rows are the explained classes (result.targets, e.g. from --targets), else the first t classes
+        ids = [int(i) for i in getattr(result, "targets", None) or range(t)]
+        classes, regions = [self.class_names[i] for i in ids], self.class_names[: roi.shape[1]]
         dice = None
         if label is not None:
-            dice = dice_per_class(prediction, label.reshape(prediction.shape).long().cpu(), len(self.class_names))[:t]
+            dice = dice_per_class(prediction, label.reshape(prediction.shape).long().cpu(), len(self.class_names))[ids]
         out: dict[str, Any] = {"record": scan_record(sid, classes, regions, roi, roi_mean, dice)}
         attribution = getattr(result, "attribution", None)
         if self.save_slices and attribution is not None:

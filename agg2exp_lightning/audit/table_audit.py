@@ -7,8 +7,9 @@ from pathlib import Path
 from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE
 from agg2exp_lightning.analysis.cohort import analyze_cohort
 from agg2exp_lightning.analysis.tables import read_explanation_table
-from agg2exp_lightning.audit.output_folder import file_sha256, open_output_folder
+from agg2exp_lightning.audit.output_folder import open_output_folder
 from agg2exp_lightning.audit.outputs import AuditOutputs, write_audit_outputs
+from agg2exp_lightning.utils.files import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from agg2exp_lightning.data.phantom import PLANTED_CONDITIONS, STRUCTURES, check_shape, draw_anatomy, generate_subject
 from agg2exp_lightning.errors import DataError
+from agg2exp_lightning.utils.files import TEMPORARY_PATTERN, atomic_write_text, remove_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -260,14 +261,16 @@ def _write_subject(plan: SubjectPlan, root: Path, shape, spacing) -> None:
 
 def _write_meta(root: Path, plans: Sequence[SubjectPlan]) -> None:
     lines = [";".join(META_COLUMNS)] + [";".join(p.meta_row()[c] for c in META_COLUMNS) for p in plans]
-    tmp = root / f".meta.csv.{os.getpid()}.tmp"
-    tmp.write_bytes(("\ufeff" + "\n".join(lines) + "\n").encode("utf-8"))
-    os.replace(tmp, root / "meta.csv")
+    atomic_write_text(root / "meta.csv", "\ufeff" + "\n".join(lines) + "\n")
 
 
 def _is_cohort_entry(path: Path) -> bool:
     name = path.name
-    return name in ("meta.csv", MARKER, PARTIAL) or (path.is_dir() and bool(_SUBJECT_DIR.match(name)))
+    return (
+        name in ("meta.csv", MARKER, PARTIAL)
+        or bool(TEMPORARY_PATTERN.fullmatch(name))  # left by a killed write
+        or (path.is_dir() and bool(_SUBJECT_DIR.match(name)))
+    )
 
 
 def _prepare_root(root: Path, settings: dict, overwrite: bool) -> None:
@@ -293,7 +296,7 @@ def _prepare_root(root: Path, settings: dict, overwrite: bool) -> None:
                 "expected an empty folder or one written by generate_cohort (pass overwrite=True to write there anyway)"
             )
         marker = root / MARKER
-        ours = [p.name for p in entries if p.name not in (MARKER, PARTIAL)]
+        ours = [p.name for p in entries if p.name not in (MARKER, PARTIAL) and not TEMPORARY_PATTERN.fullmatch(p.name)]
         if not marker.is_file() and ours:
             raise DataError(
                 f"cohort root {root} holds {ours[:5]} but no {MARKER}: it was not written by generate_cohort; "
@@ -313,9 +316,8 @@ def _prepare_root(root: Path, settings: dict, overwrite: bool) -> None:
                 )
     if (root / PARTIAL).exists():
         shutil.rmtree(root / PARTIAL)
-    tmp = root / f"{MARKER}.tmp"
-    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
-    os.replace(tmp, root / MARKER)
+    remove_temporaries(root)
+    atomic_write_text(root / MARKER, json.dumps(settings, indent=1, sort_keys=True))
 
 
 def generate_cohort(

@@ -7,10 +7,7 @@ same random subsets (one shared set of perturbed forward passes) and the same no
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import os
 import re
 import warnings
 import zlib
@@ -44,6 +41,8 @@ from agg2exp_lightning.evaluation.faithfulness import (
 from agg2exp_lightning.evaluation.report import write_report
 from agg2exp_lightning.evaluation.sensitivity import sensitivity, uniform_noise
 from agg2exp_lightning.labels import THORAX_CLASSES
+from agg2exp_lightning.utils.files import atomic_write_text
+from agg2exp_lightning.utils.output_folder import OutputFolderKind, config_fingerprint, open_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +59,14 @@ METRIC_COLUMNS: tuple[str, ...] = (
 Explainer = Callable[[nn.Module, Tensor, str, list[int]], Tensor]
 #: A scan: its tensor ``[C, *S]``, or a zero-argument callable loading it (not called for finished scans).
 ScanSource = Union[Tensor, Callable[[], Tensor]]
+#: A comparison's output folder: ``settings.json`` names its settings and context (resume or refuse).
+COMPARISON_FOLDER = OutputFolderKind(
+    manifest="settings.json",
+    outputs=("settings.json", "scans", "results.csv", "summary.csv", "summary.md", "summary.png"),
+    job="a comparison",
+    label="`out_dir`",
+    remedy="use another output folder or remove it to start afresh",
+)
 
 
 @dataclass(frozen=True)
@@ -104,10 +111,6 @@ class ComparisonSettings:
             raise ValueError(f"Expected argument `eps` to be a number in [0, 1), but got {self.eps!r}")
         if self.roi_size is not None:
             object.__setattr__(self, "roi_size", tuple(int(r) for r in self.roi_size))
-
-    def fingerprint(self) -> str:
-        """A short hash of the settings that change the numbers."""
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
 def default_explainer(**options: Any) -> Explainer:
@@ -162,16 +165,6 @@ def _safe_name(subject_id: str) -> str:
     return name if name == subject_id else f"{name}-{zlib.crc32(subject_id.encode()):08x}"
 
 
-def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _finished(path: Path, target_names: list[str], fingerprint: str) -> pd.DataFrame | None:
     """The stored rows of a (scan, method) pair if they cover ``target_names`` with these settings."""
     if not path.is_file():
@@ -186,35 +179,12 @@ def _finished(path: Path, target_names: list[str], fingerprint: str) -> pd.DataF
     return rows[rows["target"].isin(target_names)]
 
 
-def _run_fingerprint(settings: ComparisonSettings, context: Mapping[str, Any]) -> str:
-    text = json.dumps({"settings": settings.fingerprint(), "context": context}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _check_settings_file(out_dir: Path, settings: ComparisonSettings, context: Mapping[str, Any]) -> str:
-    """Store the settings (or check them against the stored ones); returns the run's fingerprint."""
-    path = out_dir / "settings.json"
-    fingerprint = _run_fingerprint(settings, context)
-    wanted = dataclasses.asdict(settings) | {"context": dict(context), "fingerprint": fingerprint}
-    wanted = json.loads(json.dumps(wanted, default=str))
-    if path.is_file():
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            stored_fp = stored.get("fingerprint")
-        except (UnicodeDecodeError, ValueError, AttributeError) as err:
-            raise ValueError(f"`out_dir` {out_dir}: {path} is not the JSON a comparison writes ({type(err).__name__}: {err}); "
-                             "use another output folder or remove it to start afresh") from err
-        if stored_fp != wanted["fingerprint"]:
-            raise ValueError(
-                f"`out_dir` {out_dir} holds a comparison with other settings ({stored}); use another output folder "
-                "or remove it to start afresh"
-            )
-        return fingerprint
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(wanted, indent=2))
-    os.replace(tmp, path)
-    return fingerprint
+def _claim_output_folder(out_dir: Path, settings: ComparisonSettings, context: Mapping[str, Any]) -> str:
+    """Claim ``out_dir`` for these settings and context (``settings.json``; resume or refuse); returns the
+    short fingerprint that marks the per-scan rows."""
+    config = dataclasses.asdict(settings) | {"context": dict(context)}
+    open_output_folder(out_dir, config, COMPARISON_FOLDER)
+    return config_fingerprint(config)[:12]
 
 
 class _ScanContext:
@@ -346,7 +316,7 @@ def compare_methods(
                                                            overlap=settings.overlap, mode=settings.sw_mode)
         explainer = default_explainer(**window)
     out = Path(out_dir)
-    fingerprint = _check_settings_file(out, settings, dict(context or {}))
+    fingerprint = _claim_output_folder(out, settings, dict(context or {}))
     frames, seen = [], set()
     total = len(images) * len(methods) if hasattr(images, "__len__") else None
     bar = _progress(progress, total)
@@ -365,7 +335,7 @@ def compare_methods(
                     rows = _evaluate_method(ctx, method, explainer, names)
                 except ValueError as err:
                     raise ValueError(f"scan {subject_id!r}, method {method!r}: {err}") from err
-                _write_atomic(rows, path)
+                atomic_write_text(path, rows.to_csv(index=False))
             else:
                 log.info("%s / %s finished earlier: skipped", subject_id, method)
             frames.append(rows)

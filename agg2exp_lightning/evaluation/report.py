@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from agg2exp_lightning.utils.files import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -92,24 +93,10 @@ def plot_comparison(table: pd.DataFrame, path: str | Path, methods: Sequence[str
             ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
             ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     fig.suptitle(f"Attribution methods on {table['subject_id'].nunique()} scans, {table['target'].nunique()} targets")
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        return atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_report(table: pd.DataFrame, out_dir: str | Path, methods: Sequence[str] | None = None) -> dict[str, Path]:
@@ -119,13 +106,13 @@ def write_report(table: pd.DataFrame, out_dir: str | Path, methods: Sequence[str
     summary = summarise(table, methods)
     paths = {"results": out / "results.csv", "summary_csv": out / "summary.csv", "summary_md": out / "summary.md",
              "figure": out / "summary.png"}
-    _atomic_text(paths["results"], table.to_csv(index=False))
-    _atomic_text(paths["summary_csv"], summary.to_csv())
+    atomic_write_text(paths["results"], table.to_csv(index=False))
+    atomic_write_text(paths["summary_csv"], summary.to_csv())
     n_scans, n_targets = table["subject_id"].nunique(), table["target"].nunique()
     note = (f"\nMean ± sd over {n_scans} scans × {n_targets} targets (times: over scans; one class = the first "
             f"target alone, all classes = the {n_targets} targets in one call). "
             f"Targets: {', '.join(dict.fromkeys(table['target']))}.\n")
-    _atomic_text(paths["summary_md"], markdown_table(summary) + note)
+    atomic_write_text(paths["summary_md"], markdown_table(summary) + note)
     plot_comparison(table, paths["figure"], methods)
     log.info("comparison table written to %s", paths["summary_md"])
     return paths

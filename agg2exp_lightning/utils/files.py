@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -82,18 +83,27 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
-def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+def remove_temporaries(folder: str | os.PathLike, *, older_than_s: float = 0.0) -> list[Path]:
     """Remove the temporary files that killed :func:`atomic_write` calls left in ``folder`` (not recursive).
+
+    Args:
+        folder: the folder to clean (a missing folder holds nothing).
+        older_than_s: keep temporaries modified less than this many seconds ago (a write that may
+            still be running in another process).
 
     Returns:
         The removed paths. Only names of :data:`TEMPORARY_PATTERN` are touched.
     """
     removed = []
+    now = time.time()
     for tmp in Path(folder).glob(".*.tmp"):
-        if TEMPORARY_PATTERN.fullmatch(tmp.name):
-            log.info("removing %s, left by an interrupted write", tmp)
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
+        if not TEMPORARY_PATTERN.fullmatch(tmp.name):
+            continue
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+            if now - tmp.stat().st_mtime >= older_than_s:
+                tmp.unlink()
+                log.info("removed %s, left by an interrupted write", tmp)
+                removed.append(tmp)
     return removed
 
 

@@ -64,7 +64,7 @@ def test_main_end_to_end_with_explain(tiny_checkpoint, tiny_cohort, tmp_path, ca
     assert list(table["target"]) == ["lung_upper_lobe_left", "heart"] and set(table["method"]) == {"vanilla_gradient"}
     assert (table["seconds_all_classes"] > 0).all() and table["seconds_one_class"].isna().all()
     assert table["faithfulness"].notna().any()  # the untrained model predicts at least one of the two classes
-    settings = json.loads((out / "settings.json").read_text())
+    settings = json.loads((out / "settings.json").read_text())["config"]
     assert settings["roi_size"] == [32, 32, 32] and settings["n_runs"] == 2  # the checkpoint's windows
     assert "| vanilla_gradient |" in (out / "summary.md").read_text()
     # a second call resumes: nothing is recomputed, the results stay identical

@@ -4,7 +4,6 @@ read-only or full disks, broken configs. Each case goes through ``train.py`` (a 
 from __future__ import annotations
 
 import errno
-import io
 import os
 import random
 import shutil
@@ -19,6 +18,7 @@ from agg2exp_lightning import model as model_module
 from agg2exp_lightning import training
 from agg2exp_lightning.model import SegmentationModule
 from agg2exp_lightning.training import main, train
+from agg2exp_lightning.utils.files import TEMPORARY_PATTERN
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "tests" / "configs"
@@ -65,6 +65,11 @@ def _main(argv: list[str], capsys) -> tuple[int, str]:
     except SystemExit as stop:  # LightningCLI's parser exits by itself
         rc = stop.code
     return rc, capsys.readouterr().err
+
+
+def _temporaries(folder: Path) -> list[str]:
+    """Temporary files of killed atomic writes in ``folder``."""
+    return [p.name for p in folder.iterdir() if TEMPORARY_PATTERN.fullmatch(p.name)]
 
 
 def _step(ckpt: Path) -> int | None:
@@ -147,14 +152,14 @@ def test_sigkill_at_random_moments_then_rerun_ends_exactly_as_an_uninterrupted_r
         if mode != "delay":  # a late random kill may find the run finished
             assert proc.returncode == -signal.SIGKILL, (mode, proc.returncode, proc.stderr[-3000:])
         if mode == "save":  # killed halfway through a write: the partial file is beside, last.ckpt intact
-            assert list((run / "checkpoints").glob(".*.partial")), sorted(os.listdir(run / "checkpoints"))
+            assert _temporaries(run / "checkpoints"), sorted(os.listdir(run / "checkpoints"))
         if last.is_file():
             torch.load(last, weights_only=True)  # never truncated
         landed.append((mode, value, proc.returncode, _step(last)))
     done = run_cli("train.py", *cmd, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
     print("kills landed (global step of last.ckpt after each):", landed)
-    assert not list((run / "checkpoints").glob(".*.partial"))  # left-overs of killed writes are cleaned up
+    assert not _temporaries(run / "checkpoints")  # left-overs of killed writes are cleaned up
     want = torch.load(tmp_path / "ref" / "checkpoints" / "last.ckpt", weights_only=True)
     got = torch.load(last, weights_only=True)
     assert (got["global_step"], got["epoch"]) == (want["global_step"], want["epoch"]) == (6, 2)
