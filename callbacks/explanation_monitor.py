@@ -4,42 +4,27 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 from agg2exp_lightning.callbacks._plumbing import gather_objects, log_figure, log_scalars, log_table
+from agg2exp_lightning.callbacks.contract import (
+    ExplanationCheck,
+    class_names_of,
+    deliver,
+    explained_network,
+    reference_dataset,
+    sliding_window_options,
+    validation_dataset,
+    volume,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ExplanationCheck:
-    """The explanations of one monitoring call (gathered from every rank).
-
-    Attributes:
-        epoch: the epoch it ran at.
-        subject_ids: ``N`` validation scans explained.
-        roi: ``[N, T, R]`` mass shares e_{b->a} per scan (NaN where undefined).
-        metadata: per-scan metadata dicts.
-        reference_ids / reference_roi: the training scans explained as a reference for anomaly
-            detectors (``[M, T, R]``; empty when none were asked for).
-        skipped: scans left out by the time budget.
-        nonfinite: scans left out because the model's logits or attributions on them were NaN or infinite.
-    """
-
-    epoch: int
-    subject_ids: list[str]
-    roi: np.ndarray
-    metadata: list[dict[str, str]]
-    reference_ids: list[str] = field(default_factory=list)
-    reference_roi: np.ndarray | None = None
-    skipped: int = 0
-    nonfinite: list[str] = field(default_factory=list)
 
 
 def resolve_targets(targets: Sequence[int | str] | None, class_names: Sequence[str], *, argument: str = "targets") -> list[int]:
@@ -64,14 +49,6 @@ def resolve_targets(targets: Sequence[int | str] | None, class_names: Sequence[s
     return ids
 
 
-def _volume(item: Any) -> tuple[torch.Tensor, str, dict[str, str]]:
-    if isinstance(item, list):  # random-crop transforms return lists
-        item = item[0]
-    image = item["image"]
-    image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-    return image, str(item.get("subject_id", "")), dict(item.get("metadata", {}))
-
-
 class ExplanationMonitor(Callback):
     """Explain a fixed set of validation scans every ``every_n_epochs`` and log their RoI importance.
 
@@ -92,6 +69,12 @@ class ExplanationMonitor(Callback):
         overlay_classes: classes whose attribution is drawn over the first scan's slices (default: the
             first foreground target; ``[]`` for none).
         at_train_end: also run once when training ends (if the last epoch was not a check).
+        name: a name for this monitor, needed only when one Trainer holds several: it prefixes the logged
+            keys (``agg2exp/<name>/...``), keeps the monitor's state apart in checkpoints (``state_key``) and
+            is the ``source`` that :class:`AnomalyMonitor` follows.
+
+    What the monitor reads from the model and the data is written down in
+    :mod:`agg2exp_lightning.callbacks.contract`; its results go to the consumers listed there.
 
     Example:
         >>> trainer = pl.Trainer(callbacks=[ExplanationMonitor(every_n_epochs=5, targets=["trachea", "heart"])])
@@ -108,11 +91,12 @@ class ExplanationMonitor(Callback):
         max_seconds: float | None = None,
         overlay_classes: Sequence[str] | None = None,
         at_train_end: bool = True,
+        name: str | None = None,
     ) -> None:
         super().__init__()
-        for name, value, low in (("every_n_epochs", every_n_epochs, 1), ("num_scans", num_scans, 1), ("reference_scans", reference_scans, 0)):
+        for argument, value, low in (("every_n_epochs", every_n_epochs, 1), ("num_scans", num_scans, 1), ("reference_scans", reference_scans, 0)):
             if not isinstance(value, int) or value < low:
-                raise ValueError(f"Expected argument `{name}` to be an integer >= {low}, but got {value!r}")
+                raise ValueError(f"Expected argument `{argument}` to be an integer >= {low}, but got {value!r}")
         if max_seconds is not None and max_seconds <= 0:
             raise ValueError(f"Expected argument `max_seconds` to be positive or None, but got {max_seconds!r}")
         self.every_n_epochs = every_n_epochs
@@ -124,6 +108,10 @@ class ExplanationMonitor(Callback):
         self.max_seconds = max_seconds
         self.overlay_classes = None if overlay_classes is None else tuple(overlay_classes)
         self.at_train_end = at_train_end
+        if name is not None and (not isinstance(name, str) or not name or "/" in name):
+            raise ValueError(f"Expected argument `name` to be a non-empty string without '/', or None, but got {name!r}")
+        self.name = name
+        self.prefix = "agg2exp" if name is None else f"agg2exp/{name}"
         # state saved in checkpoints
         self.scan_ids: list[str] = []
         self.history: list[dict[str, Any]] = []
@@ -131,17 +119,19 @@ class ExplanationMonitor(Callback):
         self.latest: ExplanationCheck | None = None
         self._target_ids: list[int] = []
         self._class_names: list[str] = []
-        self._listeners: list[Any] = []
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name, method=self.method, targets=self.targets)
 
     # -- set-up -------------------------------------------------------------------------------
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         from agg2exp_lightning.explain import resolve_method_name
 
         resolve_method_name(self.method)  # unknown method: clear error now, not at epoch 50
-        names = list(getattr(pl_module, "class_names", []) or [])
-        if not names:
-            num = getattr(getattr(pl_module, "hparams", {}), "num_classes", None) or pl_module.hparams.get("num_classes")
-            names = [f"class_{i}" for i in range(int(num))]
+        names = class_names_of(pl_module)
         self._class_names = names
         self._target_ids = resolve_targets(self.targets, names)
         if self.overlay_classes is None:
@@ -150,57 +140,48 @@ class ExplanationMonitor(Callback):
         if stage == "fit":
             self._check_data(trainer)
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check_data(trainer)  # loaders passed to fit() directly are known only now, still before any step
 
     def _check_data(self, trainer: pl.Trainer) -> None:
-        dataset = self._val_dataset(trainer)
+        dataset = validation_dataset(trainer)
         if dataset is not None and len(dataset) < self.num_scans:
             raise ValueError(
                 f"ExplanationMonitor: `num_scans`={self.num_scans} but the validation set holds only {len(dataset)} scans"
             )
 
-    def add_listener(self, listener: Any) -> None:
-        """Register an object whose ``on_explanations(trainer, pl_module, check)`` runs after each check."""
-        if listener not in self._listeners:
-            self._listeners.append(listener)
+    @property
+    def target_ids(self) -> list[int]:
+        """The class ids explained (known after ``setup``)."""
+        return list(self._target_ids)
 
     @property
     def target_names(self) -> list[str]:
+        """The names of the classes explained (known after ``setup``)."""
         return [self._class_names[i] for i in self._target_ids]
 
     @property
     def region_names(self) -> list[str]:
+        """The regions (every class of the model) the mass is shared among."""
         return list(self._class_names)
 
     # -- hooks --------------------------------------------------------------------------------
+    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         self.run_check(trainer, pl_module)
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_train_end and (not self.history or self.history[-1]["step"] != trainer.global_step):
-            if self._val_dataset(trainer) is not None:
+            if validation_dataset(trainer) is not None:
                 self.run_check(trainer, pl_module)
 
     # -- the work -----------------------------------------------------------------------------
-    @staticmethod
-    def _val_dataset(trainer: pl.Trainer):
-        dm = trainer.datamodule
-        if dm is not None and hasattr(dm, "datasets") and "val" in getattr(dm, "datasets", {}):
-            return dm.datasets["val"]
-        try:
-            loaders = trainer.val_dataloaders
-        except Exception:  # not loaded yet
-            loaders = None
-        if loaders is None:
-            return None
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        return loader.dataset
-
     def _choose_scans(self, dataset) -> list[int]:
-        ids = [_volume(dataset[i])[1] for i in range(len(dataset))]
+        ids = [volume(dataset[i])[1] for i in range(len(dataset))]
         if not self.scan_ids:
             self.scan_ids = sorted(ids)[: self.num_scans]
         missing = [s for s in self.scan_ids if s not in ids]
@@ -214,17 +195,14 @@ class ExplanationMonitor(Callback):
         """Explain ``dataset[indices]``: ``(done, skipped by the budget, overlay data, non-finite scan ids)``."""
         from agg2exp_lightning.explain import explain
 
-        hp = pl_module.hparams
-        window = dict(roi_size=tuple(hp["roi_size"])) if "roi_size" in hp else {}
-        if window and "sw_mode" in hp:
-            window.update(mode=hp["sw_mode"], overlap=hp.get("sw_overlap", 0.25), sw_batch_size=hp.get("sw_batch_size", 1))
-        net = getattr(pl_module, "net", pl_module)
+        window = sliding_window_options(pl_module)
+        net = explained_network(pl_module)
         done, skipped, overlay, nonfinite = [], 0, {}, []
         for i in indices:
             if deadline is not None and time.monotonic() > deadline:
                 skipped += 1
                 continue
-            image, sid, meta = _volume(dataset[i])
+            image, sid, meta = volume(dataset[i])
             want_maps = not overlay and bool(self.overlay_classes)
             try:
                 with torch.inference_mode(False):
@@ -249,8 +227,8 @@ class ExplanationMonitor(Callback):
         return done, skipped, overlay, nonfinite
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ExplanationCheck | None:
-        """Explain the chosen scans now (split across ranks), log, and notify the listeners."""
-        dataset = self._val_dataset(trainer)
+        """Explain the chosen scans now (split across ranks), log, and hand the check to the consumers."""
+        dataset = validation_dataset(trainer)
         if dataset is None:
             return None
         start = time.monotonic()
@@ -263,9 +241,8 @@ class ExplanationMonitor(Callback):
             mine, skipped, overlay, nonfinite = self._explain_items(pl_module, dataset, indices[rank::world], deadline)
             ref: list[tuple[str, np.ndarray, dict]] = []
             if self.reference_scans:
-                ref_ds = getattr(trainer.datamodule, "whole_volume_dataset", None)
-                if ref_ds is not None:
-                    ds = ref_ds("train", max_subjects=self.reference_scans)
+                ds = reference_dataset(trainer, self.reference_scans)
+                if ds is not None:
                     ref, ref_skipped, _, ref_nonfinite = self._explain_items(
                         pl_module, ds, list(range(len(ds)))[rank::world], deadline
                     )
@@ -279,7 +256,7 @@ class ExplanationMonitor(Callback):
         skipped = sum(g[2] for g in gathered)
         nonfinite = sorted(sid for g in gathered for sid in g[3])
         if not val:
-            log_scalars(trainer, {"agg2exp/scans_nonfinite": float(len(nonfinite))})
+            log_scalars(trainer, {f"{self.prefix}/scans_nonfinite": float(len(nonfinite))})
             why = f"{len(nonfinite)} non-finite ({', '.join(nonfinite)})" if nonfinite else "none within the time budget"
             log.warning("ExplanationMonitor: no scan explained at epoch %d: %s", trainer.current_epoch, why)
             return None
@@ -292,11 +269,14 @@ class ExplanationMonitor(Callback):
             reference_roi=np.stack([r[1] for r in refs]) if refs else None,
             skipped=skipped,
             nonfinite=nonfinite,
+            target_ids=self.target_ids,
+            target_names=self.target_names,
+            region_names=self.region_names,
+            source=self.name,
         )
         self.latest = check
         self._log(trainer, check, overlay, time.monotonic() - start)
-        for listener in self._listeners:
-            listener.on_explanations(trainer, pl_module, check)
+        deliver(trainer, pl_module, check)
         return check
 
     # -- logging ------------------------------------------------------------------------------
@@ -309,25 +289,26 @@ class ExplanationMonitor(Callback):
         glob = global_roi_importance(check.roi)  # [T, R], NaN-aware mean over scans
         previous = np.asarray(self.history[-1]["global"], dtype=float) if self.history else None
         drift = float(np.nanmean(np.abs(glob - previous))) if previous is not None and previous.shape == glob.shape else None
-        metrics: dict[str, float] = {"agg2exp/seconds": seconds, "agg2exp/scans_skipped": float(check.skipped),
-                                     "agg2exp/scans_nonfinite": float(len(check.nonfinite))}
+        p = self.prefix
+        metrics: dict[str, float] = {f"{p}/seconds": seconds, f"{p}/scans_skipped": float(check.skipped),
+                                     f"{p}/scans_nonfinite": float(len(check.nonfinite))}
         if drift is not None:
-            metrics["agg2exp/drift"] = drift
+            metrics[f"{p}/drift"] = drift
         for t, cls in zip(self._target_ids, self.target_names):
             row = self._target_ids.index(t)
-            metrics[f"agg2exp/own_share/{cls}"] = float(glob[row, t])
-            metrics[f"agg2exp/background_share/{cls}"] = float(glob[row, 0])
+            metrics[f"{p}/own_share/{cls}"] = float(glob[row, t])
+            metrics[f"{p}/background_share/{cls}"] = float(glob[row, 0])
         log_scalars(trainer, metrics)
         if trainer.is_global_zero:
             self.history.append({"epoch": check.epoch, "step": trainer.global_step, "global": glob.tolist(), "drift": drift,
                                  "scan_ids": list(check.subject_ids)})
-            log_figure(trainer, "agg2exp/global_roi_importance", importance_heatmap(glob, self.target_names, self.region_names))
+            log_figure(trainer, f"{p}/global_roi_importance", importance_heatmap(glob, self.target_names, self.region_names))
             frame = pd.DataFrame(
                 [[sid, a, b, check.roi[n, i, j]] for n, sid in enumerate(check.subject_ids)
                  for i, a in enumerate(self.target_names) for j, b in enumerate(self.region_names)],
                 columns=["subject_id", "target", "region", "mass_share"],
             ).set_index("subject_id")
-            log_table(trainer, "agg2exp/roi_shares", frame)
+            log_table(trainer, f"{p}/roi_shares", frame)
             if overlay:
                 self._log_overlay(trainer, overlay)
         else:
@@ -347,12 +328,14 @@ class ExplanationMonitor(Callback):
             rows.append((f"{cls} (z={z})", overlay["image"][..., z], overlay["prediction"][..., z], attribution[..., z]))
         if rows:
             title = f"{overlay['subject_id']}: attributions, epoch {trainer.current_epoch}"
-            log_figure(trainer, "agg2exp/overlay", case_grid(rows, title=title))
+            log_figure(trainer, f"{self.prefix}/overlay", case_grid(rows, title=title))
 
     # -- checkpoint state ---------------------------------------------------------------------
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"scan_ids": list(self.scan_ids), "history": list(self.history)}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.scan_ids = list(state_dict.get("scan_ids", []))
         self.history = list(state_dict.get("history", []))
