@@ -216,8 +216,13 @@ def is_finished(folder: Path, scan_id: str) -> bool:
 
 
 def records_to_table(records: Sequence[Mapping[str, Any]], metadata: Mapping[str, Mapping[str, Any]] | None = None, *, source: str) -> ExplanationTable:
-    """:func:`records_to_frame` parsed into an :class:`ExplanationTable` (our label names)."""
-    return parse_explanation_table(records_to_frame(records, metadata), records[0]["classes"], source=source)
+    """:func:`records_to_frame` parsed into an :class:`ExplanationTable` (our label names).
+
+    Every region is a known name, also one that is not an explained class (its columns would
+    otherwise be taken for metadata).
+    """
+    names = list(dict.fromkeys([*records[0]["regions"], *records[0]["classes"]])) if records else []
+    return parse_explanation_table(records_to_frame(records, metadata), names, source=source)
 
 
 def _stride(shape: Sequence[int]) -> int:
