@@ -45,7 +45,7 @@ def test_linear_explanation_has_the_distance_of_its_noise(image):
 
 @pytest.mark.parametrize("kind", ["AvgSensitivity", "MaxSensitivity"])
 def test_agrees_with_quantus_on_the_same_noise(net, image, targets, kind, monkeypatch):
-    quantus = pytest.importorskip("quantus")
+    import quantus  # the reference: a dev dependency of `make test`, never skipped
     noise = uniform_noise(tuple(image.shape), n_samples=3, radius=0.1, rng=2)
 
     def explain_fn(x):  # gradients of the proxies, mask from this input's own prediction (as explain() does)
