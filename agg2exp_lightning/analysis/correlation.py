@@ -79,3 +79,33 @@ def anomaly_dice_correlation(scores: np.ndarray, dice: np.ndarray, classes: Sequ
     frame = pd.DataFrame(rows, columns=["rho", "p", "n"], index=pd.Index(list(classes), name="class"))
     frame.insert(2, "q", benjamini_hochberg(frame["p"].to_numpy()))
     return frame
+
+
+def mean_score_dice_correlation(scores: np.ndarray, dice: np.ndarray) -> dict[str, object]:
+    """Spearman correlation, over scans, of the mean anomaly score against the mean Dice (the paper's scan-level test).
+
+    Each scan's means are taken over the classes where the value is finite (the paper averages the 17
+    per-class scores and the 17 Dice columns). Scans where either mean is NaN are left out.
+
+    Args:
+        scores: ``[N, A]`` anomaly scores (higher = more anomalous: the paper's ``decision_function``
+            has the opposite sign, so its rho has the opposite sign too).
+        dice: ``[N, A]`` Dice per scan and class.
+
+    Returns:
+        ``{"rho", "p", "n", "mean_score" [N], "mean_dice" [N]}``; ``rho``/``p`` NaN with fewer than 3
+        scans or a constant mean.
+    """
+    scores = np.asarray(scores, dtype=float)
+    dice = np.asarray(dice, dtype=float)
+    if scores.shape != dice.shape or scores.ndim != 2:
+        raise ValueError(f"Expected `scores` and `dice` of one shape [N, A], got {scores.shape} and {dice.shape}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_score, mean_dice = np.nanmean(scores, axis=1), np.nanmean(dice, axis=1)
+    ok = np.isfinite(mean_score) & np.isfinite(mean_dice)
+    rho = p = float("nan")
+    if ok.sum() >= 3 and np.ptp(mean_score[ok]) > 0 and np.ptp(mean_dice[ok]) > 0:
+        res = spearmanr(mean_score[ok], mean_dice[ok])
+        rho, p = float(res.statistic), float(res.pvalue)
+    return {"rho": rho, "p": p, "n": int(ok.sum()), "mean_score": mean_score, "mean_dice": mean_dice}

@@ -153,7 +153,7 @@ class ClassClustering:
         """JSON-ready form for ``summary.json``."""
         return {"rule": self.rule, "method": "average", "labels": list(self.labels), "order": list(self.order),
                 "linkage": [[float(v) for v in row] for row in self.linkage],
-                "cophenetic_correlation": float(self.cophenetic_correlation)}
+                "cophenetic_correlation": float(self.cophenetic_correlation) if np.isfinite(self.cophenetic_correlation) else None}
 
 
 def class_clustering(

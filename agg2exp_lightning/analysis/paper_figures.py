@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyArrowPatch
+from matplotlib.patches import Circle, FancyArrowPatch
 
 from agg2exp_lightning.analysis.graph import ClassClustering
 
@@ -47,15 +47,14 @@ def published_dependency_graph(edges: pd.DataFrame, classes: Sequence[str], *, t
     for (region, cls, width, is_self), sign in zip(edges[["region", "class", "width", "self"]].itertuples(index=False), signs):
         color, style = _SIGN_STYLE.get(sign, ("tab:red", "-"))
         (x1, y1), (x2, y2) = pos[region], pos[cls]
-        if is_self:
-            ax.add_patch(FancyArrowPatch((x1 * 1.02, y1 * 1.02), (x1 * 1.02 + 0.001, y1 * 1.02), connectionstyle="arc3,rad=-8",
-                                         arrowstyle="-|>", mutation_scale=8, lw=1.5 * width, color=color, ls=style, alpha=0.7))
+        if is_self:  # a loop: a small circle just outside the node
+            ax.add_patch(Circle((1.07 * x1, 1.07 * y1), 0.06, fill=False, lw=1.5 * width, color=color, ls=style, alpha=0.7))
             continue
         ax.add_patch(FancyArrowPatch((x1, y1), (x2, y2), arrowstyle="-|>", mutation_scale=10, connectionstyle="arc3,rad=0.1",
                                      lw=1.5 * width, color=color, ls=style, alpha=0.6, shrinkA=9, shrinkB=9))
     for n, (x, y) in pos.items():
         ax.plot([x], [y], "o" if n in classes else "s", ms=9, color="tab:gray" if n in classes else "black")
-        ax.text(1.14 * x, 1.14 * y, _short(n), ha="center", va="center", fontsize=8)
+        ax.text(1.2 * x, 1.2 * y, _short(n), ha="center", va="center", fontsize=8)
     if not nodes:
         ax.text(0, 0, "no edge under this rule", ha="center", va="center")
     ax.set_xlim(-1.5, 1.5)
@@ -82,7 +81,7 @@ def class_share_boxplots(mass: np.ndarray, classes: Sequence[str], regions: Sequ
         data = [mass[:, i, j][np.isfinite(mass[:, i, j])] for j in cols]
         medians = [np.median(d) if len(d) else -np.inf for d in data]
         order = np.argsort(medians, kind="stable")
-        ax.boxplot([data[o] if len(data[o]) else [np.nan] for o in order], vert=False, widths=0.6, flierprops={"ms": 2})
+        ax.boxplot([data[o] if len(data[o]) else [np.nan] for o in order], orientation="horizontal", widths=0.6, flierprops={"ms": 2})
         ax.set_yticks(range(1, len(order) + 1), [_short(regions[cols[o]]) for o in order], fontsize=6)
         ax.tick_params(axis="x", labelsize=6)
         ax.set_title(_short(classes[i]), fontsize=8)
@@ -101,7 +100,7 @@ def clustering_dendrogram(clustering: ClassClustering) -> Figure:
                color_threshold=0, above_threshold_color="black", leaf_font_size=8)
     ax.set_xlabel("distance: max - sqrt(share)")
     ax.set_title(f"Classes clustered by their RoI profiles (average linkage, {clustering.rule} rule;\n"
-                 f"cophenetic correlation {clustering.cophenetic_correlation:.2f})", fontsize=9)
+                 f"cophenetic correlation {clustering.cophenetic_correlation:.2f})", fontsize=9)  # nan: all distances equal
     return fig
 
 

@@ -36,6 +36,7 @@ from agg2exp_lightning.evaluation._checks import (
     zero_targets,
 )
 from agg2exp_lightning.explain.proxy import prediction_labels, proxy_output
+from agg2exp_lightning.protocols import ProtocolLike, resolve_protocol
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ def faithfulness_correlation(
     n_runs: int = 100,
     subset_size: int = PAPER_SUBSET_SIZE,
     baseline: Baseline = "min",
-    mask: MaskMode = "fixed",
+    mask: MaskMode | None = None,
     subsets: np.ndarray | Tensor | None = None,
     rng: np.random.Generator | int | None = None,
     batch_size: int = 2,
@@ -262,6 +263,7 @@ def faithfulness_correlation(
     sw_batch_size: int = 1,
     overlap: float = 0.25,
     sw_mode: str = "constant",
+    protocol: ProtocolLike = None,
 ) -> FaithfulnessResult:
     """Faithfulness correlation of every target's attribution map (paper defaults: 100 runs of 50,176 voxels, min baseline).
 
@@ -274,6 +276,8 @@ def faithfulness_correlation(
         baseline, mask, batch_size, roi_size, sw_batch_size, overlap, sw_mode: see :func:`output_drops`.
         subsets: ``[R, K]`` voxel indices to use instead of drawing them (reproducibility, references).
         rng: numpy Generator or seed for drawing the subsets.
+        protocol: gives ``mask`` when it is ``None``: ``"corrected"`` (default) holds it fixed,
+            ``"paper"`` recomputes it (:mod:`agg2exp_lightning.protocols`).
 
     Returns:
         A :class:`FaithfulnessResult`; ``correlation[t]`` is NaN, with a warning, where it is undefined:
@@ -290,6 +294,8 @@ def faithfulness_correlation(
         >>> res.correlation.shape
         torch.Size([2])
     """
+    if mask is None:
+        mask = resolve_protocol(protocol).faithfulness_mask
     x, a = check_image_and_attributions(image, attributions)
     t = target_list(targets, a.shape[0])
     n_voxels = int(np.prod(a.shape[1:]))
