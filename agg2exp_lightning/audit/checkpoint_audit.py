@@ -100,6 +100,8 @@ def run_checkpoint_audit(
     explainer: Explainer | None = None,
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
+    save_maps: bool = False,
+    figures_for: Sequence[str] = (),
 ) -> AuditOutputs | None:
     """Explain every scan of a split with a trained model and audit the cohort.
 
@@ -125,6 +127,8 @@ def run_checkpoint_audit(
         explainer: overrides :func:`default_explainer` (same call signature).
         wandb: also log tables and figures to one W&B run.
         wandb_project: the W&B project.
+        save_maps: write each audited scan's maps as NIfTI in its own grid (see :mod:`~agg2exp_lightning.audit.maps`).
+        figures_for: scan ids drawn in three views besides the worklist's (needs ``save_maps``).
 
     Returns:
         The written outputs on rank 0; ``None`` on other ranks.
@@ -168,4 +172,5 @@ def run_checkpoint_audit(
         config=config, spacing=spacing, mapping=load_structure_mapping(mapping_file), inputs=inputs, overwrite=overwrite,
         trainer_kwargs={"accelerator": accelerator, "devices": devices, "strategy": strategy}, num_workers=num_workers,
         random_state=random_state, n_dependencies=n_dependencies, wandb=wandb, wandb_project=wandb_project,
+        save_maps=save_maps, figures_for=figures_for,
     )

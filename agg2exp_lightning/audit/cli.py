@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dependencies", type=int, default=12, metavar="K", help="strongest region->class dependencies to report (default %(default)s)")
     p.add_argument("--wandb", action="store_true", help="also log to one W&B run (WANDB_MODE, default offline)")
     p.add_argument("--wandb-project", default="agg2exp-audit", help="W&B project (default %(default)s)")
+    c.add_argument("--save-maps", action="store_true",
+                   help="write each scan's attribution maps and prediction as NIfTI in the scan's own grid (maps/; the size estimate is printed first)")
+    c.add_argument("--figures-for", nargs="+", default=[], metavar="ID",
+                   help="also draw these scans in three views (besides the worklist's; needs --save-maps)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return p
 
@@ -108,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.from_table is not None:
             from agg2exp_lightning.audit.table_audit import run_table_audit
 
+            if args.save_maps or args.figures_for:
+                parser.error("--save-maps/--figures-for belong to --model audits, not --from-table")
             outputs = run_table_audit(args.from_table, args.out, metadata=args.metadata, reference_table=args.reference_table, **common)
         else:
             from agg2exp_lightning.audit.checkpoint_audit import run_checkpoint_audit
@@ -116,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             outputs = run_checkpoint_audit(
                 args.checkpoint, args.out, data=args.data, manifest=args.manifest, method=args.method, method_options=options,
                 split=args.split, reference_split=args.reference_split, spacing=args.spacing, roi_size=args.roi_size,
-                accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_workers=args.num_workers, **common,
+                accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_workers=args.num_workers,
+                save_maps=args.save_maps, figures_for=args.figures_for, **common,
             )
     except DataError as err:
         print(f"agg2exp-audit: error: {err}", file=sys.stderr)

@@ -108,6 +108,8 @@ def run_scan_audit(
     n_dependencies: int = 12,
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
+    save_maps: bool = False,
+    figures_for: Sequence[str] = (),
 ) -> AuditOutputs | None:
     """Explain the scans of ``sets`` with ``model`` and audit the ``"audited"`` set.
 
@@ -129,12 +131,17 @@ def run_scan_audit(
         n_dependencies: how many region -> class dependencies to report.
         wandb: also log tables and figures to one W&B run.
         wandb_project: the W&B project.
+        save_maps: write each audited scan's attribution maps and prediction as NIfTI in its own grid
+            (``maps/``, see :mod:`~agg2exp_lightning.audit.maps`); refused before any work when the
+            folder cannot hold the estimated size.
+        figures_for: scan ids to draw in three views (beside the worklist's scans; needs ``save_maps``).
 
     Returns:
         The written outputs on rank 0; ``None`` on other DDP ranks.
 
     Raises:
-        DataError: no audited (or reference) scan finished, or ``out_dir`` holds another audit.
+        DataError: no audited (or reference) scan finished, ``out_dir`` holds another audit, or (with
+            ``save_maps``) the maps would not fit on its file system.
     """
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -143,16 +150,29 @@ def run_scan_audit(
     if "audited" not in sets or set(sets) - set(SET_FOLDERS):
         raise ValueError(f"Expected `sets` with key 'audited' and optionally 'reference', got {sorted(sets)}")
     out = Path(out_dir)
+    maps_folder = out / "maps"
+    if save_maps and rank_zero_only.rank == 0:
+        from agg2exp_lightning.audit.maps import check_room_for_maps, estimate_map_bytes, maps_written
+
+        todo = [r.image for r in sets["audited"] if not maps_written(maps_folder, r.subject_id)]
+        log.info("--save-maps: %d scans; %s", len(todo), check_room_for_maps(out, estimate_map_bytes(todo, len(class_names))))
     if rank_zero_only.rank == 0:  # other DDP ranks are started by rank 0 after this point
         open_output_folder(out, config, overwrite=overwrite)
     for name in SET_FOLDERS.values():
         (out / name).mkdir(parents=True, exist_ok=True)
+    map_writer = None
+    if save_maps:
+        from agg2exp_lightning.audit.maps import MapWriter, maps_written, write_colour_table
+
+        write_colour_table(maps_folder, class_names)
+        map_writer = MapWriter(maps_folder, class_names)
     pending = [{**dataclasses.asdict(r), "audit_set": s} for s, recs in sets.items() for r in recs
-               if not is_finished(out / SET_FOLDERS[s], r.subject_id)]
+               if not is_finished(out / SET_FOLDERS[s], r.subject_id)
+               or (save_maps and s == "audited" and not maps_written(maps_folder, r.subject_id))]
     n_all = sum(len(v) for v in sets.values())
     log.info("%d of %d scans to explain (%d finished earlier)", len(pending), n_all, n_all - len(pending))
     if pending:
-        module = ScanAuditModule(model, explainer, class_names)
+        module = ScanAuditModule(model, explainer, class_names, map_writer=map_writer)
         transform = PerScanTransform(mapping, len(class_names), spacing)
         if _predict(module, pending, out, transform, dict(trainer_kwargs or {}), num_workers) != 0:
             return None
@@ -177,6 +197,14 @@ def run_scan_audit(
         "scans audited": f"{len(tables['audited'])} of {len(sets['audited'])}",
         "failed scans": ", ".join(failures) or "none",
     }
+    if save_maps:
+        from agg2exp_lightning.audit.maps import maps_status
+
+        written, no_maps = maps_status(maps_folder, [r.subject_id for r in sets["audited"]])
+        for sid, why in no_maps.items():
+            log.warning("scan %s has no maps: %s", sid, why)
+        rows["maps (NIfTI, each scan's own grid)"] = (f"{maps_folder} ({len(written)} scans)"
+                                                      + (f"; without maps: {', '.join(no_maps)}" if no_maps else ""))
     outputs = write_audit_outputs(analysis, out, inputs=rows, case_figures=_case_figures(analysis, out / SET_FOLDERS["audited"]))
     if wandb:
         from agg2exp_lightning.audit.wandb_logging import log_audit_to_wandb

@@ -88,19 +88,23 @@ class ScanAuditModule(pl.LightningModule):
         class_names: names of the model's classes (label-id order).
         save_slices: also return slices for the anomaly-case figures (when the explainer gives
             attribution maps).
+        map_writer: writes each audited scan's maps in its own grid
+            (:class:`~agg2exp_lightning.audit.maps.MapWriter`; ``None``: no maps).
     """
 
-    def __init__(self, model: nn.Module, explainer: Explainer, class_names: Sequence[str], *, save_slices: bool = True) -> None:
+    def __init__(self, model: nn.Module, explainer: Explainer, class_names: Sequence[str], *, save_slices: bool = True,
+                 map_writer: Callable[..., Any] | None = None) -> None:
         super().__init__()
         self.model = model
         self.explainer = explainer
         self.class_names = list(class_names)
         self.save_slices = save_slices
+        self.map_writer = map_writer
 
     def forward(self, image: Tensor) -> Tensor:
         return self.model(image)
 
-    def _explain_one(self, image: Tensor, label: Tensor | None, sid: str) -> dict[str, Any]:
+    def _explain_one(self, image: Tensor, label: Tensor | None, sid: str, meta: Any = None, index: int = 0) -> dict[str, Any]:
         with torch.inference_mode(False), torch.enable_grad():
             result = self.explainer(self.model, image.detach().clone())
         prediction = _plain(result.prediction).reshape(image.shape[2:]).long().cpu()
@@ -117,6 +121,9 @@ class ScanAuditModule(pl.LightningModule):
         if self.save_slices and attribution is not None:
             attr = _plain(attribution).detach().float().cpu().reshape(t, *prediction.shape).numpy()
             out["slices"] = slice_bundle(image[0, 0].detach().float().cpu().numpy(), prediction.numpy(), attr)
+        if self.map_writer is not None and meta is not None and attribution is not None:
+            self.map_writer(sid, meta, _plain(attribution).detach().float().cpu().reshape(t, *prediction.shape), prediction, ids,
+                            index=index)
         return out
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
@@ -129,7 +136,8 @@ class ScanAuditModule(pl.LightningModule):
             try:
                 image = _plain(batch["image"])[i : i + 1].float()
                 label = _plain(batch["label"])[i] if "label" in batch else None
-                outputs.append({"audit_set": audit_set, **self._explain_one(image, label, sid)})
+                meta = getattr(batch["image"], "meta", {}) if audit_set == "audited" else None
+                outputs.append({"audit_set": audit_set, **self._explain_one(image, label, sid, meta, i)})
             except Exception as err:  # report the scan, keep auditing the others
                 log.warning("scan %s failed: %s", sid, _describe(err))
                 outputs.append({"audit_set": audit_set, "failure": {"id": sid, "error": _describe(err)}})
@@ -166,4 +174,3 @@ class ScanRecordWriter(BasePredictionWriter):
                 (folder / f"{record_stem(sid)}.failed.json").unlink(missing_ok=True)
             self.done += 1
             log.info("scan %s written (rank %d: %d scans; %d to do in this run over all ranks)", sid, trainer.global_rank, self.done, self.total)
-
