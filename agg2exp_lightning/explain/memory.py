@@ -8,26 +8,40 @@ what to change (sliding windows, fewer samples per pass, fewer targets).
 
 The estimate counts the whole-volume tensors the engine allocates (stitched logits, labels,
 gradient accumulators, attribution maps, perturbed batches) exactly, and the model's activations
-as ``pass_bytes_per_voxel`` times the voxels of one pass. The default, 8 KiB per input voxel for a
-forward and backward pass, is above what MONAI's Swin-UNETR used on CPU (3.0 KiB at feature_size 12,
-5.5 KiB at 48, depths 2,2,2,2; peak RSS growth of one forward+backward at 64^3), so it errs on the
-safe side for that model; pass your model's figure for another one.
+as ``pass_bytes_per_voxel`` times the voxels of one pass. That constant belongs to the model:
+:func:`measure_pass_bytes_per_voxel` measures it with one probe forward+backward pass at a small
+size (a window with sliding windows), and :func:`probe_pass_bytes_per_voxel` caches the figure per
+model. Where no probe can run, the fixed :data:`PASS_BYTES_PER_VOXEL` (8 KiB, above what MONAI's
+Swin-UNETR used on CPU: 3.0 KiB at feature_size 12, 5.5 KiB at 48, depths 2,2,2,2, at 64^3) is used.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
 
 #: Default activation memory of one forward+backward pass, per input voxel (see the module docstring).
 PASS_BYTES_PER_VOXEL = 8192.0
 #: A forward pass without grad keeps far fewer activations alive; this share of the above.
 FORWARD_ONLY_SHARE = 0.5
 _GiB = 1024.0**3
+#: Largest probe edge (voxels) for a whole-volume explanation: activations per voxel shrink with size, so a
+#: small probe errs on the safe side.
+PROBE_EDGE = 64
+#: CPU probe: peak RSS growth of a forward and two backward passes over the bytes the probe counts (the
+#: temporaries of the backward, allocator slack): 1.78-2.17 for MONAI Swin-UNETR (feature_size 12 and 24,
+#: 64^3 and 96^3, each in a fresh process)
+CPU_TRANSIENT_FACTOR = 2.0
+_PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class ExplanationTooLarge(MemoryError):
@@ -180,3 +194,98 @@ def check_explain_memory(
         f"({'one pass over the whole volume' if roi_size is None else 'windows of ' + 'x'.join(map(str, roi_size))}) "
         f"needs about {estimate.describe()}, but only {_fmt(limit)} is available: {advice}"
     )
+
+
+def measure_pass_bytes_per_voxel(
+    model: nn.Module, spatial: Sequence[int], *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> float:
+    """Activation memory of one forward+backward pass of ``model`` per input voxel, at ``spatial``.
+
+    One pass on a zero input ``[1, 1, *spatial]`` with grad w.r.t. the input only (parameters frozen,
+    eval mode, all restored afterwards), then one backward with a one-class cotangent, as the
+    gradient methods run it.
+
+    CUDA: the rise of ``torch.cuda.max_memory_allocated`` over the pass. CPU (no allocator
+    statistics): the bytes of every tensor autograd saves for the backward (parameters and buffers
+    excluded, shared storages counted once) plus the logits, their cotangent and the input gradient,
+    times :data:`CPU_TRANSIENT_FACTOR` for temporaries.
+
+    Args:
+        model: maps ``[B, 1, *spatial]`` to ``[B, C, *spatial]``.
+        spatial: probe size (a window with sliding windows; small, as the pass really runs).
+        device: of the probe (default: the model's).
+        dtype: of the probe input.
+
+    Returns:
+        Bytes per input voxel.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(8, 2, 1))
+        >>> 0 < measure_pass_bytes_per_voxel(net, (8, 8, 8)) < 1000
+        True
+    """
+    from agg2exp_lightning.explain.model_state import explanation_mode
+
+    p = next(iter(model.parameters()), None)
+    device = torch.device(device) if device is not None else (p.device if p is not None else torch.device("cpu"))
+    voxels = math.prod(int(s) for s in spatial)
+    own = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in own:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with explanation_mode(model):
+        x = torch.zeros((1, 1, *[int(s) for s in spatial]), device=device, dtype=dtype, requires_grad=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            start = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            out = model(x)
+            cot = torch.zeros_like(out)
+            cot[:, 0] = 1
+            torch.autograd.grad(out, x, cot)
+            del out, cot
+            torch.cuda.synchronize(device)
+            return float(torch.cuda.max_memory_allocated(device) - start) / voxels
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x)
+        counted = sum(saved.values()) + 2 * out.numel() * out.element_size() + x.numel() * x.element_size()
+        del out
+    return CPU_TRANSIENT_FACTOR * counted / voxels
+
+
+def probe_pass_bytes_per_voxel(
+    model: nn.Module,
+    spatial: Sequence[int],
+    roi_size: Sequence[int] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """:func:`measure_pass_bytes_per_voxel` at a probe size for this explanation, cached per model.
+
+    The probe is one window (``roi_size``), or for one pass over the whole volume the volume cut to at
+    most :data:`PROBE_EDGE` voxels a side (per-voxel activations shrink as volumes grow, so the small
+    probe errs on the safe side). A model that cannot run the probe (e.g. one that needs a larger
+    input) gets :data:`PASS_BYTES_PER_VOXEL`, with a log message.
+    """
+    shape = tuple(int(r) for r in roi_size) if roi_size is not None else tuple(min(int(s), PROBE_EDGE) for s in spatial)
+    p = next(iter(model.parameters()), None)
+    dev = torch.device(device) if device is not None else (p.device if p is not None else torch.device("cpu"))
+    key = (shape, str(dev), str(dtype))
+    try:
+        cache = _PROBES.setdefault(model, {})
+    except TypeError:  # not weak-referenceable
+        cache = {}
+    if key not in cache:
+        try:
+            cache[key] = measure_pass_bytes_per_voxel(model, shape, device=dev, dtype=dtype)
+        except Exception as err:  # noqa: BLE001 - any failure of the probe falls back to the fixed constant
+            log.info("memory probe of %s at %s failed (%s: %s); using %.0f bytes per voxel",
+                     type(model).__name__, shape, type(err).__name__, err, PASS_BYTES_PER_VOXEL)
+            cache[key] = PASS_BYTES_PER_VOXEL
+    return cache[key]

@@ -117,3 +117,33 @@ def test_the_second_check_refuses_once_the_classes_are_known():
 def test_bad_memory_budget_is_named():
     with pytest.raises(ValueError, match="`max_memory`"):
         explain(CountingNet(), torch.rand(1, 4, 4, 4), method="vg", max_memory=0)
+
+
+def test_probe_counts_the_tensors_saved_for_the_backward_by_hand():
+    """conv 1x1 1->8, ReLU, conv 1x1 8->2 in float32, per voxel: the input (4 B, saved by the first conv)
+    and the ReLU output (32 B, saved by ReLU and the second conv: one storage), the logits and their
+    cotangent (2 x 8 B) and the input gradient (4 B): 56 B, times the CPU factor for temporaries."""
+    from agg2exp_lightning.explain.memory import CPU_TRANSIENT_FACTOR, measure_pass_bytes_per_voxel
+
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 1), torch.nn.ReLU(), torch.nn.Conv3d(8, 2, 1)).train()
+    assert measure_pass_bytes_per_voxel(net, (6, 5, 4)) == CPU_TRANSIENT_FACTOR * (4 + 32 + 16 + 4)
+    wide = torch.nn.Sequential(torch.nn.Conv3d(1, 16, 1), torch.nn.ReLU(), torch.nn.Conv3d(16, 2, 1))
+    assert measure_pass_bytes_per_voxel(wide, (6, 5, 4)) == CPU_TRANSIENT_FACTOR * (4 + 64 + 16 + 4)
+    assert net.training and all(p.requires_grad for p in net.parameters())  # restored
+
+
+def test_probe_is_cached_per_model_and_falls_back_when_the_model_cannot_run_it():
+    from agg2exp_lightning.explain.memory import PASS_BYTES_PER_VOXEL, PROBE_EDGE, probe_pass_bytes_per_voxel
+
+    net = CountingNet(3)
+    first = probe_pass_bytes_per_voxel(net, (200, 10, 10))  # probe cut to 64 x 10 x 10
+    assert net.calls == 1 and 0 < first < PASS_BYTES_PER_VOXEL and PROBE_EDGE == 64
+    assert probe_pass_bytes_per_voxel(net, (300, 10, 10)) == first and net.calls == 1  # same probe shape: cached
+    probe_pass_bytes_per_voxel(net, (40, 40, 40), roi_size=(8, 8, 8))  # a window: probed at the window size
+    assert net.calls == 2
+
+    class NeedsBigInput(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError("input too small")
+
+    assert probe_pass_bytes_per_voxel(NeedsBigInput(), (8, 8, 8)) == PASS_BYTES_PER_VOXEL
