@@ -22,6 +22,11 @@ HU_WINDOW: tuple[float, float] = (-1024.0, 1024.0)
 BODY_THRESHOLD = 0.25
 
 
+#: Axis labels of nibabel's world coordinates (RAS+), given to Orientationd explicitly: MONAI >= 1.5 warns that
+#: its default will change to the MetaTensor's own space.
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
 def _is_body(x: torch.Tensor) -> torch.Tensor:
     return x > BODY_THRESHOLD
 
@@ -74,7 +79,9 @@ class LoadSubjectd(Transform):
         ct, labels, affine = load_subject_arrays(record, self.mapping, self.num_classes)
         aff = torch.as_tensor(affine, dtype=torch.float64)
         out: dict[Hashable, Any] = {"subject_id": record["subject_id"], "metadata": dict(record["metadata"])}
-        out["image"] = MetaTensor(torch.from_numpy(np.ascontiguousarray(ct))[None], affine=aff.clone())
+        # MONAI's loader keys: the scan's own grid, to write predictions back onto it
+        grid = {"original_affine": aff.clone(), "spatial_shape": torch.tensor(ct.shape[:3])}
+        out["image"] = MetaTensor(torch.from_numpy(np.ascontiguousarray(ct))[None], affine=aff.clone(), meta=grid)
         if labels is not None:
             out["label"] = MetaTensor(torch.from_numpy(np.ascontiguousarray(labels)).float()[None], affine=aff.clone())
         return out
@@ -90,7 +97,7 @@ def preprocessing(
     modes = ("bilinear", "nearest") if with_labels else ("bilinear",)
     return [
         LoadSubjectd(mapping, num_classes),
-        T.Orientationd(keys=keys, axcodes="RAS"),
+        T.Orientationd(keys=keys, axcodes="RAS", labels=_RAS_LABELS),
         T.Spacingd(keys=keys, pixdim=tuple(spacing), mode=modes),
         T.ScaleIntensityRanged(keys="image", a_min=HU_WINDOW[0], a_max=HU_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
         T.CropForegroundd(keys=keys, source_key="image", select_fn=_is_body, margin=2, allow_smaller=True),

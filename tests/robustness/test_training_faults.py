@@ -231,7 +231,7 @@ def test_malicious_last_checkpoint_is_never_unpickled(one_epoch_run, clean_cohor
     assert rc == 2 and f"cannot resume from checkpoint {last}" in err and "weights_only=True" in err
     assert not marker.exists()
     # without the up-front check, Lightning itself loads with weights_only=True: it refuses, runs nothing
-    monkeypatch.setattr(training, "check_resume_checkpoint", lambda path, model: None)
+    monkeypatch.setattr(training.run, "check_resume_checkpoint", lambda path, model: None)
     with pytest.raises(Exception, match="(?i)weights.only|unpickl"):
         train(_args(clean_cohort, run, "--trainer.max_epochs=2"))
     assert not marker.exists()

@@ -10,7 +10,7 @@ import torch
 from agg2exp_lightning.model import SegmentationModule, load_segmentation_checkpoint
 from agg2exp_lightning.training import train
 
-NO_MONITORS = ("--config", str(Path(__file__).parent / "configs" / "checkpoints_only.yaml"))
+NO_MONITORS = ("--config", str(Path(__file__).parents[1] / "configs" / "checkpoints_only.yaml"))
 
 
 def _args(root, run_dir, *extra, model_args=()):
@@ -82,7 +82,7 @@ def test_the_end_of_a_run_says_where_its_files_are(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from agg2exp_lightning.training import _where_things_are
+    from agg2exp_lightning.training.report import where_things_are
 
     # With a CSV logger the monitors write under the logger's version folder, not under the run folder.
     trainer = Trainer(default_root_dir=tmp_path, logger=CSVLogger(save_dir=tmp_path, name="csv"),
@@ -92,7 +92,7 @@ def test_the_end_of_a_run_says_where_its_files_are(tmp_path):
     figures = log_dir / "agg2exp" / "figures"
     figures.mkdir(parents=True)
     (tmp_path / "ckpts").mkdir()
-    text = _where_things_are(tmp_path, trainer)
+    text = where_things_are(tmp_path, trainer)
     assert f"Run folder: {tmp_path.resolve()}" in text
     assert "checkpoints:" in text and str((tmp_path / "ckpts").resolve()) in text
     assert "explanation figures:" in text and str(figures.resolve()) in text
