@@ -138,3 +138,386 @@ def extreme_cases(scores: np.ndarray, ids: Sequence[str], classes: Sequence[str]
         for end, picks in (("most_anomalous", order[:k]), ("least_anomalous", order[::-1][:k])):
             rows += [(name, end, r + 1, ids[j], float(scores[j, i])) for r, j in enumerate(picks)]
     return pd.DataFrame(rows, columns=["class", "end", "rank", "id", "score"])
+
+
+# ---- one calibrated score per scan ---------------------------------------------------------------------
+#: Share of clean scans the scan-level flag may raise (the default ``contamination``).
+DEFAULT_CONTAMINATION = 0.05
+#: Folds of the cross-fitting.
+DEFAULT_FOLDS = 5
+#: Fewest reference scans with shares a class needs for cross-fitted forests (2 per fold).
+MIN_REFERENCE_SCANS = 2 * DEFAULT_FOLDS
+#: How the scan-level score is built (written into ``summary.json``).
+SCAN_SCORE_DESCRIPTION = (
+    "per class: conformal p-value of the Isolation Forest score against cross-fitted reference scores "
+    "(a class the scan lacks counts as most anomalous); Fisher's -2 sum log p over the scored classes, "
+    "as -log10 of its chi-square tail (higher = more anomalous); calibrated p = share of reference scans "
+    "at least as anomalous (conformal)"
+)
+
+
+@dataclass(frozen=True)
+class ScanAnomalyResult:
+    """One calibrated anomaly score per scan (see :func:`scan_anomaly_scores`).
+
+    Attributes:
+        classes: explained class names (length ``A``).
+        class_p: ``[N, A]`` per-class conformal p-values (small = unusual for that class); NaN
+            where the class could not be scored (no forest).
+        score: ``[N]`` scan-level score ``-log10`` of Fisher's combination (higher = more
+            anomalous); NaN for a scan with no scored class.
+        p_value: ``[N]`` calibrated p-value: ``(1 + #reference scores >= score) / (M + 1)``.
+        flagged: ``[N]`` ``p_value <= contamination``.
+        reference_score: ``[M]`` cross-fitted scores of the reference scans (the null distribution).
+        reference_class_p: ``[M, A]`` their per-class p-values (leave-one-out).
+        threshold: the score a scan must exceed to be flagged (``inf``: no scan can be).
+        contamination: the share of clean scans the flag may raise.
+        expected_fpr: ``floor(contamination (M + 1)) / (M + 1)``: the probability that a clean scan,
+            exchangeable with the reference scans, is flagged.
+        heldout_class_fpr: share of reference scans that a forest **not fitted on them** calls an
+            outlier (``predict == -1``) for at least one class: the false-positive rate of the
+            per-class "outlier for any class" rule, estimated by cross-fitting.
+        self_reference: the audited scans were their own reference (no separate reference set).
+    """
+
+    classes: tuple[str, ...]
+    class_p: np.ndarray
+    score: np.ndarray
+    p_value: np.ndarray
+    flagged: np.ndarray
+    reference_score: np.ndarray
+    reference_class_p: np.ndarray
+    threshold: float
+    contamination: float
+    expected_fpr: float
+    heldout_class_fpr: float
+    self_reference: bool
+
+    @property
+    def n_reference(self) -> int:
+        """Number of reference scans with a finite score (the calibration set)."""
+        return int(np.isfinite(self.reference_score).sum())
+
+
+def check_contamination(value: object, name: str = "contamination") -> float:
+    """``value`` as a float in ``(0, 0.5]``.
+
+    Raises:
+        ValueError: naming ``name``, when ``value`` is not a number in ``(0, 0.5]``.
+    """
+    try:
+        c = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        c = float("nan")
+    if isinstance(value, bool) or not (0.0 < c <= 0.5):
+        raise ValueError(f"Expected `{name}` to be a number in (0, 0.5] (the share of clean scans that may be flagged), got {value!r}")
+    return c
+
+
+def fisher_combination(p: np.ndarray) -> np.ndarray:
+    """``-log10`` of Fisher's combined p-value over the finite entries of each row of ``p``.
+
+    ``X = -2 sum_a log p_a`` over the ``k`` finite p-values of a row is referred to a chi-square
+    with ``2k`` degrees of freedom, so rows with different numbers of scored classes land on one
+    scale. Rows without a finite p-value give NaN.
+
+    Args:
+        p: ``[N, A]`` p-values in ``(0, 1]`` (NaN allowed).
+
+    Returns:
+        ``[N]`` scores, higher = stronger combined evidence.
+    """
+    from scipy.stats import chi2
+
+    p = np.asarray(p, dtype=float)
+    ok = np.isfinite(p)
+    k = ok.sum(axis=1)
+    x = -2.0 * np.where(ok, np.log(np.where(ok, p, 1.0)), 0.0).sum(axis=1)
+    out = np.full(len(p), np.nan)
+    has = k > 0
+    out[has] = -chi2.logsf(x[has], 2 * k[has]) / np.log(10.0)
+    return out
+
+
+def conformal_p(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``(1 + #{reference >= s}) / (M + 1)`` for each ``s`` in ``scores`` (NaN stays NaN).
+
+    ``reference`` holds the ``M`` finite (or ``+inf``) scores of clean scans; ``+inf`` in either
+    input is a maximally anomalous score.
+    """
+    ref = np.sort(np.asarray(reference, dtype=float)[~np.isnan(reference)])
+    s = np.asarray(scores, dtype=float)
+    out = np.full(s.shape, np.nan)
+    ok = ~np.isnan(s)
+    out[ok] = (1.0 + len(ref) - np.searchsorted(ref, s[ok], side="left")) / (len(ref) + 1.0)
+    return out
+
+
+def _loo_p(scores: np.ndarray) -> np.ndarray:
+    """Each finite/inf score's conformal p against all the others (leave-one-out)."""
+    s = np.asarray(scores, dtype=float)
+    out = np.full(s.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(s))
+    if len(ok) < 2:
+        return out
+    vals = s[ok]
+    ge = (vals[None, :] >= vals[:, None]).sum(axis=1) - 1  # others at least as anomalous
+    out[ok] = (1.0 + ge) / len(ok)
+    return out
+
+
+def cross_fit_folds(m: int, n_folds: int, seed: int) -> np.ndarray:
+    """``[m]`` fold index of each reference scan: balanced sizes, order seeded by ``seed``."""
+    return np.random.default_rng(seed).permutation(np.arange(m) % n_folds)
+
+
+def _cross_fit_class(
+    ref: np.ndarray, audited: np.ndarray | None, *, folds: np.ndarray, random_state: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """Cross-fitted scores of one class.
+
+    Returns ``(oof [M], oof_outlier [M], audited_p [N] or None)``: each reference scan's score from
+    the forest of the folds it is not in (``+inf`` where the scan lacks the class), whether that
+    forest calls it an outlier, and the audited scans' cross-conformal p-values (each fold's
+    forest scores the audited scan and compares it with that fold's held-out scores). ``None``
+    when a fold's training part has fewer than 2 scans with shares.
+    """
+    ref_x, ref_ok = _features(ref)
+    oof = np.full(len(ref), np.inf)
+    oof_out = ~ref_ok
+    k = int(folds.max()) + 1
+    counts = None
+    if audited is not None:
+        aud_x, aud_ok = _features(audited)
+        counts = np.zeros(len(audited))
+    for f in range(k):
+        train, test = ref_ok & (folds != f), folds == f
+        if train.sum() < 2:
+            return None
+        forest = IsolationForest(random_state=random_state).fit(ref_x[train])
+        scored = test & ref_ok
+        n_ref = int(scored.sum())
+        rows = [ref_x[scored]] + ([aud_x[aud_ok]] if counts is not None else [])
+        both = np.concatenate(rows) if sum(len(r) for r in rows) else np.empty((0, ref_x.shape[1]))
+        s = -forest.decision_function(both) if len(both) else np.empty(0)  # one pass over the trees
+        oof[scored] = s[:n_ref]
+        oof_out[scored] = s[:n_ref] > 0  # predict == -1 <=> decision_function < 0 (contamination "auto")
+        if counts is not None:
+            aud_s = np.full(len(audited), np.inf)
+            aud_s[aud_ok] = s[n_ref:]
+            counts += (oof[test][None, :] >= aud_s[:, None]).sum(axis=1)
+    audited_p = None if counts is None else (1.0 + counts) / (len(ref) + 1.0)
+    return oof, oof_out, audited_p
+
+
+def scan_anomaly_scores(
+    mass: np.ndarray,
+    classes: Sequence[str],
+    reference_mass: np.ndarray | None = None,
+    *,
+    contamination: float = DEFAULT_CONTAMINATION,
+    n_folds: int = DEFAULT_FOLDS,
+    random_state: int = DEFAULT_RANDOM_STATE,
+) -> ScanAnomalyResult:
+    """One anomaly score per scan on a calibrated scale, and a flag with a known false-positive rate.
+
+    Design. The paper's per-class Isolation Forest scores live on class-specific scales, and a
+    scan is an "outlier" when *any* of ``A`` forests says so, so the share of clean scans flagged
+    grows with the number of classes (27 of 32 scans in one audit). Here each class's score is
+    first turned into a tail probability against clean reference scans, which puts every class
+    on the same ``[0, 1]`` scale:
+
+    1. **Cross-fitting.** The reference scans are split into ``n_folds`` folds; for each fold a
+       forest (the paper's settings) is fitted on the other folds and scores the held-out fold,
+       so every reference score comes from a forest that never saw that scan (in-sample scores
+       are optimistic: a forest isolates its own training points late).
+    2. **Conformal p-values per class.** An audited scan is scored by each fold's forest and
+       compared with that fold's held-out scores (cross-conformal): ``p_a = (1 + #{reference
+       scores >= the scan's}) / (M + 1)``. For a clean scan exchangeable with the reference,
+       ``p_a`` is (nearly) uniform whatever the forest. A class the scan does not contain while
+       reference scans do counts as more anomalous than any score (``+inf``), calibrated by how
+       often reference scans lack it too; this catches faults that remove a structure.
+    3. **Combination.** Fisher's ``X = -2 sum_a log p_a`` pools evidence over classes, so a
+       fault that moves several classes a little counts, and its chi-square tail with ``2k``
+       degrees of freedom puts scans with different numbers of scored classes on one scale. The
+       score is ``-log10`` of that tail. (Min-p or the Cauchy combination are driven by the
+       single smallest p-value, which conformal p-values saturate at ``1 / (M + 1)``, so many
+       clean scans would tie at the top.)
+    4. **Calibration.** Fisher's tail assumes independent classes, which they are not; so the
+       score is not read as a p-value. Instead the reference scans get the same score (their
+       per-class p-values leave themselves out) and an audited scan's calibrated p-value is the
+       share of reference scans at least as anomalous. The flag ``p <= contamination`` then
+       raises on at most ``contamination`` of clean scans whatever the dependence between
+       classes: ``expected_fpr = floor(c (M + 1)) / (M + 1)``.
+
+    Without a reference set the audited scans are their own reference (each scored by forests
+    not fitted on it, compared with the others): the flag then marks the most unusual scans of
+    the cohort, not scans unlike a clean population.
+
+    Args:
+        mass: ``[N, A, B]`` mass shares of the audited scans (NaN as in :func:`class_anomaly_scores`).
+        classes: the ``A`` class names.
+        reference_mass: ``[M, A, B]`` shares of clean reference scans (e.g. the training split);
+            ``None``: the audited scans themselves.
+        contamination: share of clean scans the flag may raise, in ``(0, 0.5]``.
+        n_folds: cross-fitting folds (at least 2).
+        random_state: seed of the forests and of the fold assignment.
+
+    Returns:
+        A :class:`ScanAnomalyResult`.
+
+    Raises:
+        ValueError: shapes disagree, ``contamination`` outside ``(0, 0.5]``, or fewer than
+            ``2 n_folds`` reference scans (naming how many there are).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> ref = rng.dirichlet(np.ones(4) * 20, size=(40, 2))
+        >>> res = scan_anomaly_scores(rng.dirichlet(np.ones(4) * 20, size=(5, 2)), ["a", "b"], ref)
+        >>> res.score.shape, res.expected_fpr <= 0.05
+        ((5,), True)
+    """
+    contamination = check_contamination(contamination)
+    if not isinstance(n_folds, int) or n_folds < 2:
+        raise ValueError(f"Expected `n_folds` to be an integer >= 2, got {n_folds!r}")
+    mass = np.asarray(mass, dtype=float)
+    if mass.ndim != 3 or mass.shape[1] != len(classes):
+        raise ValueError(f"Expected `mass` of shape [N, {len(classes)}, B], got {mass.shape}")
+    self_reference = reference_mass is None
+    ref = mass if self_reference else np.asarray(reference_mass, dtype=float)
+    if ref.ndim != 3 or ref.shape[1:] != mass.shape[1:]:
+        raise ValueError(f"Expected `reference_mass` of shape [M, {mass.shape[1]}, {mass.shape[2]}], got {ref.shape}")
+    m = len(ref)
+    what = "audited scans (no reference set)" if self_reference else "reference scans"
+    if m < 2 * n_folds:
+        raise ValueError(f"Expected at least {2 * n_folds} {what} to cross-fit {n_folds} folds of Isolation Forests, got {m}")
+    folds = cross_fit_folds(m, n_folds, random_state)
+    n, a_count = len(mass), len(classes)
+    class_p = np.full((n, a_count), np.nan)
+    ref_p = np.full((m, a_count), np.nan)
+    oof_outlier = np.zeros((m, a_count), dtype=bool)
+    for i, name in enumerate(classes):
+        fitted = _cross_fit_class(ref[:, i, :], None if self_reference else mass[:, i, :], folds=folds, random_state=random_state)
+        if fitted is None:
+            log.warning("class %r: too few %s with shares to cross-fit %d folds; left out of the scan-level score", name, what, n_folds)
+            continue
+        oof, oof_out, aud_p = fitted
+        ref_p[:, i] = _loo_p(oof)
+        oof_outlier[:, i] = oof_out
+        class_p[:, i] = ref_p[:, i] if self_reference else aud_p
+    ref_score = fisher_combination(ref_p)
+    score = ref_score.copy() if self_reference else fisher_combination(class_p)
+    if self_reference:
+        p_value = _loo_p(ref_score)
+        calib = ref_score[np.isfinite(ref_score)]
+        m_cal = max(len(calib) - 1, 0)  # each scan is compared with the others
+    else:
+        p_value = conformal_p(score, ref_score)
+        calib = ref_score[np.isfinite(ref_score)]
+        m_cal = len(calib)
+    k = int(np.floor(contamination * (m_cal + 1) + 1e-9))
+    # flagged <=> score > threshold: the k-th largest reference score (self-reference: the
+    # (k+1)-th of all scores, since each scan is compared with the others only)
+    rank = k if self_reference else k - 1
+    threshold = float(np.sort(calib)[::-1][rank]) if k >= 1 and rank < len(calib) else float("inf")
+    flagged = np.isfinite(p_value) & (p_value <= contamination + 1e-12)
+    if k == 0:
+        log.warning("%d %s cannot calibrate a false-positive rate of %g: no scan can be flagged (need at least %d)",
+                    m_cal, what, contamination, int(np.ceil(1 / contamination)) - 1)
+    scored_ref = np.isfinite(ref_p).any(axis=1)
+    heldout = float(oof_outlier[scored_ref].any(axis=1).mean()) if scored_ref.any() else float("nan")
+    return ScanAnomalyResult(
+        classes=tuple(classes), class_p=class_p, score=score, p_value=p_value, flagged=flagged,
+        reference_score=ref_score, reference_class_p=ref_p, threshold=threshold, contamination=contamination,
+        expected_fpr=k / (m_cal + 1), heldout_class_fpr=heldout, self_reference=self_reference,
+    )
+
+
+def moved_regions(shares: np.ndarray, reference: np.ndarray, regions: Sequence[str], *, k: int = 2) -> list[dict[str, object]]:
+    """The regions whose share moved most against the reference distribution, for one scan and class.
+
+    Each region's share is placed in the reference scans' shares by a two-sided conformal tail,
+    ``min((1 + #{ref >= x}), (1 + #{ref <= x})) / (M + 1)`` (absent regions count as 0, as in
+    the forests); the ``k`` smallest tails come first, ties broken by the distance to the
+    reference median.
+
+    Args:
+        shares: ``[B]`` the scan's shares of one class over the regions.
+        reference: ``[M, B]`` the reference scans' shares of that class.
+        regions: the ``B`` region names.
+        k: how many regions to return.
+
+    Returns:
+        ``[{"region", "share", "reference_median", "direction" ("up"/"down"), "tail"}]``.
+    """
+    x = np.nan_to_num(np.asarray(shares, dtype=float), nan=0.0)
+    ref, ok = _features(np.asarray(reference, dtype=float))
+    ref = ref[ok]
+    if not len(ref):
+        return []
+    med = np.median(ref, axis=0)
+    above = (1 + (ref >= x).sum(axis=0)) / (len(ref) + 1)
+    below = (1 + (ref <= x).sum(axis=0)) / (len(ref) + 1)
+    tail = np.minimum(above, below)
+    order = np.lexsort((-np.abs(x - med), tail))[:k]
+    return [{"region": regions[j], "share": float(x[j]), "reference_median": float(med[j]),
+             "direction": "up" if x[j] >= med[j] else "down", "tail": float(tail[j])} for j in order]
+
+
+def anomaly_worklist(
+    result: ScanAnomalyResult,
+    ids: Sequence[str],
+    mass: np.ndarray,
+    reference_mass: np.ndarray | None,
+    regions: Sequence[str],
+    *,
+    min_rows: int = 10,
+    k_classes: int = 3,
+    k_regions: int = 2,
+) -> list[dict[str, object]]:
+    """The scans to look at first, most anomalous first, each with why.
+
+    Every flagged scan, and at least ``min_rows`` scans in all, in order of the scan-level score.
+    Why: the ``k_classes`` classes with the smallest per-class p-values and, for each, the
+    ``k_regions`` regions whose share moved most against the reference (:func:`moved_regions`).
+
+    Args:
+        result: the scan-level result of the ``N`` audited scans.
+        ids: their ids.
+        mass: ``[N, A, B]`` their shares.
+        reference_mass: ``[M, A, B]`` the reference shares (``None``: the audited scans).
+        regions: the ``B`` region names.
+        min_rows: how many scans to list at least (flagged or not).
+        k_classes, k_regions: how many classes and regions to name per scan.
+
+    Returns:
+        ``[{"rank", "id", "score", "p_value", "flagged", "classes": [{"class", "p", "regions": [...]}]}]``.
+    """
+    ref = mass if reference_mass is None else reference_mass
+    scored = np.flatnonzero(np.isfinite(result.score))
+    order = scored[np.argsort(-result.score[scored], kind="stable")]
+    n_rows = max(int(result.flagged.sum()), min(min_rows, len(order)))
+    rows = []
+    for rank, n in enumerate(order[:n_rows], start=1):
+        p = result.class_p[n]
+        finite = np.flatnonzero(np.isfinite(p))
+        top = finite[np.argsort(p[finite], kind="stable")][:k_classes]
+        classes = [{"class": result.classes[a], "p": float(p[a]),
+                    "absent": bool(not np.isfinite(mass[n, a]).any()),
+                    "regions": [] if not np.isfinite(mass[n, a]).any() else moved_regions(mass[n, a], ref[:, a], regions, k=k_regions)}
+                   for a in top]
+        rows.append({"rank": rank, "id": str(ids[n]), "score": float(result.score[n]), "p_value": float(result.p_value[n]),
+                     "flagged": bool(result.flagged[n]), "classes": classes})
+    return rows
+
+
+def describe_worklist_row(row: dict[str, object]) -> str:
+    """One line of why for a worklist row, e.g. ``"heart (p 0.02): background up 41% (ref median 22%)"``."""
+    parts = []
+    for c in row["classes"]:  # type: ignore[union-attr]
+        if c["absent"]:
+            parts.append(f"{c['class']} (p {c['p']:.2g}): class not predicted")
+            continue
+        moved = ", ".join(f"{r['region']} {r['direction']} {100 * r['share']:.0f}% (ref median {100 * r['reference_median']:.0f}%)" for r in c["regions"])
+        parts.append(f"{c['class']} (p {c['p']:.2g}): {moved}")
+    return "; ".join(parts)
