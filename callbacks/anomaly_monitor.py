@@ -42,6 +42,9 @@ class AnomalyMonitor(Callback):
         self.prefix = "agg2exp" if source is None else f"agg2exp/{source}"
         self.history: list[dict[str, Any]] = []
         self.latest: AnomalyCheck | None = None
+        #: the calibrated scan-level score of the latest check (``None`` with fewer than
+        #: :data:`~agg2exp_lightning.analysis.anomaly.MIN_REFERENCE_SCANS` reference or validation scans)
+        self.latest_scan: Any = None
 
     @property
     @override
@@ -74,16 +77,23 @@ class AnomalyMonitor(Callback):
             metrics[f"{self.prefix}/outliers/{cls}"] = float(result.outliers[:, i].sum())
             metrics[f"{self.prefix}/anomaly_score_mean/{cls}"] = float(np.nanmean(result.scores[:, i])) if np.isfinite(result.scores[:, i]).any() else float("nan")
         metrics[f"{self.prefix}/outliers_any"] = float(result.any_outlier.sum())
+        scan = self.latest_scan = _scan_level(check.roi, targets, reference, self.random_state)
+        if scan is not None:
+            metrics[f"{self.prefix}/scan_flagged"] = float(scan.flagged.sum())
+            metrics[f"{self.prefix}/scan_score_mean"] = float(np.nanmean(scan.score)) if np.isfinite(scan.score).any() else float("nan")
         log_scalars(trainer, metrics)
         frame = pd.DataFrame(result.scores, index=pd.Index(check.subject_ids, name="subject_id"), columns=[f"{c}_score" for c in targets])
         for i, cls in enumerate(targets):
             frame[f"{cls}_outlier"] = result.outliers[:, i]
+        if scan is not None:
+            frame["scan_score"], frame["scan_p"], frame["scan_flagged"] = scan.score, scan.p_value, scan.flagged
         log_table(trainer, f"{self.prefix}/anomaly_scores", frame)
         self.latest = AnomalyCheck(
             epoch=check.epoch, subject_ids=list(check.subject_ids), metadata=list(check.metadata), result=result,
             correlation=correlation, fitted_on="reference" if reference is not None else "validation", source=check.source,
         )
         self.history.append({"epoch": check.epoch, "outliers_any": int(result.any_outlier.sum()),
+                             "scan_flagged": None if scan is None else int(scan.flagged.sum()),
                              "rho": None if correlation is None else {k: (None if v != v else float(v)) for k, v in correlation["rho"].items()}})
         deliver(trainer, pl_module, self.latest)
 
@@ -94,3 +104,17 @@ class AnomalyMonitor(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+
+
+def _scan_level(roi: np.ndarray, targets: list[str], reference: np.ndarray | None, random_state: int) -> Any:
+    """The calibrated scan-level score (:func:`~agg2exp_lightning.analysis.anomaly.scan_anomaly_scores`)
+    against the reference scans when there are enough, else the validation scans themselves; ``None``
+    when neither has enough scans to cross-fit."""
+    from agg2exp_lightning.analysis.anomaly import MIN_REFERENCE_SCANS, scan_anomaly_scores
+
+    basis = reference if reference is not None and len(reference) >= MIN_REFERENCE_SCANS else None
+    if basis is None and len(roi) < MIN_REFERENCE_SCANS:
+        log.debug("scan-level score skipped: %d validation and %d reference scans, need %d", len(roi),
+                  0 if reference is None else len(reference), MIN_REFERENCE_SCANS)
+        return None
+    return scan_anomaly_scores(roi, targets, basis, random_state=random_state)

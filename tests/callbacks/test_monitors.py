@@ -77,3 +77,30 @@ def test_bad_settings_fail_at_setup_with_a_clear_message(tmp_path, callbacks, me
     with pytest.raises(ValueError, match=message):
         trainer.fit(TinySegmenter(), *loaders())
     assert trainer.current_epoch == 0 and trainer.global_step == 0  # nothing trained before the error
+
+
+def test_anomaly_monitor_exposes_the_calibrated_scan_level_score(tmp_path):
+    from types import SimpleNamespace
+
+    from agg2exp_lightning.analysis.anomaly import scan_anomaly_scores
+    from agg2exp_lightning.callbacks.contract import ExplanationCheck
+
+    rng = np.random.default_rng(0)
+    roi, ref = rng.dirichlet(np.ones(3) * 20, size=(6, 2)), rng.dirichlet(np.ones(3) * 20, size=(12, 2))
+    roi[0] = [[0.9, 0.05, 0.05], [0.05, 0.05, 0.9]]  # one unusual validation scan
+    check = ExplanationCheck(epoch=0, subject_ids=[f"v{i}" for i in range(6)], roi=roi, metadata=[{}] * 6,
+                             reference_ids=[f"t{i}" for i in range(12)], reference_roi=ref, target_ids=[1, 2],
+                             target_names=["organ", "bone"], region_names=["background", "organ", "bone"])
+    trainer = SimpleNamespace(is_global_zero=True, loggers=[], log_dir=str(tmp_path), default_root_dir=str(tmp_path),
+                              callbacks=[], global_step=0, current_epoch=0)
+    monitor = AnomalyMonitor()
+    monitor.on_explanations(trainer, SimpleNamespace(), check)
+    expected = scan_anomaly_scores(roi, ["organ", "bone"], ref, random_state=123)
+    np.testing.assert_allclose(monitor.latest_scan.score, expected.score)
+    assert np.argmax(monitor.latest_scan.score) == 0 and monitor.history[-1]["scan_flagged"] == int(expected.flagged.sum())
+    table = pd.read_csv(next(tmp_path.rglob("*anomaly_scores*.csv")))
+    assert {"scan_score", "scan_p", "scan_flagged"} <= set(table.columns)
+    small = ExplanationCheck(epoch=1, subject_ids=check.subject_ids, roi=roi, metadata=[{}] * 6, target_ids=[1, 2],
+                             target_names=["organ", "bone"], region_names=["background", "organ", "bone"])
+    monitor.on_explanations(trainer, SimpleNamespace(), small)
+    assert monitor.latest_scan is None and monitor.history[-1]["scan_flagged"] is None  # 6 scans, no reference: too few
