@@ -1,13 +1,36 @@
-"""Weights & Biases logging that never asks for a login: offline unless the user says otherwise."""
+"""Weights & Biases logging that never asks for a login: offline unless the user says otherwise.
+
+What a W&B user expects from a training run, set up here:
+
+- ``epoch`` is the x-axis of the epoch-level values (``val/*``, ``train/nonfinite_loss_steps`` and the monitors'
+  ``agg2exp/*``; W&B's ``define_metric``), the global step stays the axis of step-level values;
+- the best validation Dice is in the run summary (``val/mean_dice_fg`` and each ``val/dice/<class>``
+  with ``max`` and ``last``);
+- the full resolved configuration (trainer, callbacks, data, model, as LightningCLI resolved it) is the
+  run's config, through :class:`SaveConfigToWandb`;
+- checkpoints become artifacts with ``log_model`` (``True``: at the end, ``"all"``: every checkpoint), as
+  in Lightning's :class:`~lightning.pytorch.loggers.WandbLogger`; an audit of such a checkpoint names it
+  as its input (:func:`agg2exp_lightning.audit.wandb_logging.log_audit_to_wandb`).
+"""
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 log = logging.getLogger(__name__)
+
+__all__ = ["BEST_METRICS", "EPOCH_METRICS", "OfflineFirstWandbLogger", "SaveConfigToWandb", "define_epoch_metrics", "resolved_config", "wandb_mode"]
+
+#: Keys (W&B globs) whose x-axis is ``epoch``.
+EPOCH_METRICS: tuple[str, ...] = ("val/*", "agg2exp/*", "train/nonfinite_loss_steps")
+#: Keys (``fnmatch`` patterns) whose best value (``max``) and last value go into the run summary.
+BEST_METRICS: tuple[str, ...] = ("val/mean_dice_fg", "val/dice/*")
 
 
 def wandb_mode() -> str:
@@ -20,20 +43,44 @@ def wandb_mode() -> str:
     return mode
 
 
+def define_epoch_metrics(run: Any, epoch_metrics: Sequence[str] = EPOCH_METRICS, best_metrics: Sequence[str] = ()) -> None:
+    """``epoch`` as the step metric of ``epoch_metrics`` (W&B globs: a ``*`` suffix), ``max``/``last``
+    summaries for the exact keys ``best_metrics``.
+
+    A value logged without ``epoch`` in the same call takes the last logged epoch (W&B's ``step_sync``).
+    W&B applies summaries to exact keys only: :class:`OfflineFirstWandbLogger` defines each key matching
+    :data:`BEST_METRICS` when it is first logged.
+    """
+    run.define_metric("epoch")
+    for key in epoch_metrics:
+        run.define_metric(key, step_metric="epoch")
+    for key in best_metrics:
+        run.define_metric(key, step_metric="epoch", summary="max,last")
+
+
 class OfflineFirstWandbLogger(WandbLogger):
     """A :class:`~lightning.pytorch.loggers.WandbLogger` that is offline by default.
 
     ``WANDB_MODE=online`` sends the run to W&B (with the user's own credentials); ``disabled`` turns
     W&B into a no-op. An offline run lands in ``<save_dir>/wandb/`` and ``wandb sync`` uploads it later.
+    Epoch-level values are plotted over ``epoch`` and the best validation Dice is in the summary
+    (:func:`define_epoch_metrics`).
 
     Args:
         save_dir: folder for the run's files.
         project: W&B project name.
         name: run name.
-        **kwargs: passed to :class:`WandbLogger`.
+        epoch_metrics: keys (globs) plotted over ``epoch``.
+        best_metrics: keys (``fnmatch`` patterns) whose ``max`` and ``last`` go into the summary.
+        **kwargs: passed to :class:`WandbLogger` (e.g. ``log_model="all"`` to keep every checkpoint as an
+            artifact, ``tags``, ``group``).
+
+    Example:
+        >>> trainer = pl.Trainer(logger=OfflineFirstWandbLogger("runs", log_model=True))  # doctest: +SKIP
     """
 
-    def __init__(self, save_dir: str = "runs", project: str = "agg2exp-lightning", name: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, save_dir: str = "runs", project: str = "agg2exp-lightning", name: str | None = None,
+                 epoch_metrics: Sequence[str] = EPOCH_METRICS, best_metrics: Sequence[str] = BEST_METRICS, **kwargs: Any) -> None:
         mode = wandb_mode()
         os.makedirs(save_dir, exist_ok=True)
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -41,4 +88,58 @@ class OfflineFirstWandbLogger(WandbLogger):
         if kwargs["settings"] is None:
             kwargs.pop("settings")
         super().__init__(save_dir=save_dir, project=project, name=name, offline=mode != "online", mode=mode, **kwargs)
+        self._epoch_metrics = tuple(epoch_metrics)
+        self._best_metrics = tuple(best_metrics)
+        self._metrics_defined = False
+        self._best_defined: set[str] = set()
         log.info("W&B mode: %s (set WANDB_MODE=online to upload)", mode)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log as :class:`WandbLogger` does; a new key matching ``best_metrics`` first gets its max/last summary."""
+        new = [k for k in metrics if k not in self._best_defined and any(fnmatch.fnmatchcase(k, p) for p in self._best_metrics)]
+        if new:
+            self._best_defined.update(new)
+            try:
+                define_epoch_metrics(self.experiment, (), new)
+            except Exception as err:
+                log.warning("W&B define_metric failed for %s: %s", new, err)
+        super().log_metrics(metrics, step)
+
+    @property
+    def experiment(self) -> Any:
+        run = super().experiment
+        if not self._metrics_defined and callable(getattr(run, "define_metric", None)):
+            self._metrics_defined = True
+            try:
+                define_epoch_metrics(run, self._epoch_metrics)
+            except Exception as err:  # a disabled run or an old wandb: plots fall back to the step axis
+                log.warning("W&B define_metric failed (%s); values are plotted over the global step", err)
+        return run
+
+
+class SaveConfigToWandb(SaveConfigCallback):
+    """LightningCLI's config callback that also puts the full resolved configuration into every W&B run.
+
+    Pass it as ``LightningCLI(..., save_config_callback=SaveConfigToWandb)``: besides ``config.yaml`` in
+    the log folder, the run's config gets the whole resolved configuration (``trainer``, its
+    ``callbacks`` and ``logger``, ``model``, ``data``, ``seed_everything``, ``ckpt_path``), so runs can
+    be compared and filtered by any setting in the W&B UI.
+    """
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or not trainer.is_global_zero:
+            return
+        config = resolved_config(self.parser, self.config)
+        for logger in loggers:
+            try:
+                logger.experiment.config.update(config, allow_val_change=True)
+            except Exception as err:  # logging must never stop training
+                log.warning("could not store the resolved configuration in the W&B run: %s", err)
+
+
+def resolved_config(parser: Any, config: Any) -> dict[str, Any]:
+    """The resolved LightningCLI configuration as plain nested dicts and lists (JSON types only)."""
+    import yaml
+
+    return yaml.safe_load(parser.dump(config, skip_none=False, skip_check=True)) or {}

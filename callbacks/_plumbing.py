@@ -27,12 +27,33 @@ def wandb_loggers(trainer: pl.Trainer) -> list:
 
 
 def log_scalars(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
-    """Scalars through every logger, at the current global step (rank zero only)."""
+    """Scalars through every logger, at the current global step with the current ``epoch`` (rank zero only)."""
     if not trainer.is_global_zero or not metrics:
         return
     clean = {k: float(v) for k, v in metrics.items() if v is not None and v == v}  # drop NaN
+    clean.setdefault("epoch", float(trainer.current_epoch))
     for logger in trainer.loggers:
         logger.log_metrics(clean, step=trainer.global_step)
+
+
+def _log_to_wandb(trainer: pl.Trainer, key: str, make: Any) -> None:
+    """``{key: make(wandb), "epoch": current epoch}`` to every W&B logger at the global step (epoch in the same
+    call, so W&B plots it over the epoch it belongs to, not the last one logged)."""
+    loggers = wandb_loggers(trainer)
+    if not loggers:
+        return
+    try:
+        import wandb
+
+        value = make(wandb)
+    except Exception as err:  # never let a logging failure kill training
+        log.warning("could not prepare %s for W&B: %s", key, err)
+        return
+    for logger in loggers:
+        try:
+            logger.log_metrics({key: value, "epoch": trainer.current_epoch}, step=trainer.global_step)
+        except Exception as err:
+            log.warning("could not log %s to W&B: %s", key, err)
 
 
 def log_figure(trainer: pl.Trainer, key: str, fig: Any) -> Path | None:
@@ -49,11 +70,7 @@ def log_figure(trainer: pl.Trainer, key: str, fig: Any) -> Path | None:
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-    for logger in wandb_loggers(trainer):
-        try:
-            logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
-        except Exception as err:  # never let a logging failure kill training
-            log.warning("could not log image %s to W&B: %s", key, err)
+    _log_to_wandb(trainer, key, lambda wandb: [wandb.Image(str(path))])
     return path
 
 
@@ -65,11 +82,7 @@ def log_table(trainer: pl.Trainer, key: str, frame: Any) -> Path | None:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}.csv"
     atomic_write_text(path, frame.to_csv(index=True))
-    for logger in wandb_loggers(trainer):
-        try:
-            logger.log_table(key=key, dataframe=frame.reset_index(), step=trainer.global_step)
-        except Exception as err:
-            log.warning("could not log table %s to W&B: %s", key, err)
+    _log_to_wandb(trainer, key, lambda wandb: wandb.Table(dataframe=frame.reset_index()))
     return path
 
 
@@ -89,3 +102,24 @@ def broadcast_object(obj: Any) -> Any:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
     return obj
+
+def log_masked_images(trainer: pl.Trainer, key: str, images: list[Any], masks: list[dict[str, Any]], captions: list[str]) -> None:
+    """Log slices as ``wandb.Image`` with masks the W&B UI can toggle (each logger that is a W&B one, rank zero).
+
+    Args:
+        trainer: the Trainer (its W&B loggers and global step).
+        key: the W&B key.
+        images: 2D intensity slices (scaled to [0, 255] per slice here).
+        masks: per image ``{mask name: {"mask_data": 2D int array, "class_labels": {id: name}}}``.
+        captions: one caption per image.
+    """
+    import numpy as np
+
+    if not trainer.is_global_zero or not images:
+        return
+    scaled = []
+    for image in images:
+        a = np.asarray(image, dtype=np.float32)
+        low, high = float(a.min()), float(a.max())
+        scaled.append(((a - low) / (high - low) * 255 if high > low else np.zeros_like(a)).astype(np.uint8))
+    _log_to_wandb(trainer, key, lambda wandb: [wandb.Image(a, masks=m, caption=c) for a, m, c in zip(scaled, masks, captions)])

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from agg2exp_lightning.callbacks._plumbing import gather_objects, log_figure, log_scalars, log_table
+from agg2exp_lightning.callbacks._plumbing import gather_objects, log_figure, log_masked_images, log_scalars, log_table, run_folder
 from agg2exp_lightning.callbacks.contract import (
     ExplanationCheck,
     class_names_of,
@@ -69,6 +69,9 @@ class ExplanationMonitor(Callback):
         overlay_classes: classes whose attribution is drawn over the first scan's slices (default: the
             first foreground target; ``[]`` for none).
         at_train_end: also run once when training ends (if the last epoch was not a check).
+        save_maps: also write each explained validation scan's attribution maps and prediction as NIfTI in
+            the scan's own grid, to ``<run>/agg2exp/maps/epoch<NNN>/`` (see :mod:`agg2exp_lightning.audit.maps`;
+            the data must be loaded by this toolkit's preprocessing, which records the file's grid).
         name: a name for this monitor, needed only when one Trainer holds several: it prefixes the logged
             keys (``agg2exp/<name>/...``), keeps the monitor's state apart in checkpoints (``state_key``) and
             is the ``source`` that :class:`AnomalyMonitor` follows.
@@ -91,6 +94,7 @@ class ExplanationMonitor(Callback):
         max_seconds: float | None = None,
         overlay_classes: Sequence[str] | None = None,
         at_train_end: bool = True,
+        save_maps: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__()
@@ -108,6 +112,7 @@ class ExplanationMonitor(Callback):
         self.max_seconds = max_seconds
         self.overlay_classes = None if overlay_classes is None else tuple(overlay_classes)
         self.at_train_end = at_train_end
+        self.save_maps = bool(save_maps)
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
             raise ValueError(f"Expected argument `name` to be a non-empty string without '/', or None, but got {name!r}")
         self.name = name
@@ -190,9 +195,10 @@ class ExplanationMonitor(Callback):
         return [ids.index(s) for s in self.scan_ids]
 
     def _explain_items(
-        self, pl_module, dataset, indices, deadline
+        self, pl_module, dataset, indices, deadline, maps_writer: Any = None
     ) -> tuple[list[tuple[str, np.ndarray, dict]], int, dict, list[str]]:
-        """Explain ``dataset[indices]``: ``(done, skipped by the budget, overlay data, non-finite scan ids)``."""
+        """Explain ``dataset[indices]``: ``(done, skipped by the budget, overlay data, non-finite scan ids)``;
+        with ``maps_writer``, each scan's maps are written as NIfTI in its own grid."""
         from agg2exp_lightning.explain import explain
 
         window = sliding_window_options(pl_module)
@@ -202,8 +208,9 @@ class ExplanationMonitor(Callback):
             if deadline is not None and time.monotonic() > deadline:
                 skipped += 1
                 continue
-            image, sid, meta = volume(dataset[i])
-            want_maps = not overlay and bool(self.overlay_classes)
+            item = dataset[i]
+            image, sid, meta = volume(item)
+            want_maps = (not overlay and bool(self.overlay_classes)) or maps_writer is not None
             try:
                 with torch.inference_mode(False):
                     x = image.detach().clone().to(pl_module.device)
@@ -221,6 +228,10 @@ class ExplanationMonitor(Callback):
             if not np.all(np.isfinite(roi) | np.isnan(roi)):
                 log.warning("ExplanationMonitor: non-finite shares for scan %s", sid)
             done.append((sid, roi, meta))
+            if maps_writer is not None and result.attributions is not None:
+                first = item[0] if isinstance(item, list) else item
+                maps_writer(sid, getattr(first["image"], "meta", {}), result.attributions.detach().cpu(),
+                            result.prediction.detach().cpu(), self._target_ids)
             if want_maps and result.attributions is not None:
                 overlay = {"image": image[0].cpu().numpy(), "prediction": result.prediction.cpu().numpy(),
                            "attributions": result.attributions.detach().cpu().numpy(), "subject_id": sid}
@@ -238,7 +249,15 @@ class ExplanationMonitor(Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            mine, skipped, overlay, nonfinite = self._explain_items(pl_module, dataset, indices[rank::world], deadline)
+            maps_writer = None
+            if self.save_maps:
+                from agg2exp_lightning.audit.maps import MapWriter, write_colour_table
+
+                folder = run_folder(trainer) / "maps" / f"epoch{trainer.current_epoch:03d}"
+                if trainer.is_global_zero:
+                    write_colour_table(folder, self._class_names)
+                maps_writer = MapWriter(folder, self._class_names)
+            mine, skipped, overlay, nonfinite = self._explain_items(pl_module, dataset, indices[rank::world], deadline, maps_writer)
             ref: list[tuple[str, np.ndarray, dict]] = []
             if self.reference_scans:
                 ds = reference_dataset(trainer, self.reference_scans)
@@ -329,6 +348,16 @@ class ExplanationMonitor(Callback):
         if rows:
             title = f"{overlay['subject_id']}: attributions, epoch {trainer.current_epoch}"
             log_figure(trainer, f"{self.prefix}/overlay", case_grid(rows, title=title))
+            labels = dict(enumerate(self._class_names))
+            masks = []
+            for caption, _, prediction, attribution in rows:
+                magnitude = np.abs(attribution)
+                top = magnitude >= np.quantile(magnitude, 0.9) if magnitude.max() > 0 else np.zeros_like(magnitude, bool)
+                masks.append({"prediction": {"mask_data": prediction.astype(np.uint8), "class_labels": labels},
+                              "top_attribution": {"mask_data": top.astype(np.uint8),
+                                                  "class_labels": {1: f"top 10% |attribution| of {caption.split(' ')[0]}"}}})
+            log_masked_images(trainer, f"{self.prefix}/overlay_masks", [r[1] for r in rows], masks,
+                              [f"{overlay['subject_id']}: {r[0]}" for r in rows])
 
     # -- checkpoint state ---------------------------------------------------------------------
     @override
