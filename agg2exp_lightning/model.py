@@ -149,6 +149,14 @@ class SegmentationModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite_loss_steps = int(checkpoint.get("nonfinite_loss_steps", 0))
+        # Class weights computed from the training labels (class_weights="inverse_...") are buffers of the loss
+        # set when fitting starts; a module built to validate, test or predict from such a checkpoint takes them
+        # from it, so that the checkpoint loads strictly.
+        weight = (checkpoint.get("state_dict") or {}).get("loss.cross_entropy.weight")
+        if weight is not None and self.loss.cross_entropy.weight is None:
+            from monai.losses import DiceCELoss
+
+            self.loss = DiceCELoss(to_onehot_y=True, softmax=True, weight=torch.as_tensor(weight).to(self.device))
 
     # -- inference ----------------------------------------------------------------------------
     def predict_logits(self, image: Tensor) -> Tensor:

@@ -46,3 +46,16 @@ def test_every_ranks_scans_are_kept_and_a_padded_repeat_once(module, monkeypatch
 
 def test_gather_objects_without_a_process_group_is_the_object_alone():
     assert distributed.gather_objects({"a": 1}) == [{"a": 1}]
+
+
+def test_a_checkpoint_with_data_derived_class_weights_loads_strictly_for_evaluation():
+    """Fitted with class_weights="inverse_..." the loss holds weights set at fit start; a module built from the
+    same settings to validate/test/predict takes them from the checkpoint."""
+    kwargs = dict(num_classes=3, feature_size=12, depths=(1, 1, 1, 1), roi_size=(32, 32, 32))
+    fitted = SegmentationModule(**kwargs, class_weights=[1.0, 2.0, 3.0])
+    fresh = SegmentationModule(**kwargs, class_weights="inverse_sqrt_frequency")
+    checkpoint = {"state_dict": fitted.state_dict()}
+    assert fresh.loss.cross_entropy.weight is None
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"], strict=True)
+    assert torch.equal(fresh.loss.cross_entropy.weight, torch.tensor([1.0, 2.0, 3.0]))
