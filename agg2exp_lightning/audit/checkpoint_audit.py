@@ -1,4 +1,4 @@
-"""Audit a trained checkpoint on a dataset (``--checkpoint``): load, pick the splits, run the scan audit."""
+"""Audit a model on a dataset (``--model``: a checkpoint, MONAI bundle or factory): load, pick the splits, run the scan audit."""
 from __future__ import annotations
 
 import functools
@@ -20,8 +20,16 @@ log = logging.getLogger(__name__)
 DEFAULT_SPACING = (1.5, 1.5, 1.5)
 
 
-def default_explainer(method: str, options: Mapping[str, Any] | None = None, roi_size: Sequence[int] | None = None) -> Explainer:
+def default_explainer(method: str, options: Mapping[str, Any] | None = None, roi_size: Sequence[int] | None = None, *,
+                      targets: Sequence[int] | None = None, window: Mapping[str, Any] | None = None) -> Explainer:
     """:func:`agg2exp_lightning.explain.explain` with the method and its options bound.
+
+    Args:
+        method: the attribution method (aliases accepted).
+        options: its keyword options (``--method-option``).
+        roi_size: sliding-window size (``None``: whole volumes).
+        targets: class ids to explain (default: every class).
+        window: further sliding-window keywords of ``explain`` (``sw_batch_size``, ``overlap``, ``mode``).
 
     Raises:
         DataError: the explain package is not available, the method is unknown, or an option is
@@ -42,45 +50,41 @@ def default_explainer(method: str, options: Mapping[str, Any] | None = None, roi
     unknown = sorted(set(options or {}) - allowed)
     if unknown:
         raise DataError(f"--method-option: {unknown} not accepted by method {name!r}; accepted: {sorted(allowed)}")
-    return functools.partial(explain, method=method, roi_size=None if roi_size is None else tuple(roi_size), **dict(options or {}))
+    bound = {**{k: v for k, v in dict(window or {}).items() if k != "roi_size"}, **dict(options or {})}
+    if targets is not None:
+        bound["targets"] = list(targets)
+    return functools.partial(explain, method=method, roi_size=None if roi_size is None else tuple(roi_size), **bound)
 
 
-def checkpoint_spacing(path: str | Path) -> tuple[float, float, float] | None:
-    """The training spacing stored with the data module's hyper-parameters, if any (``weights_only``)."""
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        spacing = ckpt.get("datamodule_hyper_parameters", {}).get("spacing")
-        return tuple(float(s) for s in spacing) if spacing is not None else None
-    except Exception:  # unreadable checkpoints are reported by the model loader; spacing falls back
-        return None
-
-
-def load_audit_model(checkpoint: str | Path, *, num_classes: int | None = None) -> Any:
-    """The :class:`~agg2exp_lightning.model.SegmentationModule` of a checkpoint (``weights_only``), for
-    one input channel (CT) and, if given, ``num_classes`` classes.
+def _model_for_data(loaded: Any, mapping: Mapping[str, Sequence[str]], mapping_name: str, thorax: bool) -> None:
+    """Refuse a model that cannot audit this data: CT has one channel, and TotalSegmentator structures are
+    merged into labels that must be among the model's classes.
 
     Raises:
-        DataError: naming the file and what was expected: missing, not a torch checkpoint (or one
-            holding objects that would need unpickling), a checkpoint of another model, or of another
-            number of classes or channels.
+        DataError: naming the model source and what was expected.
     """
-    from agg2exp_lightning.model import load_segmentation_checkpoint
-
-    model = load_segmentation_checkpoint(checkpoint)  # names the file and what does not fit
-    for name, wanted, why in (("in_channels", 1, "CT scans have one channel"),
-                              ("num_classes", num_classes, "the data's structures are merged into the thorax labels")):
-        got = int(model.hparams.get(name, -1))
-        if wanted is not None and got != wanted:
-            raise DataError(f"checkpoint {checkpoint}: expected a model with {name}={wanted} ({why}), but it has {name}={got}")
-    return model
+    where = f"{'checkpoint' if loaded.kind == 'checkpoint' else loaded.kind} {loaded.source}"
+    if loaded.in_channels is not None and loaded.in_channels != 1:
+        raise DataError(f"{where}: expected a model with in_channels=1 (CT scans have one channel), but it has in_channels={loaded.in_channels}")
+    if not thorax:
+        return
+    wanted = len(mapping) + 1
+    if loaded.num_classes != wanted:
+        raise DataError(f"{where}: expected a model with num_classes={wanted} (background and the {len(mapping)} labels the "
+                        f"TotalSegmentator structures are merged into by {mapping_name}), but it has num_classes={loaded.num_classes}")
+    lacking = [label for label in mapping if label not in loaded.class_names[1:]]
+    if lacking:
+        raise DataError(f"{where}: its classes {list(loaded.class_names)} lack the labels {lacking} of {mapping_name}; give --label-map "
+                        "naming its output channels as the mapping names them, or --mapping-file for its labels")
 
 
 def run_checkpoint_audit(
-    checkpoint: str | Path,
+    model: Any,
     out_dir: str | Path,
     *,
+    weights: str | Path | None = None,
+    label_map: Any = None,
+    targets: Sequence[str | int] | None = None,
     data: str | Path | None = None,
     manifest: str | Path | None = None,
     method: str = "smoothgrad",
@@ -103,12 +107,16 @@ def run_checkpoint_audit(
     save_maps: bool = False,
     figures_for: Sequence[str] = (),
 ) -> AuditOutputs | None:
-    """Explain every scan of a split with a trained model and audit the cohort.
+    """Explain every scan of a split with a model and audit the cohort.
 
     Args:
-        checkpoint: Lightning checkpoint of a
-            :class:`~agg2exp_lightning.model.SegmentationModule` (loaded with ``weights_only=True``).
+        model: the model: this toolkit's checkpoint, a MONAI bundle folder, ``package.module:function``, an
+            ``nn.Module`` (with ``label_map``), or a :class:`~agg2exp_lightning.model_loading.LoadedModel`
+            (see :func:`~agg2exp_lightning.model_loading.load_model`; weights read with ``weights_only=True``).
         out_dir: output folder; resumed if it holds this audit, refused if another (see ``overwrite``).
+        weights: state dict of a ``package.module:function`` model.
+        label_map: names of the model's output channels (file, list or mapping); default: the source's.
+        targets: classes to explain, by name or id (default: every class).
         data: a TotalSegmentator v2 root or a manifest CSV.
         manifest: a manifest CSV (columns ``image``, ``label``, metadata); overrides ``data``.
         method: attribution method passed to the explainer (e.g. ``smoothgrad``).
@@ -116,8 +124,9 @@ def run_checkpoint_audit(
         split: the split to audit.
         reference_split: a split to fit the Isolation Forests on (paper: ``train``); ``None`` fits
             on the audited scans.
-        spacing: resampling spacing in mm; default the training data module's, else 1.5 mm.
-        roi_size: sliding-window size of the explanations (default: the model's ``roi_size``).
+        spacing: resampling spacing in mm; default the model source's (training data module, bundle
+            preprocessing), else 1.5 mm.
+        roi_size: sliding-window size of the explanations (default: the source's; none: whole volumes).
         mapping_file: TotalSegmentator structure mapping (default: the shipped one).
         overwrite: replace another audit's results in ``out_dir``.
         accelerator, devices, strategy: Lightning Trainer settings (e.g. ``"ddp"`` on 2 devices).
@@ -131,45 +140,59 @@ def run_checkpoint_audit(
         figures_for: scan ids drawn in three views besides the worklist's (needs ``save_maps``).
 
     Returns:
-        The written outputs on rank 0; ``None`` on other ranks.
+        The written outputs (with the analysis) on rank 0; ``None`` on other ranks.
 
     Raises:
-        DataError: missing or unreadable checkpoint/data, empty split, no scan finished, or an
-            output folder of another audit.
+        DataError: missing or unreadable model/data, a model that does not fit the data, empty split,
+            no scan finished, or an output folder of another audit.
 
     Example:
         >>> run_checkpoint_audit("model.ckpt", "runs/audit", data="data/synthetic_thorax")  # doctest: +SKIP
     """
     from agg2exp_lightning.audit.scan_audit import run_scan_audit
     from agg2exp_lightning.data.subjects import discover_records, manifest_records, select_split
-    from agg2exp_lightning.labels import THORAX_CLASSES, load_structure_mapping
+    from agg2exp_lightning.labels import DEFAULT_MAPPING_FILE, load_structure_mapping
+    from agg2exp_lightning.model_loading import LoadedModel, load_model, resolve_targets
 
     if data is None and manifest is None:
-        raise DataError("a checkpoint audit needs --data (dataset root or manifest) or --manifest")
-    checkpoint = Path(checkpoint)
+        raise DataError("an audit of a model needs --data (dataset root or manifest) or --manifest")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights=weights, label_map=label_map)
     source = manifest if manifest is not None else data
     records = manifest_records(manifest) if manifest is not None else discover_records(data)
-    # TotalSegmentator subjects are merged into the thorax labels: the model must predict exactly those.
+    mapping = load_structure_mapping(mapping_file)
+    # TotalSegmentator subjects are merged into the mapping's labels: the model must predict those.
     thorax = any(r.layout == "totalsegmentator" for r in records)
-    model = load_audit_model(checkpoint, num_classes=len(THORAX_CLASSES) if thorax else None)
-    spacing = tuple(float(s) for s in spacing) if spacing is not None else (checkpoint_spacing(checkpoint) or DEFAULT_SPACING)
-    roi_size = tuple(int(r) for r in (roi_size if roi_size is not None else model.hparams.roi_size))
+    _model_for_data(loaded, mapping, f"structure mapping {mapping_file or DEFAULT_MAPPING_FILE}", thorax)
+    target_ids = resolve_targets(targets, loaded.class_names, argument="--targets")
+    if target_ids is not None:  # channel order, as the analysis orders classes (and the case figures their slices)
+        target_ids = sorted(target_ids)
+    spacing = tuple(float(s) for s in spacing) if spacing is not None else (loaded.spacing or DEFAULT_SPACING)
+    window = dict(loaded.window)
+    if roi_size is not None:
+        window = {**window, "roi_size": tuple(int(r) for r in roi_size)}
+    roi = window.get("roi_size")
     sets = {"audited": select_split(records, split, source=source)}
     if reference_split is not None:
         sets["reference"] = select_split(records, reference_split, source=source)
     config = {
-        "mode": "checkpoint", "checkpoint_sha256": file_sha256(checkpoint), "data": str(Path(source).resolve()),
+        "mode": "checkpoint" if loaded.kind == "checkpoint" else loaded.kind, **loaded.identity,
+        "data": str(Path(source).resolve()),
         "manifest_sha256": file_sha256(manifest) if manifest is not None else None, "method": method,
         "method_options": dict(method_options or {}), "split": split, "reference_split": reference_split,
-        "spacing": list(spacing), "roi_size": list(roi_size), "random_state": random_state,
+        "spacing": list(spacing), "roi_size": list(roi) if roi is not None else None, "random_state": random_state,
         "n_dependencies": n_dependencies, "mapping_sha256": file_sha256(mapping_file) if mapping_file else None,
+        **({"targets": target_ids} if target_ids is not None else {}),
+        **({"sliding_window": {k: v for k, v in window.items() if k != "roi_size"}} if roi is not None else {}),
     }
-    inputs = {"checkpoint": str(checkpoint), "data": str(source), "split": split, "method": method,
-              "method options": json.dumps(dict(method_options or {})), "sliding window": "x".join(map(str, roi_size))}
+    inputs = {"model": f"{loaded.source} ({loaded.kind})", "classes": ", ".join(loaded.class_names), "data": str(source),
+              "split": split, "method": method, "method options": json.dumps(dict(method_options or {})),
+              "sliding window": "x".join(map(str, roi)) if roi is not None else "none (whole volumes)"}
+    if target_ids is not None:
+        inputs["explained classes"] = ", ".join(loaded.class_names[i] for i in target_ids)
     return run_scan_audit(
-        model, model.class_names, sets, out_dir,
-        explainer=explainer if explainer is not None else default_explainer(method, method_options, roi_size),
-        config=config, spacing=spacing, mapping=load_structure_mapping(mapping_file), inputs=inputs, overwrite=overwrite,
+        loaded.model, loaded.class_names, sets, out_dir,
+        explainer=explainer if explainer is not None else default_explainer(method, method_options, roi, targets=target_ids, window=window),
+        config=config, spacing=spacing, mapping=mapping, inputs=inputs, overwrite=overwrite,
         trainer_kwargs={"accelerator": accelerator, "devices": devices, "strategy": strategy}, num_workers=num_workers,
         random_state=random_state, n_dependencies=n_dependencies, wandb=wandb, wandb_project=wandb_project,
         save_maps=save_maps, figures_for=figures_for,

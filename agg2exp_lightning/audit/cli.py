@@ -4,21 +4,36 @@ Examples::
 
     agg2exp-audit --from-table tsv2_test_aggregated_sg_explanations_with_dice.csv --out runs/audit_tsv2
     agg2exp-audit --from-table table.csv --metadata meta.csv --reference-table train.csv --out runs/audit
-    agg2exp-audit --checkpoint model.ckpt --data /data/Totalsegmentator_v2 --method smoothgrad \
+    agg2exp-audit --model model.ckpt --data /data/Totalsegmentator_v2 --method smoothgrad \
         --method-option n_samples=10 --reference-split train --out runs/audit_ckpt --devices 2 --strategy ddp
+    agg2exp-audit --model bundles/my_ct_bundle --data scans.csv --targets liver tumour --out runs/audit_bundle
+    agg2exp-audit --model mypkg.nets:build --weights net.pt --label-map labels.yaml --data scans.csv --out runs/audit_own
+
+Python::
+
+    from agg2exp_lightning.audit import audit
+    analysis = audit("model.ckpt", "data/synthetic_thorax", method="vanilla_gradient", reference="train", out="runs/audit")
 """
 from __future__ import annotations
 
 import argparse
-import errno
-import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE
+from agg2exp_lightning.cli_common import (
+    METHOD_OPTION_HELP,
+    METHOD_OPTION_SYNTAX,
+    add_device_arguments,
+    add_model_arguments,
+    add_version_argument,
+    describe_os_error,
+    method_options_for,
+    parse_devices,
+    parse_method_options,
+)
 from agg2exp_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -29,23 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agg2exp-audit", description="Post-hoc audit of a segmentation model's aggregated explanations (Agg2Exp).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-table", metavar="CSV", help="table of aggregated explanations in the published column format")
-    src.add_argument("--checkpoint", metavar="CKPT", help="trained SegmentationModule checkpoint to explain and audit")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumed if it holds this audit)")
     t = p.add_argument_group("table mode (--from-table)")
     t.add_argument("--metadata", metavar="CSV", help="metadata joined on the id column (patient / image_id), e.g. meta.csv")
     t.add_argument("--reference-table", metavar="CSV", help="table to fit the Isolation Forests on (default: the audited scans)")
-    c = p.add_argument_group("checkpoint mode (--checkpoint)")
+    c = p.add_argument_group("model mode (--model)")
+    add_model_arguments(c, source_group=src)
     c.add_argument("--data", metavar="ROOT", help="TotalSegmentator v2 root or manifest CSV")
     c.add_argument("--manifest", metavar="CSV", help="manifest CSV (image, label, metadata columns); overrides --data")
     c.add_argument("--method", default="smoothgrad", help="attribution method (default %(default)s)")
-    c.add_argument("--method-option", action="append", default=[], metavar="K=V", help="method option, repeatable; V parsed as JSON if it can be")
+    c.add_argument("--method-option", action="append", default=[], metavar=METHOD_OPTION_SYNTAX, help=METHOD_OPTION_HELP)
+    c.add_argument("--targets", nargs="+", metavar="CLASS", help="classes to explain, by name or channel id (default: every class)")
+    c.add_argument("--mapping-file", metavar="YAML",
+                   help="TotalSegmentator structures -> the model's labels (default: the shipped thorax mapping)")
     c.add_argument("--split", default="test", help="split to audit (default %(default)s)")
     c.add_argument("--reference-split", metavar="SPLIT", help="split to fit the Isolation Forests on (paper: train)")
     c.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="resampling spacing in mm (default: the training data module's)")
     c.add_argument("--roi-size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size for the explainer")
-    c.add_argument("--accelerator", default="auto", help="Lightning accelerator (default %(default)s)")
-    c.add_argument("--devices", default="1", help="Lightning devices (default %(default)s)")
-    c.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default %(default)s)")
+    add_device_arguments(c)
     c.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace another audit's results in --out")
     p.add_argument("--random-state", type=int, default=DEFAULT_RANDOM_STATE, help="seed of the Isolation Forests (default %(default)s)")
@@ -57,38 +73,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--figures-for", nargs="+", default=[], metavar="ID",
                    help="also draw these scans in three views (besides the worklist's; needs --save-maps)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    add_version_argument(p)
     return p
 
 
-def parse_method_options(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["n_samples=10", "noise=0.1", "baseline=zeros"]`` -> ``{"n_samples": 10, "noise": 0.1, "baseline": "zeros"}``.
+def _method_options(method: str, items: Sequence[str]) -> dict[str, Any]:
+    """The audited method's options from ``--method-option`` items; a ``METHOD.`` prefix must name that method.
 
     Raises:
-        ValueError: an item is not ``key=value``.
+        ValueError: an unknown method, a malformed item, or an item for another method.
     """
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"Expected --method-option as KEY=VALUE, got {pair!r}")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
-    return options
+    from agg2exp_lightning.explain import resolve_method_name
 
-
-def describe_os_error(err: OSError, out_dir: str | Path) -> str:
-    """A one-line account of a failed read or write, naming the file and, for writes there, the output folder."""
-    reason = f"{err.strerror or err} ({errno.errorcode.get(err.errno, err.errno)})" if err.errno else str(err)
-    where = Path(err.filename) if err.filename else None
-    out = Path(out_dir)
-    inside = where is not None and (where.resolve() == out.resolve() or out.resolve() in where.resolve().parents)
-    if where is None or inside:
-        return (f"cannot write to the output folder {out}{f' ({where})' if where is not None else ''}: {reason}. "
-                "Expected a writable --out with free space; results finished there so far are kept, so rerun the "
-                "same command to resume once it is writable, or choose another --out")
-    return f"cannot access {where}: {reason}"
+    try:
+        name = resolve_method_name(method)
+    except ValueError as err:
+        raise ValueError(f"--method: {err}") from err
+    parsed = parse_method_options(items)
+    other = sorted({o.method for o in parsed if o.method not in (None, name)})
+    if other:
+        raise ValueError(f"--method-option names method(s) {other}, but this audit runs {name!r}")
+    return method_options_for(parsed, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,14 +103,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.dependencies < 1:
         parser.error(f"--dependencies must be a positive integer, got {args.dependencies}")
-    if args.from_table is not None and (args.data or args.manifest):
-        parser.error("--data/--manifest belong to --checkpoint audits, not --from-table")
-    if args.checkpoint is not None and (args.metadata or args.reference_table):
-        parser.error("--metadata/--reference-table belong to --from-table audits (checkpoint audits read metadata from the data)")
+    if args.from_table is not None:
+        given = [f for f, v in (("--data", args.data), ("--manifest", args.manifest), ("--weights", args.weights),
+                                ("--label-map", args.label_map), ("--targets", args.targets), ("--mapping-file", args.mapping_file)) if v]
+        if given:
+            parser.error(f"{'/'.join(given)} belong to --model audits, not --from-table")
+    if args.model is not None and (args.metadata or args.reference_table):
+        parser.error("--metadata/--reference-table belong to --from-table audits (model audits read metadata from the data)")
     try:
-        options = parse_method_options(args.method_option)
+        options, devices = _method_options(args.method, args.method_option), parse_devices(args.devices)
     except ValueError as err:
-        parser.error(str(err))
+        print(f"agg2exp-audit: error: {err}", file=sys.stderr)
+        return 2
     common = dict(overwrite=args.overwrite, random_state=args.random_state, n_dependencies=args.dependencies,
                   wandb=args.wandb, wandb_project=args.wandb_project)
     try:
@@ -118,9 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             from agg2exp_lightning.audit.checkpoint_audit import run_checkpoint_audit
 
-            devices: int | str = int(args.devices) if args.devices.isdigit() else args.devices
             outputs = run_checkpoint_audit(
-                args.checkpoint, args.out, data=args.data, manifest=args.manifest, method=args.method, method_options=options,
+                args.model, args.out, weights=args.weights, label_map=args.label_map, targets=args.targets,
+                mapping_file=args.mapping_file, data=args.data, manifest=args.manifest, method=args.method, method_options=options,
                 split=args.split, reference_split=args.reference_split, spacing=args.spacing, roi_size=args.roi_size,
                 accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_workers=args.num_workers,
                 save_maps=args.save_maps, figures_for=args.figures_for, **common,

@@ -39,13 +39,14 @@ SET_FOLDERS = {"audited": "scans", "reference": "reference_scans"}
 class PerScanTransform:
     """The data module's deterministic preprocessing, with labels for scans that have them."""
 
-    def __init__(self, mapping: Mapping[str, Sequence[str]], num_classes: int, spacing: Sequence[float]) -> None:
+    def __init__(self, mapping: Mapping[str, Sequence[str]], num_classes: int, spacing: Sequence[float],
+                 class_names: Sequence[str] | None = None) -> None:
         from monai.transforms import Compose
 
         from agg2exp_lightning.data.transforms import preprocessing
 
-        self.with_labels = Compose(preprocessing(mapping, num_classes, spacing, with_labels=True))
-        self.without = Compose(preprocessing(mapping, num_classes, spacing, with_labels=False))
+        self.with_labels = Compose(preprocessing(mapping, num_classes, spacing, with_labels=True, class_names=class_names))
+        self.without = Compose(preprocessing(mapping, num_classes, spacing, with_labels=False, class_names=class_names))
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         return (self.with_labels if item.get("labels") else self.without)(item)
@@ -173,7 +174,7 @@ def run_scan_audit(
     log.info("%d of %d scans to explain (%d finished earlier)", len(pending), n_all, n_all - len(pending))
     if pending:
         module = ScanAuditModule(model, explainer, class_names, map_writer=map_writer)
-        transform = PerScanTransform(mapping, len(class_names), spacing)
+        transform = PerScanTransform(mapping, len(class_names), spacing, class_names)
         if _predict(module, pending, out, transform, dict(trainer_kwargs or {}), num_workers) != 0:
             return None
 

@@ -480,12 +480,14 @@ def _condition_arg(text: str) -> tuple[str, float]:
     return name, value
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``agg2exp-make-cohort``: write a synthetic thorax cohort (see :func:`generate_cohort`)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``agg2exp-make-cohort`` (separate so tests and docs can inspect it)."""
+    from agg2exp_lightning.cli_common import add_version_argument
+
     parser = argparse.ArgumentParser(prog="agg2exp-make-cohort", description=__doc__.split("\n")[0])
     parser.add_argument("root", help="dataset folder to write")
-    parser.add_argument("--n-subjects", type=int, default=36)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-subjects", type=int, default=36, help="number of subjects (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the anatomy, noise and planted conditions (default %(default)s)")
     parser.add_argument("--shape", type=int, nargs="+", default=[80, 80, 80], help="one or three sizes in voxels")
     parser.add_argument("--spacing", type=float, default=4.0, help="isotropic voxel size in mm")
     parser.add_argument("--condition", type=_condition_arg, action="append", default=[], metavar="NAME=FRACTION",
@@ -493,7 +495,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--degraded-scanner", default=None, help=f"scanner model made noisier: {', '.join(s[2] for s in SCANNERS)}")
     parser.add_argument("--overwrite", action="store_true", help="regenerate an existing cohort")
     parser.add_argument("--preview", default=None, metavar="PNG", help="also save a montage of the first subject")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    add_version_argument(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``agg2exp-make-cohort``: write a synthetic thorax cohort (see :func:`generate_cohort`)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if len(args.shape) not in (1, 3):
         parser.error(f"--shape takes one or three sizes, got {args.shape}")

@@ -32,14 +32,19 @@ def _is_body(x: torch.Tensor) -> torch.Tensor:
 
 
 def load_subject_arrays(
-    record: Mapping[str, Any], mapping: Mapping[str, Sequence[str]], num_classes: int
+    record: Mapping[str, Any], mapping: Mapping[str, Sequence[str]], num_classes: int,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Load ``(ct HU float32, labels uint8 or None, affine)`` for a record dict from :class:`SubjectRecord`."""
+    """Load ``(ct HU float32, labels uint8 or None, affine)`` for a record dict from :class:`SubjectRecord`.
+
+    TotalSegmentator structures are merged into the label ids of ``class_names`` (default: the 17 thorax
+    labels when ``num_classes`` is 17).
+    """
     sid = record["subject_id"]
     if record["layout"] == "totalsegmentator":
         from agg2exp_lightning.labels import THORAX_CLASSES
 
-        names = THORAX_CLASSES if num_classes == len(THORAX_CLASSES) else None
+        names = class_names if class_names is not None else (THORAX_CLASSES if num_classes == len(THORAX_CLASSES) else None)
         if names is None:
             raise DataError(
                 f"subject {sid}: TotalSegmentator structures merge into the {len(THORAX_CLASSES)} thorax labels, "
@@ -69,14 +74,15 @@ class LoadSubjectd(Transform):
     NIfTI files again.
     """
 
-    def __init__(self, mapping: Mapping[str, Sequence[str]], num_classes: int) -> None:
+    def __init__(self, mapping: Mapping[str, Sequence[str]], num_classes: int, class_names: Sequence[str] | None = None) -> None:
         self.mapping = dict(mapping)
         self.num_classes = num_classes
+        self.class_names = None if class_names is None else list(class_names)
 
     def __call__(self, record: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         from monai.data import MetaTensor
 
-        ct, labels, affine = load_subject_arrays(record, self.mapping, self.num_classes)
+        ct, labels, affine = load_subject_arrays(record, self.mapping, self.num_classes, self.class_names)
         aff = torch.as_tensor(affine, dtype=torch.float64)
         out: dict[Hashable, Any] = {"subject_id": record["subject_id"], "metadata": dict(record["metadata"])}
         # MONAI's loader keys: the scan's own grid, to write predictions back onto it
@@ -88,7 +94,8 @@ class LoadSubjectd(Transform):
 
 
 def preprocessing(
-    mapping: Mapping[str, Sequence[str]], num_classes: int, spacing: Sequence[float], *, with_labels: bool = True
+    mapping: Mapping[str, Sequence[str]], num_classes: int, spacing: Sequence[float], *, with_labels: bool = True,
+    class_names: Sequence[str] | None = None,
 ) -> list:
     """Deterministic transforms (cacheable): load, RAS, resample, window, crop to the body."""
     from monai import transforms as T
@@ -96,7 +103,7 @@ def preprocessing(
     keys = ["image", "label"] if with_labels else ["image"]
     modes = ("bilinear", "nearest") if with_labels else ("bilinear",)
     return [
-        LoadSubjectd(mapping, num_classes),
+        LoadSubjectd(mapping, num_classes, class_names),
         T.Orientationd(keys=keys, axcodes="RAS", labels=_RAS_LABELS),
         T.Spacingd(keys=keys, pixdim=tuple(spacing), mode=modes),
         T.ScaleIntensityRanged(keys="image", a_min=HU_WINDOW[0], a_max=HU_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),

@@ -2,15 +2,15 @@
 
 Examples::
 
-    agg2exp-compare-methods --checkpoint model.ckpt --data data/synthetic_thorax --out runs/methods --max-scans 5
-    agg2exp-compare-methods --checkpoint model.ckpt --data /data/Totalsegmentator_v2 --out runs/methods_paper \
+    agg2exp-compare-methods --model model.ckpt --data data/synthetic_thorax --out runs/methods --max-scans 5
+    agg2exp-compare-methods --model bundles/my_ct_bundle --data scans.csv --targets liver tumour --out runs/methods_bundle
+    agg2exp-compare-methods --model model.ckpt --data /data/Totalsegmentator_v2 --out runs/methods_paper \
         --methods vanilla_gradient smoothgrad --method-option smoothgrad.n_samples=10 --mask recomputed
 """
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -19,13 +19,23 @@ from typing import Any
 
 import pandas as pd
 
+from agg2exp_lightning.cli_common import (
+    METHOD_OPTION_HELP,
+    METHOD_OPTION_SYNTAX,
+    add_device_arguments,
+    add_model_arguments,
+    add_version_argument,
+    describe_os_error,
+    parse_method_options,
+    single_device,
+)
 from agg2exp_lightning.errors import DataError
 from agg2exp_lightning.evaluation.compare import METHODS, ComparisonSettings, Explainer, compare_methods, default_explainer
 from agg2exp_lightning.evaluation.faithfulness import PAPER_SUBSET_SIZE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_parser", "main", "parse_method_options", "run_comparison"]
+__all__ = ["build_parser", "comparison_options", "main", "run_comparison"]
 
 DEFAULT_TARGETS = ("background", "aorta", "lung_lower_lobe_left", "lung_lower_lobe_right", "trachea", "heart", "ribs")
 
@@ -34,19 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (separate so tests and docs can inspect it)."""
     p = argparse.ArgumentParser(prog="agg2exp-compare-methods",
                                 description="Faithfulness, sensitivity, complexity and efficiency of attribution methods.")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="trained SegmentationModule checkpoint")
+    add_model_arguments(p)
     p.add_argument("--data", required=True, metavar="ROOT", help="TotalSegmentator v2 root or manifest CSV")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumed if it holds a run of the same settings)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
                    help=f"attribution methods among {', '.join(METHODS)} (default: all five)")
-    p.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS), help="classes to explain (names)")
+    p.add_argument("--targets", nargs="+", default=None, metavar="CLASS",
+                   help="classes to explain, by name or channel id (default: the paper's seven thorax classes when the "
+                        "model has them, else every class)")
     p.add_argument("--max-scans", type=int, default=None, metavar="N", help="first N scans of the split by id")
     p.add_argument("--split", default="test", help="data split (default: test)")
     p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="resampling spacing in mm (default: the checkpoint's training spacing, else 1.5)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--method-option", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                   help="option of one method, e.g. smoothgrad.n_samples=10 (JSON values); repeatable")
+    add_device_arguments(p, strategy=False)
+    p.add_argument("--method-option", action="append", default=[], metavar=METHOD_OPTION_SYNTAX, help=METHOD_OPTION_HELP)
     m = p.add_argument_group("metric settings (paper defaults)")
     m.add_argument("--n-runs", type=int, default=100, help="faithfulness: random subsets (100)")
     m.add_argument("--subset-size", type=int, default=PAPER_SUBSET_SIZE, help="faithfulness: voxels per subset (50176)")
@@ -58,30 +69,49 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--eps", type=float, default=0.1, help="complexity: threshold on max-normalised |a| (0.1)")
     m.add_argument("--seed", type=int, default=0, help="seed of subsets and noise")
     m.add_argument("--no-one-class-timing", action="store_true", help="skip the extra one-class explanation for timing")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    add_version_argument(p)
     return p
 
 
-def parse_method_options(pairs: Sequence[str], methods: Sequence[str] = METHODS) -> dict[str, dict[str, Any]]:
-    """``["smoothgrad.n_samples=10"]`` -> ``{"smoothgrad": {"n_samples": 10}}`` (values parsed as JSON when they are).
+def comparison_options(items: Sequence[str], methods: Sequence[str] = METHODS) -> dict[str, Any]:
+    """``--method-option`` items as :func:`~agg2exp_lightning.evaluation.compare.default_explainer` takes them.
+
+    ``METHOD.KEY=VALUE`` goes to that method; an unprefixed ``KEY=VALUE`` goes to every compared method
+    that takes ``KEY``, or to all of them when ``KEY`` is a keyword of
+    :func:`~agg2exp_lightning.explain.explain` itself (``max_memory``, ``sign``, ...).
+
+    Returns:
+        ``{method: {key: value}}`` plus shared keywords, e.g. ``{"smoothgrad": {"n_samples": 10}, "max_memory": 1e9}``.
 
     Raises:
-        ValueError: an item is not ``METHOD.KEY=VALUE`` or names an unknown method.
+        ValueError: a malformed item, a prefix that is no compared method, or an unprefixed key no method takes.
+
+    Example:
+        >>> comparison_options(["smoothgrad.n_samples=10", "n_steps=8"], ["smoothgrad", "integrated_gradients"])
+        {'integrated_gradients': {'n_steps': 8}, 'smoothgrad': {'n_samples': 10}}
     """
-    options: dict[str, dict[str, Any]] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        method, dot, key = name.strip().partition(".")
-        if not sep or not dot or not key:
-            raise ValueError(f"Expected --method-option as METHOD.KEY=VALUE, got {pair!r}")
-        if method not in methods:
-            raise ValueError(f"--method-option {pair!r}: unknown method {method!r}; expected one of {list(methods)}")
-        try:
-            parsed: Any = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        options.setdefault(method, {})[key] = parsed
-    return options
+    import inspect
+
+    from agg2exp_lightning.explain import METHOD_OPTIONS, explain
+    from agg2exp_lightning.utils import did_you_mean
+
+    parsed = parse_method_options(items, methods)
+    shared_keys = {p for p, v in inspect.signature(explain).parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY}
+    out: dict[str, Any] = {}
+    for o in (o for o in parsed if o.method is None):
+        takers = [m for m in methods if o.key in METHOD_OPTIONS.get(m, ())]
+        if o.key in shared_keys:
+            out[o.key] = o.value
+        elif not takers:
+            known = sorted(shared_keys | {k for m in methods for k in METHOD_OPTIONS.get(m, ())})
+            raise ValueError(f"--method-option {o.key}={o.value!r}: none of the methods {list(methods)} takes {o.key!r}"
+                             f"{did_you_mean(o.key, known)}")
+        for m in takers if o.key not in shared_keys else ():
+            out.setdefault(m, {})[o.key] = o.value
+    for o in (o for o in parsed if o.method is not None):  # a METHOD. prefix wins over an unprefixed option
+        out.setdefault(o.method, {})[o.key] = o.value
+    return out
 
 
 def _scans(dataset) -> list[tuple[str, Callable[[], Any]]]:
@@ -94,57 +124,76 @@ def _load_image(dataset, index: int) -> Any:
 
 
 def run_comparison(
-    checkpoint: str | Path,
+    model: Any,
     data: str | Path,
     out_dir: str | Path,
     *,
+    weights: str | Path | None = None,
+    label_map: Any = None,
     methods: Sequence[str] = METHODS,
-    targets: Sequence[str] = DEFAULT_TARGETS,
+    targets: Sequence[str | int] | None = None,
     max_scans: int | None = None,
     split: str = "test",
     spacing: Sequence[float] | None = None,
-    device: str = "auto",
+    device: Any = "auto",
     settings: ComparisonSettings | None = None,
     method_options: dict[str, dict[str, Any]] | None = None,
     explainer: Explainer | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Load the checkpoint and a split of the data, then :func:`compare_methods` (sliding windows of the checkpoint).
+    """Load the model and a split of the data, then :func:`compare_methods` (with the model's sliding windows).
+
+    Args:
+        model: this toolkit's checkpoint, a MONAI bundle folder, ``package.module:function``, an ``nn.Module``
+            (with ``label_map``) or a :class:`~agg2exp_lightning.model_loading.LoadedModel`.
+        data: a TotalSegmentator v2 root or a manifest CSV.
+        out_dir: the output folder (resumed if it holds a run of the same settings).
+        weights: state dict of a ``package.module:function`` model.
+        label_map: names of the model's output channels (default: the source's).
+        methods: attribution methods to compare.
+        targets: classes to explain, by name or id (default: :data:`DEFAULT_TARGETS` when the model has
+            them all, else every class).
+        max_scans, split, spacing: which scans, resampled how (spacing default: the model source's, else 1.5 mm).
+        device: ``"auto"``, ``"cpu"``, ``"cuda:1"`` or a ``torch.device``.
+        settings, method_options, explainer, progress: see :func:`compare_methods`.
 
     Raises:
-        DataError: unreadable checkpoint or data, or an empty split.
+        DataError: unreadable model or data, or an empty split.
         ValueError: bad settings or targets.
     """
     import dataclasses
 
     import torch
 
-    from agg2exp_lightning.audit.checkpoint_audit import checkpoint_spacing
-    from agg2exp_lightning.audit.output_folder import file_sha256
     from agg2exp_lightning.data.datamodule import ThoraxDataModule
-    from agg2exp_lightning.model import load_segmentation_checkpoint
+    from agg2exp_lightning.model_loading import LoadedModel, load_model
 
     if max_scans is not None and (not isinstance(max_scans, int) or max_scans < 1):
         raise ValueError(f"Expected argument `max_scans` to be a positive integer, but got {max_scans!r}")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    module = load_segmentation_checkpoint(checkpoint, map_location=str(dev)).to(dev)
-    hp = module.hparams
-    spacing = tuple(spacing) if spacing is not None else (checkpoint_spacing(checkpoint) or (1.5, 1.5, 1.5))
-    window = dict(roi_size=tuple(int(r) for r in hp["roi_size"]), sw_batch_size=int(hp.get("sw_batch_size", 1)),
-                  overlap=float(hp.get("sw_overlap", 0.25)), sw_mode=str(hp.get("sw_mode", "constant")))
-    settings = dataclasses.replace(settings or ComparisonSettings(), **window)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights=weights, label_map=label_map, map_location=str(dev))
+    module = loaded.model.to(dev)
+    if targets is None:
+        targets = list(DEFAULT_TARGETS) if set(DEFAULT_TARGETS) <= set(loaded.class_names) else list(loaded.class_names)
+    spacing = tuple(spacing) if spacing is not None else (loaded.spacing or (1.5, 1.5, 1.5))
+    window = dict(loaded.window)
+    if window:
+        window["sw_mode"] = window.pop("mode")
+        settings = dataclasses.replace(settings or ComparisonSettings(), **window)
+    else:
+        settings = settings or ComparisonSettings()
     dm = ThoraxDataModule(data_root=str(data), spacing=spacing, cache_rate=0.0)
     dataset = dm.whole_volume_dataset(split, max_subjects=max_scans)
     if len(dataset) == 0:
         raise DataError(f"{data}: no scans in split {split!r}")
     log.info("comparing %d methods on %d scans of %s (split %s, spacing %s mm)", len(methods), len(dataset), data, split, spacing)
     if explainer is None:
-        explainer = default_explainer(roi_size=window["roi_size"], sw_batch_size=window["sw_batch_size"],
-                                      overlap=window["overlap"], mode=window["sw_mode"], **(method_options or {}))
-    context = {"checkpoint_sha256": file_sha256(checkpoint), "data": str(Path(data).resolve()), "split": split,
+        sw = dict(roi_size=settings.roi_size, sw_batch_size=settings.sw_batch_size, overlap=settings.overlap, mode=settings.sw_mode)
+        explainer = default_explainer(**(sw if settings.roi_size is not None else {}), **(method_options or {}))
+    context = {**loaded.identity, "data": str(Path(data).resolve()), "split": split,
                "spacing": list(spacing), "method_options": method_options or {}}
     return compare_methods(module, _scans(dataset), methods, targets, out_dir, explainer=explainer, settings=settings,
-                           class_names=module.class_names, context=context, progress=progress)
+                           class_names=loaded.class_names, context=context, progress=progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,21 +202,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        options = parse_method_options(args.method_option)
+        options = comparison_options(args.method_option, args.methods)
+        device = single_device(args.accelerator, args.devices)
         settings = ComparisonSettings(
             n_runs=args.n_runs, subset_size=args.subset_size, mask=args.mask, batch_size=args.batch_size,
             noise_samples=args.noise_samples, radius=args.radius, eps=args.eps, seed=args.seed,
             time_one_class=not args.no_one_class_timing,
         )
-        run_comparison(args.checkpoint, args.data, args.out, methods=args.methods, targets=args.targets,
-                       max_scans=args.max_scans, split=args.split, spacing=args.spacing, device=args.device,
+        run_comparison(args.model, args.data, args.out, weights=args.weights, label_map=args.label_map, methods=args.methods,
+                       targets=args.targets, max_scans=args.max_scans, split=args.split, spacing=args.spacing, device=device,
                        settings=settings, method_options=options, progress=not args.quiet)
     except (DataError, ValueError, ImportError) as err:
         print(f"agg2exp-compare-methods: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, a read-only --out ...
-        from agg2exp_lightning.audit.cli import describe_os_error
-
         print(f"agg2exp-compare-methods: error: {describe_os_error(err, args.out)}", file=sys.stderr)
         return 1
     print(f"table: {Path(args.out) / 'summary.md'}")

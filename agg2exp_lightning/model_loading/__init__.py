@@ -28,7 +28,13 @@ from agg2exp_lightning.model_loading.checkpoints import (
     unwrap_state_dict,
 )
 from agg2exp_lightning.model_loading.factory import build_factory_model, import_factory, is_factory_spec
-from agg2exp_lightning.model_loading.label_map import LABEL_MAP_FORMATS, check_label_count, label_names, read_label_map
+from agg2exp_lightning.model_loading.label_map import (
+    LABEL_MAP_FORMATS,
+    check_label_count,
+    label_names,
+    read_label_map,
+    resolve_targets,
+)
 from agg2exp_lightning.model_loading.toolkit import (
     RESUME_KEYS,
     check_resume_checkpoint,
@@ -57,6 +63,7 @@ __all__ = [
     "read_label_map",
     "read_lightning_checkpoint",
     "read_weights_file",
+    "resolve_targets",
     "state_dict_mismatch",
     "unwrap_state_dict",
 ]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from agg2exp_lightning.evaluation import UndefinedScoreWarning
-from agg2exp_lightning.evaluation.cli import build_parser, main, parse_method_options
+from agg2exp_lightning.evaluation.cli import build_parser, comparison_options, main
 
 
 @pytest.fixture(scope="module")
@@ -25,19 +25,26 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
-def test_parse_method_options():
-    assert parse_method_options(["smoothgrad.n_samples=10", "smoothgrad.noise=0.1", "kernelshap_cubes.baseline=min"]) == {
+def test_method_options_one_syntax_with_an_optional_method_prefix():
+    assert comparison_options(["smoothgrad.n_samples=10", "smoothgrad.noise=0.1", "kernelshap_cubes.baseline=min"]) == {
         "smoothgrad": {"n_samples": 10, "noise": 0.1}, "kernelshap_cubes": {"baseline": "min"}}
-    with pytest.raises(ValueError, match="METHOD.KEY=VALUE"):
-        parse_method_options(["n_samples=10"])
-    with pytest.raises(ValueError, match="unknown method 'smoothgard'"):
-        parse_method_options(["smoothgard.n_samples=10"])
+    # unprefixed: every compared method that takes the key; explain()'s own keywords: all of them; a prefix wins
+    both = ["smoothgrad", "integrated_gradients"]
+    assert comparison_options(["n_samples=4", "max_memory=1e9", "sg.n_samples=7"], both) == {
+        "smoothgrad": {"n_samples": 7}, "max_memory": 1e9}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        comparison_options(["n_samples"])
+    with pytest.raises(ValueError, match="'smoothgard' is not a method of this command.*did you mean 'smoothgrad'"):
+        comparison_options(["smoothgard.n_samples=10"])
+    with pytest.raises(ValueError, match="none of the methods .* takes 'n_sample'; did you mean 'n_samples'"):
+        comparison_options(["n_sample=10"], both)
 
 
 def test_parser_defaults_are_the_paper_settings():
     args = build_parser().parse_args(["--checkpoint", "c", "--data", "d", "--out", "o"])
+    assert args.model == "c" and (args.accelerator, args.devices) == ("auto", "1")
     assert (args.n_runs, args.subset_size, args.noise_samples, args.radius, args.eps) == (100, 50176, 3, 0.1, 0.1)
-    assert args.targets == ["background", "aorta", "lung_lower_lobe_left", "lung_lower_lobe_right", "trachea", "heart", "ribs"]
+    assert args.targets is None  # the paper's seven classes when the model has them, else all
     assert args.split == "test" and len(args.methods) == 5
 
 
@@ -54,7 +61,7 @@ def test_main_end_to_end_with_explain(tiny_checkpoint, tiny_cohort, tmp_path, ca
     out = tmp_path / "cmp"
     argv = ["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_cohort), "--out", str(out), "--methods",
             "vanilla_gradient", "--targets", "lung_upper_lobe_left", "heart", "--max-scans", "1", "--split", "train",
-            "--n-runs", "2", "--subset-size", "200", "--noise-samples", "1", "--no-one-class-timing", "--device", "cpu",
+            "--n-runs", "2", "--subset-size", "200", "--noise-samples", "1", "--no-one-class-timing", "--accelerator", "cpu",
             "--quiet"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedScoreWarning)

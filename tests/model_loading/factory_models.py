@@ -29,3 +29,21 @@ def not_a_module() -> str:
 
 def broken() -> nn.Module:
     raise RuntimeError("the factory's own bug")
+
+
+#: Intensities (after the toolkit's HU window, [-1024, 1024] -> [0, 1]) that each class of the
+#: liver phantom sits at: body 0 HU, liver 200 HU, tumour 600 HU.
+PHANTOM_POINTS = (0.5, (200 + 1024) / 2048, (600 + 1024) / 2048)
+
+
+def tangent_weights(points=PHANTOM_POINTS) -> dict[str, torch.Tensor]:
+    """Weights of ``Conv3d(1, C, 1)`` with ``logit_c(v) = 2 p_c x(v) - p_c^2``: tangents of ``x^2``, so the
+    argmax is the class whose point is nearest to the voxel's intensity, and each logit depends on its own
+    voxel alone: the vanilla gradient of class c's proxy lies entirely in c's region (``e_{c->c} = 1``)."""
+    p = torch.tensor(points, dtype=torch.float32)
+    return {"weight": (2 * p).view(-1, 1, 1, 1, 1), "bias": -(p**2)}
+
+
+def build_tangent() -> nn.Module:
+    """A factory of an untrained ``Conv3d(1, 3, 1)`` (the weights come from a file)."""
+    return nn.Conv3d(1, 3, 1)
