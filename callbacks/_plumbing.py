@@ -9,21 +9,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from agg2exp_lightning.run_files import run_folder, wandb_loggers  # noqa: F401 - re-exported for the monitors
+from agg2exp_lightning.utils.distributed import gather_objects  # noqa: F401 - re-exported for the monitors
 from agg2exp_lightning.utils.files import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-def run_folder(trainer: pl.Trainer) -> Path:
-    """``<run>/agg2exp``: the folder for the monitors' tables and figures."""
-    base = trainer.log_dir or trainer.default_root_dir
-    return Path(base) / "agg2exp"
-
-
-def wandb_loggers(trainer: pl.Trainer) -> list:
-    from lightning.pytorch.loggers import WandbLogger
-
-    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
 
 
 def log_scalars(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
@@ -84,15 +74,6 @@ def log_table(trainer: pl.Trainer, key: str, frame: Any) -> Path | None:
     atomic_write_text(path, frame.to_csv(index=True))
     _log_to_wandb(trainer, key, lambda wandb: wandb.Table(dataframe=frame.reset_index()))
     return path
-
-
-def gather_objects(obj: Any) -> list[Any]:
-    """All ranks' ``obj`` in rank order (a one-element list without distributed training)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        out: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(out, obj)
-        return out
-    return [obj]
 
 
 def broadcast_object(obj: Any) -> Any:
