@@ -24,6 +24,7 @@ demo: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) train.py demo
 
 test: $(STAMP) browser
+	$(PY) -m ruff check .
 	WANDB_MODE=disabled $(PY) -m pytest $(PYTEST_ARGS)
 
 # The report test opens report.html in a real headless browser (Debian's chromium).

@@ -4,13 +4,14 @@ With uniform weights the loss is ruled by background, lungs and bones; small str
 pulmonary veins, trachea) switch on late. On the demo cohort, weighting the DiceCE loss by the
 inverse square root of each label's voxel frequency raised the mean foreground validation Dice after
 8 epochs (208 steps) from 0.137 to 0.631, same seed and schedule (``python benchmarks/class_weighting.py``).
+
+Pure maths over voxel counts: the data side counts them
+(:meth:`agg2exp_lightning.data.datamodule.ThoraxDataModule.label_voxel_counts`).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -52,30 +53,3 @@ def class_weights(counts: Sequence[float] | Tensor, scheme: str = "inverse_sqrt_
     w = w / float((w * freq).sum())
     w[~present] = w[present].max()
     return w.float().as_subclass(torch.Tensor)
-
-
-def training_label_counts(datamodule: Any, num_classes: int) -> Tensor:
-    """``[C]`` voxel counts of each label over a data module's training scans, after its preprocessing.
-
-    Reads every training scan once without caching it (the data module's own cache is left alone).
-
-    Args:
-        datamodule: a :class:`~agg2exp_lightning.data.datamodule.ThoraxDataModule`.
-        num_classes: ``C``.
-    """
-    from monai.transforms import Compose
-
-    from agg2exp_lightning.data.subjects import discover_records, select_split
-    from agg2exp_lightning.data.transforms import preprocessing
-
-    hp = datamodule.hparams
-    records = datamodule.records or discover_records(datamodule.data_root)
-    chosen = select_split(records, hp.train_split, source=datamodule.data_root)
-    pipeline = Compose(preprocessing(datamodule.mapping, num_classes, hp.spacing))
-    counts = torch.zeros(num_classes, dtype=torch.float64)
-    for record in chosen:
-        label = pipeline(dataclasses.asdict(record))["label"]
-        label = label.as_tensor() if hasattr(label, "as_tensor") else torch.as_tensor(label)  # no MetaTensor in checkpoints
-        counts += torch.bincount(label.long().flatten(), minlength=num_classes)[:num_classes].double()
-    log.info("label voxel counts over %d training scans: %s", len(chosen), counts.long().tolist())
-    return counts

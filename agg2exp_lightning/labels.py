@@ -1,8 +1,11 @@
 """The 17 thorax labels and the mapping from TotalSegmentator v2 structures onto them."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+
+import numpy as np
 
 from agg2exp_lightning.errors import DataError
 
@@ -86,3 +89,51 @@ def load_structure_mapping(path: str | Path | None = None) -> dict[str, list[str
             owner[s] = label
         mapping[label] = list(structures)
     return mapping
+
+
+def resolve_targets(
+    targets: Sequence[str | int] | None, class_names: Sequence[str] = THORAX_CLASSES, *, argument: str = "targets"
+) -> list[int]:
+    """Class ids of the classes given by name or id: the one rule for every ``targets`` argument.
+
+    Args:
+        targets: class names, ids, or ids written as text (``"3"``); ``None`` means every class.
+        class_names: the model's classes in channel order (any number of them).
+        argument: how messages name the argument (``"targets"``, ``"--targets"``, ``"overlay_classes"``).
+
+    Returns:
+        The ids, in the order given.
+
+    Raises:
+        DataError: a name or id that is not one of the classes (the message suggests the nearest name),
+            an empty list, or a class given twice.
+
+    Example:
+        >>> resolve_targets(["aorta", 0, "8"])
+        [1, 0, 8]
+    """
+    from agg2exp_lightning.utils.options import did_you_mean
+
+    names = list(class_names)
+    if targets is None:
+        return list(range(len(names)))
+    if isinstance(targets, (str, int)):
+        raise DataError(f"`{argument}`: expected a list of class names or ids, got {targets!r}")
+    ids: list[int] = []
+    for t in targets:
+        text = str(t).strip()
+        is_id = not isinstance(t, bool) and (isinstance(t, (int, np.integer)) or (isinstance(t, str) and text.isdigit()))
+        if isinstance(t, str) and text in names:
+            ids.append(names.index(text))
+        elif is_id and 0 <= int(text) < len(names):
+            ids.append(int(text))
+        elif is_id:
+            raise DataError(f"`{argument}`: class id {int(text)} is outside [0, {len(names)}) for this model")
+        else:
+            raise DataError(
+                f"`{argument}`: the model has no class {t!r}; expected names or ids 0-{len(names) - 1} of its "
+                f"{len(names)} classes {names}{did_you_mean(text, names)}"
+            )
+    if not ids or len(set(ids)) != len(ids):
+        raise DataError(f"`{argument}`: expected a non-empty list of classes without repeats, got {list(targets)!r}")
+    return ids

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from agg2exp_lightning.labels import THORAX_CLASSES
 from agg2exp_lightning.segmentation_metrics import dice_per_class, mean_dice_per_class
+from agg2exp_lightning.utils import plain_tensor
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,8 @@ class SegmentationModule(pl.LightningModule):
 
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        logits = self.net(batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"])
-        label = batch["label"]
-        label = label.as_tensor() if hasattr(label, "as_tensor") else label
+        logits = self.net(plain_tensor(batch["image"]))
+        label = plain_tensor(batch["label"])
         loss = self.loss(logits, label)
         if not torch.isfinite(loss):
             self.nonfinite_loss_steps += 1
@@ -164,7 +164,7 @@ class SegmentationModule(pl.LightningModule):
         from monai.inferers import sliding_window_inference
 
         hp = self.hparams
-        image = image.as_tensor() if hasattr(image, "as_tensor") else image
+        image = plain_tensor(image)
         return sliding_window_inference(
             image, tuple(hp.roi_size), hp.sw_batch_size, self.net, overlap=hp.sw_overlap, mode=hp.sw_mode
         )
@@ -198,8 +198,7 @@ class SegmentationModule(pl.LightningModule):
 
         logits = self.predict_logits(batch["image"])
         pred = logits.argmax(1)
-        label = batch["label"]
-        label = (label.as_tensor() if hasattr(label, "as_tensor") else label)[:, 0].long()
+        label = plain_tensor(batch["label"])[:, 0].long()
         mine = [
             (str(batch["subject_id"][i]), dice_per_class(pred[i], label[i], self.hparams.num_classes).cpu())
             for i in range(pred.shape[0])
@@ -244,15 +243,15 @@ class SegmentationModule(pl.LightningModule):
             return
         from monai.losses import DiceCELoss
 
-        from agg2exp_lightning.class_weights import class_weights, training_label_counts
+        from agg2exp_lightning.class_weights import class_weights
 
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "mapping"):
+        if not callable(getattr(datamodule, "label_voxel_counts", None)):
             raise ValueError(
-                f"Expected a ThoraxDataModule to count training labels for `class_weights={scheme!r}`, but the "
-                f"trainer has {type(datamodule).__name__}: pass the weights as a list instead"
+                f"Expected a data module with `label_voxel_counts()` (e.g. ThoraxDataModule) to count training labels "
+                f"for `class_weights={scheme!r}`, but the trainer has {type(datamodule).__name__}: pass the weights as a list instead"
             )
-        weights = class_weights(training_label_counts(datamodule, self.hparams.num_classes), scheme)
+        weights = class_weights(datamodule.label_voxel_counts("train", num_classes=self.hparams.num_classes), scheme)
         log.info("DiceCE class weights (%s): %s", scheme, dict(zip(self.class_names, [round(float(w), 3) for w in weights])))
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, weight=weights.to(self.device))
 

@@ -23,30 +23,10 @@ from agg2exp_lightning.callbacks.contract import (
     validation_dataset,
     volume,
 )
+from agg2exp_lightning.errors import NonFiniteError
+from agg2exp_lightning.labels import resolve_targets
 
 log = logging.getLogger(__name__)
-
-
-def resolve_targets(targets: Sequence[int | str] | None, class_names: Sequence[str], *, argument: str = "targets") -> list[int]:
-    """Class ids for names or ids; all classes for ``None``. ValueError names what is not a class."""
-    import difflib
-
-    if targets is None:
-        return list(range(len(class_names)))
-    ids = []
-    for t in targets:
-        if isinstance(t, str) and not t.isdigit():
-            if t not in class_names:
-                near = difflib.get_close_matches(t, list(class_names), n=1)
-                hint = f" Did you mean {near[0]!r}?" if near else ""
-                raise ValueError(f"`{argument}`: the model has no class {t!r}; its classes are {list(class_names)}.{hint}")
-            ids.append(list(class_names).index(t))
-        else:
-            i = int(t)
-            if not 0 <= i < len(class_names):
-                raise ValueError(f"`{argument}`: class id {i} is outside [0, {len(class_names)}) for this model")
-            ids.append(i)
-    return ids
 
 
 class ExplanationMonitor(Callback):
@@ -216,11 +196,9 @@ class ExplanationMonitor(Callback):
                     x = image.detach().clone().to(pl_module.device)
                     result = explain(net, x, method=self.method, targets=self._target_ids, keep_attributions=want_maps,
                                      **window, **self.method_options)
-            except ValueError as err:
-                # The engine refuses NaN/infinite logits, images or attributions (its messages say "finite"):
-                # a diverging model must be reported, not kill the training run. Other errors are real bugs.
-                if "finite" not in str(err):
-                    raise
+            except NonFiniteError as err:
+                # NaN/infinite logits, image or attributions: a diverging model must be reported, not kill
+                # the training run. Any other error is a real bug and propagates.
                 log.warning("ExplanationMonitor: scan %s left out at epoch %d: %s", sid, pl_module.current_epoch, err)
                 nonfinite.append(sid)
                 continue

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agg2exp_lightning.class_weights import class_weights, training_label_counts
+from agg2exp_lightning.class_weights import class_weights
 from agg2exp_lightning.data.datamodule import ThoraxDataModule
 from agg2exp_lightning.model import SegmentationModule, load_segmentation_checkpoint
 from agg2exp_lightning.training import train
@@ -47,9 +47,9 @@ def test_bad_scheme_and_weights_are_named():
     torch.testing.assert_close(module.loss.cross_entropy.weight, torch.tensor([1.0, 2.0, 3.0]))
 
 
-def test_training_label_counts_equal_a_count_of_the_preprocessed_volumes(tiny_cohort):
+def test_label_voxel_counts_equal_a_count_of_the_preprocessed_volumes(tiny_cohort):
     dm = ThoraxDataModule(str(tiny_cohort), spacing=(8, 8, 8), roi_size=(32, 32, 32))
-    counts = training_label_counts(dm, 17)
+    counts = dm.label_voxel_counts()
     reference = torch.zeros(17, dtype=torch.float64)
     volumes = dm.whole_volume_dataset("train")
     for i in range(len(volumes)):
@@ -66,7 +66,7 @@ def test_fit_uses_weights_from_the_training_labels_and_the_checkpoint_loads(tiny
                  "--trainer.limit_train_batches=2"])
     last = run / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=True)
-    expected = class_weights(training_label_counts(ThoraxDataModule(str(tiny_cohort), spacing=(8, 8, 8)), 17))
+    expected = class_weights(ThoraxDataModule(str(tiny_cohort), spacing=(8, 8, 8)).label_voxel_counts())
     torch.testing.assert_close(ckpt["state_dict"]["loss.cross_entropy.weight"], expected)
     assert ckpt["hyper_parameters"]["class_weights"] == "inverse_sqrt_frequency"
     module = load_segmentation_checkpoint(last, num_classes=17)  # the loss weights are not required

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from agg2exp_lightning import NUM_CLASSES, THORAX_CLASSES
@@ -36,5 +37,28 @@ def test_mapping_file_errors_name_the_problem(tmp_path):
 
 
 def test_unknown_label_in_mapping_suggests_nearest():
-    with pytest.raises(DataError, match="Did you mean 'trachea'"):
+    with pytest.raises(DataError, match="did you mean 'trachea'"):
         validate_mapping({"trachae": ["trachea"]})
+
+
+def test_resolve_targets_one_rule_for_names_and_ids():
+    from agg2exp_lightning.labels import resolve_targets
+
+    names = ("background", "liver", "spleen")
+    assert resolve_targets(["spleen", 0, "1"], names) == [2, 0, 1]  # names, ids and ids as text, in the given order
+    assert resolve_targets(None, names) == [0, 1, 2]
+    assert resolve_targets([np.int64(8)]) == [8]  # the thorax classes by default; numpy ids accepted
+    with pytest.raises(DataError, match=r"`--targets`: the model has no class 'spleeen'.*did you mean 'spleen'"):
+        resolve_targets(["spleeen"], names, argument="--targets")
+    for bad in ([3], [-1], ["3"]):
+        with pytest.raises(DataError, match=r"class id (3|-1) is outside \[0, 3\)"):
+            resolve_targets(bad, names)
+    for bad in ([True], [1.0], ["-1"]):
+        with pytest.raises(DataError, match="has no class"):
+            resolve_targets(bad, names)
+    with pytest.raises(DataError, match="without repeats"):
+        resolve_targets(["liver", 1], names)
+    with pytest.raises(DataError, match="without repeats"):
+        resolve_targets([], names)
+    with pytest.raises(DataError, match="a list of class names"):
+        resolve_targets("liver", names)

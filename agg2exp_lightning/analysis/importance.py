@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from agg2exp_lightning.utils.options import positive_int
+
 
 def _check_mass(mass: np.ndarray) -> np.ndarray:
     mass = np.asarray(mass, dtype=float)
@@ -129,8 +131,7 @@ def strongest_dependencies(
     importance = np.asarray(importance, dtype=float)
     if importance.shape != (len(classes), len(regions)):
         raise ValueError(f"Expected `importance` of shape {(len(classes), len(regions))}, got {importance.shape}")
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"Expected `k` to be a positive integer, got {k!r}")
+    positive_int("k", k)
     rows = [
         (b, a, float(importance[i, j]))
         for i, a in enumerate(classes)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from agg2exp_lightning.audit.scan_records import record_stem, scan_record, slice_bundle
 from agg2exp_lightning.segmentation_metrics import dice_per_class
-from agg2exp_lightning.utils.files import atomic_write_bytes, atomic_write_json
+from agg2exp_lightning.utils import atomic_write_bytes, atomic_write_json, plain_tensor
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +64,14 @@ class ScanDataset(torch.utils.data.Dataset):
 def _describe(err: BaseException) -> str:
     """``Type: message`` of the first DataError in the chain, else of the innermost cause (MONAI wraps
     transform errors in a RuntimeError)."""
-    from agg2exp_lightning.errors import find_data_error
+    from agg2exp_lightning.errors import find_data_error, root_cause
 
-    found = find_data_error(err)
-    if found is not None:
-        return f"{type(found).__name__}: {found}"
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return f"{type(err).__name__}: {err}"
+    found = find_data_error(err) or root_cause(err)
+    return f"{type(found).__name__}: {found}"
 
 
 def _plain(x: Any) -> Tensor:
-    x = x.as_tensor() if hasattr(x, "as_tensor") else x
-    return torch.as_tensor(x)
+    return torch.as_tensor(plain_tensor(x))
 
 
 class ScanAuditModule(pl.LightningModule):

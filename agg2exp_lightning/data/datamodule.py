@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from agg2exp_lightning.data.subjects import SubjectRecord, discover_records, select_split
 from agg2exp_lightning.data.transforms import preprocessing, training_augmentation
-from agg2exp_lightning.errors import DataError, find_data_error
+from agg2exp_lightning.errors import DataError, find_data_error, root_cause
 from agg2exp_lightning.labels import NUM_CLASSES, load_structure_mapping
+from agg2exp_lightning.utils import plain_tensor, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +32,12 @@ def _unusable_subjects(items: list[dict[str, Any]], preprocess: Any, where: str)
             if found is not None:
                 problems.append(str(found))
             else:
-                while err.__cause__ is not None:  # MONAI wraps a transform's error in a RuntimeError
-                    err = err.__cause__
-                problems.append(f"subject {item['subject_id']}: {type(err).__name__}: {err}")
+                cause = root_cause(err)  # MONAI wraps a transform's error in a RuntimeError
+                problems.append(f"subject {item['subject_id']}: {type(cause).__name__}: {cause}")
     if not problems:
         return None
     listed = "\n".join(f"  - {p}" for p in problems)
     return DataError(f"{where}: {len(problems)} of {len(items)} subjects cannot be used:\n{listed}")
-
-
-def _positive_int(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"Expected argument `{name}` to be a positive integer, but got {value!r}")
-    return value
 
 
 class ThoraxDataModule(pl.LightningDataModule):
@@ -91,9 +87,9 @@ class ThoraxDataModule(pl.LightningDataModule):
         if len(roi_size) != 3:
             raise ValueError(f"Expected argument `roi_size` to be three integers, but got {roi_size!r}")
         for s in roi_size:
-            _positive_int("roi_size", s)
-        _positive_int("batch_size", batch_size)
-        _positive_int("samples_per_volume", samples_per_volume)
+            positive_int("roi_size", s)
+        positive_int("batch_size", batch_size)
+        positive_int("samples_per_volume", samples_per_volume)
         if not 0.0 <= cache_rate <= 1.0:
             raise ValueError(f"Expected argument `cache_rate` in [0, 1], but got {cache_rate!r}")
         self.save_hyperparameters()
@@ -162,6 +158,36 @@ class ThoraxDataModule(pl.LightningDataModule):
             records = sorted(select_split(self.records, name, source=self.data_root), key=lambda r: r.subject_id)
             cache[key] = self._dataset(records[:max_subjects], train=False, split=name)
         return cache[key]
+
+    def label_voxel_counts(self, split: str = "train", num_classes: int = NUM_CLASSES) -> Tensor:
+        """``[C]`` voxels of each label over a split's scans after preprocessing (no augmentation).
+
+        Reads every scan of the split once without caching it (the module's own datasets are left
+        alone); :func:`agg2exp_lightning.class_weights.class_weights` turns the counts into loss weights.
+
+        Args:
+            split: ``train``, ``val`` or ``test`` (mapped through ``train_split`` / ``val_split`` / ``test_split``).
+            num_classes: ``C``; labels ``>= C`` are not counted.
+
+        Returns:
+            float64 counts.
+
+        Raises:
+            DataError: the split has no subjects, or a subject cannot be read.
+        """
+        from monai.transforms import Compose
+
+        if not self.records:
+            self.records = discover_records(self.data_root)
+        name = {"train": self.hparams.train_split, "val": self.hparams.val_split, "test": self.hparams.test_split}.get(split, split)
+        chosen = select_split(self.records, name, source=self.data_root)
+        pipeline = Compose(preprocessing(self.mapping, num_classes, self.hparams.spacing))
+        counts = torch.zeros(num_classes, dtype=torch.float64)
+        for record in chosen:
+            label = torch.as_tensor(plain_tensor(pipeline(dataclasses.asdict(record))["label"]))
+            counts += torch.bincount(label.long().flatten(), minlength=num_classes)[:num_classes].double()
+        log.info("label voxel counts over %d %s scans: %s", len(chosen), name, counts.long().tolist())
+        return counts
 
     # -- loaders ------------------------------------------------------------------------------
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:

@@ -213,87 +213,139 @@ def _diaphragm(lat: np.ndarray, ant: np.ndarray, side: int) -> np.ndarray:
 
 
 # ---- the anatomy ---------------------------------------------------------------------------------------
-def build_anatomy(
-    shape: Sequence[int], spacing: Sequence[float], anat: SubjectAnatomy, condition: str = "none"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Paint the structure-id and tissue volumes of one subject.
+#: Antero-posterior half-axis of a vertebral body (mm, template).
+_BODY_RY = 15.0
 
-    Returns:
-        ``(structures uint8 [X,Y,Z], tissue uint8 [X,Y,Z])``: structure ids are ``STRUCTURES`` index + 1
-        (0: no structure); tissues index ``TISSUE_HU``.
+
+@dataclass
+class _Canvas:
+    """The two volumes being painted and the template coordinates of their voxels.
+
+    Painters run in a fixed order and later ones paint over earlier ones.
     """
-    lat, ant, sup = template_coordinates(shape, spacing, anat)
-    full = tuple(int(n) for n in shape)
-    smap = np.zeros(full, np.uint8)
-    tissue = np.zeros(full, np.uint8)
-    fat = anat.fat_mm
-    hw = max(1.5, 0.5 * min(spacing))  # fissure half-width: always at least one voxel
 
-    def paint(mask: np.ndarray, name: str | None, kind: int, zs: slice = slice(None)) -> None:
-        smap[..., zs][mask] = _SID[name] if name else 0
-        tissue[..., zs][mask] = kind
+    lat: np.ndarray  # [X, Y, 1]
+    ant: np.ndarray  # [X, Y, 1]
+    sup: np.ndarray  # [1, 1, Z]
+    smap: np.ndarray  # structure ids, uint8 [X, Y, Z]
+    tissue: np.ndarray  # TISSUE_HU indices, uint8 [X, Y, Z]
 
-    # Body: thorax ellipse blending into the neck above the shoulders; skin = muscle + fat.
+    @property
+    def full(self) -> tuple[int, int, int]:
+        return self.smap.shape
+
+    def paint(self, mask: np.ndarray, name: str | None, kind: int, zs: slice = slice(None)) -> None:
+        """Give the voxels of ``mask`` (within the slab ``zs``) structure ``name`` (None: none) and tissue ``kind``."""
+        self.smap[..., zs][mask] = _SID[name] if name else 0
+        self.tissue[..., zs][mask] = kind
+
+
+@dataclass(frozen=True)
+class _Body:
+    skin: np.ndarray  # inside the skin (muscle + subcutaneous fat)
+    muscle: np.ndarray  # inside the muscle wall
+    axes: tuple[np.ndarray, np.ndarray]  # the muscle ellipse's half-axes at each height
+
+
+@dataclass(frozen=True)
+class _Cage:
+    lr: np.ndarray  # lateral / antero-posterior coordinates in the cage's frame
+    yr: np.ndarray
+    rho_in: np.ndarray  # elliptic radius against the cage's inner and outer walls
+    rho_out: np.ndarray
+    cavity: np.ndarray
+    diaphragm: dict[int, np.ndarray]  # height of each hemidiaphragm (+1 left, -1 right)
+
+
+@dataclass(frozen=True)
+class _Organs:
+    heart: np.ndarray
+    heart_margin: np.ndarray  # the heart grown by 5 mm (kept free of lung)
+    d_aorta: np.ndarray  # distances to the tubes' surfaces (<= 0 inside)
+    d_trachea: np.ndarray
+    d_esophagus: np.ndarray
+    d_veins: np.ndarray
+    thyroid: np.ndarray
+    thyroid_margin: np.ndarray
+    autochthon: dict[int, np.ndarray]
+    spine_zone: np.ndarray
+
+
+def _paint_body(c: _Canvas, anat: SubjectAnatomy) -> _Body:
+    """Body: thorax ellipse blending into the neck above the shoulders; skin = muscle + fat."""
+    lat, ant, sup, fat = c.lat, c.ant, c.sup, anat.fat_mm
     w = _smoothstep((sup - 125.0) / 25.0)
     am, bm = (1 - w) * _MUSCLE_AXES[0] + w * _NECK_AXES[0], (1 - w) * _MUSCLE_AXES[1] + w * _NECK_AXES[1]
     yc = w * _NECK_ANT
     skin = (lat / (am + fat / anat.scale[0])) ** 2 + ((ant - yc) / (bm + fat / anat.scale[1])) ** 2 <= 1
     muscle = (lat / am) ** 2 + ((ant - yc) / bm) ** 2 <= 1
-    paint(skin, None, FAT)
-    paint(muscle, None, MUSCLE)
+    c.paint(skin, None, FAT)
+    c.paint(muscle, None, MUSCLE)
+    return _Body(skin=skin, muscle=muscle, axes=(am, bm))
 
-    # Chest wall ring (ribs, cartilages, sternum) and the cavity inside it; it narrows toward the apex.
+
+def _paint_chest_cavity(c: _Canvas) -> _Cage:
+    """Chest wall ring and the cavity inside it (it narrows toward the apex): mediastinal fat above the
+    diaphragm, liver and spleen below it."""
+    lat, ant, sup = c.lat, c.ant, c.sup
     cz = 1.0 - 0.2 * _smoothstep((sup - 80.0) / 50.0)
     lr, yr = lat / cz, -50.0 + (ant + 50.0) / cz - _CAGE_ANT
     rho_in = (lr / _CAGE_INNER[0]) ** 2 + (yr / _CAGE_INNER[1]) ** 2
     rho_out = (lr / _CAGE_OUTER[0]) ** 2 + (yr / _CAGE_OUTER[1]) ** 2
     cavity = rho_in < 1.0
-    mirror = -1.0 if condition == "mirrored_heart" else 1.0
     zd = {s: _diaphragm(lat, ant, s) for s in (-1, 1)}
     zdia = np.where(lat > 0, zd[1], zd[-1])
-    paint(cavity & (sup >= zdia) & (sup < 128.0), None, MED_FAT)
-    paint(cavity & (sup < zdia) & (lat <= 0), None, LIVER)
-    paint(cavity & (sup < zdia) & (lat > 0), None, SPLEEN)
+    c.paint(cavity & (sup >= zdia) & (sup < 128.0), None, MED_FAT)
+    c.paint(cavity & (sup < zdia) & (lat <= 0), None, LIVER)
+    c.paint(cavity & (sup < zdia) & (lat > 0), None, SPLEEN)
+    return _Cage(lr=lr, yr=yr, rho_in=rho_in, rho_out=rho_out, cavity=cavity, diaphragm=zd)
 
-    # Organs as shapes first (lungs keep a fat margin around them).
+
+def _organ_shapes(c: _Canvas, mirror: float) -> _Organs:
+    """The mediastinal organs, thyroid, paraspinal muscles and spine as shapes (nothing painted yet)."""
+    lat, ant, sup = c.lat, c.ant, c.sup
     (hl, ha, hs), haxes, hrot = _HEART
     heart_c, heart_rot = (hl * mirror, ha, hs), hrot * mirror
-    heart = _ellipsoid(lat, ant, sup, heart_c, haxes, 0.0, heart_rot)
     aorta_pts = [list(p) for p in _AORTA]
     aorta_pts[0][0] *= mirror
-    d_aorta = _tube_distance(lat, ant, sup, aorta_pts)
-    tl, ta, tz, tr, tlum = _TRACHEA
-    d_trachea = _tube_distance(lat, ant, sup, [(tl, ta, tz, tr), (tl, ta, 200.0, tr)])
+    tl, ta, tz, tr, _ = _TRACHEA
     el, ea, er = _ESOPHAGUS
-    d_esoph = _tube_distance(lat, ant, sup, [(el, ea, -120.0, er), (el, ea, 200.0, er)])
-    veins = [((*a, 10.0), (lat_ * (mirror if abs(lat_) < 30 else 1.0), b, c, 10.0)) for a, (lat_, b, c) in _VEINS]
-    d_veins = np.minimum.reduce([_tube_distance(lat, ant, sup, v) for v in veins])
+    veins = [((*a, 10.0), (lat_ * (mirror if abs(lat_) < 30 else 1.0), b, cc, 10.0)) for a, (lat_, b, cc) in _VEINS]
     thyroid_parts = [((tl - 25, 4.0, 133.0), (12.0, 13.0, 22.0)), ((tl + 25, 4.0, 133.0), (12.0, 13.0, 22.0)),
                      ((tl, 16.0, 122.0), (18.0, 5.0, 7.0))]
-    thyroid = np.logical_or.reduce([_ellipsoid(lat, ant, sup, c, a) for c, a in thyroid_parts])
-    thyroid_margin = np.logical_or.reduce([_ellipsoid(lat, ant, sup, c, a, 4.0) for c, a in thyroid_parts])
-    autochthon = {s: ((lat - 26 * s) / 15) ** 2 + ((ant + 84) / 10) ** 2 <= 1 for s in (-1, 1)}
-    body_ry = 15.0
-    spine_zone = ((lat / 26) ** 2 + ((ant - _BODY_ANT) / (body_ry + 4)) ** 2 <= 1) | (
-        (np.abs(lat) < 40) & (ant < _BODY_ANT)
+    return _Organs(
+        heart=_ellipsoid(lat, ant, sup, heart_c, haxes, 0.0, heart_rot),
+        heart_margin=_ellipsoid(lat, ant, sup, heart_c, haxes, 5.0, heart_rot),
+        d_aorta=_tube_distance(lat, ant, sup, aorta_pts),
+        d_trachea=_tube_distance(lat, ant, sup, [(tl, ta, tz, tr), (tl, ta, 200.0, tr)]),
+        d_esophagus=_tube_distance(lat, ant, sup, [(el, ea, -120.0, er), (el, ea, 200.0, er)]),
+        d_veins=np.minimum.reduce([_tube_distance(lat, ant, sup, v) for v in veins]),
+        thyroid=np.logical_or.reduce([_ellipsoid(lat, ant, sup, cc, a) for cc, a in thyroid_parts]),
+        thyroid_margin=np.logical_or.reduce([_ellipsoid(lat, ant, sup, cc, a, 4.0) for cc, a in thyroid_parts]),
+        autochthon={s: ((lat - 26 * s) / 15) ** 2 + ((ant + 84) / 10) ** 2 <= 1 for s in (-1, 1)},
+        spine_zone=((lat / 26) ** 2 + ((ant - _BODY_ANT) / (_BODY_RY + 4)) ** 2 <= 1) | ((np.abs(lat) < 40) & (ant < _BODY_ANT)),
     )
 
-    # Lungs: cavity above the diaphragm, under the apical dome, lateral of the mediastinum.
+
+def _paint_lungs(c: _Canvas, cage: _Cage, organs: _Organs, anat: SubjectAnatomy, condition: str, hw: float) -> None:
+    """Lungs: cavity above the diaphragm, under the apical dome, lateral of the mediastinum; lobes split
+    by the fissures (``hw``: a fissure's half-width), with a pleural effusion or a missing middle lobe."""
+    lat, ant, sup, zd = c.lat, c.ant, c.sup, cage.diaphragm
     exclude = (
-        _ellipsoid(lat, ant, sup, heart_c, haxes, 5.0, heart_rot) | (d_aorta <= 5.0) | (d_trachea <= 4.0)
-        | (d_esoph <= 4.0) | thyroid_margin | spine_zone | (np.abs(lat - 2.0) < 12.0)
+        organs.heart_margin | (organs.d_aorta <= 5.0) | (organs.d_trachea <= 4.0)
+        | (organs.d_esophagus <= 4.0) | organs.thyroid_margin | organs.spine_zone | (np.abs(lat - 2.0) < 12.0)
     )
     lobes: dict[str, np.ndarray] = {}
     for s, side in ((1, "left"), (-1, "right")):
         apex = ((lat - 50 * s) / 62) ** 2 + ((ant + 8) / 72) ** 2 + (np.maximum(sup - 45, 0) / 80) ** 2 <= 1
-        lung = cavity & apex & (s * lat > 0) & (sup > zd[s]) & ~exclude
+        lung = cage.cavity & apex & (s * lat > 0) & (sup > zd[s]) & ~exclude
         slope, z0 = (0.9, -12.0) if s > 0 else (0.85, -20.0)
         oblique = sup - (z0 - slope * ant)  # > 0: upper (and middle) lobes
         fissure = lung & (np.abs(oblique) / np.sqrt(1 + slope**2) < hw)
         lower = lung & (oblique <= 0)
         if condition == "pleural_effusion" and s == anat.effusion_side:
             fluid = lower & (ant + 25.0 < 0.6 * (zd[s] + 50.0 - sup))  # a dependent layer, deepest at the back
-            paint(fluid, None, EFFUSION)
+            c.paint(fluid, None, EFFUSION)
             lower &= ~fluid
         lobes[f"lung_lower_lobe_{side}"] = lower
         upper = lung & (oblique > 0)
@@ -306,39 +358,50 @@ def build_anatomy(
                 lobes["lung_middle_lobe_right"] = np.zeros_like(middle)
         lobes[f"lung_upper_lobe_{side}"] = upper
         for name in (f"lung_upper_lobe_{side}", f"lung_lower_lobe_{side}") + (("lung_middle_lobe_right",) if s < 0 else ()):
-            paint(lobes[name], name, LUNG)
-        tissue[fissure & (smap > 0)] = FISSURE
+            c.paint(lobes[name], name, LUNG)
+        c.tissue[fissure & (c.smap > 0)] = FISSURE
 
-    paint(d_veins <= 0, "pulmonary_vein", VEIN)
-    paint(heart, "heart", HEART)
-    paint(d_aorta <= 0, "aorta", AORTA)
-    paint((d_esoph <= 0) & muscle, "esophagus", ESOPHAGUS)
-    paint((d_trachea <= 0) & skin, "trachea", AIRWAY_WALL)
-    paint((d_trachea <= tlum - tr) & skin, "trachea", AIR)
-    paint(thyroid & skin, "thyroid_gland", THYROID)
-    for s, side in ((1, "left"), (-1, "right")):  # each in a sheath of fat, as the paraspinal muscles are
-        sheath = ((lat - 26 * s) / 19) ** 2 + ((ant + 84) / 14) ** 2 <= 1
-        paint(sheath & ~autochthon[s] & muscle & (smap == 0), None, FAT)
-        paint(autochthon[s] & muscle, f"autochthon_{side}", AUTOCHTHON)
 
-    # Spine: canal and cord throughout; each level a body plus posterior elements; discs between.
+def _paint_mediastinum(c: _Canvas, body: _Body, organs: _Organs) -> None:
+    """Pulmonary veins, heart, aorta, oesophagus, trachea (wall and air), thyroid, and the paraspinal
+    muscles, each in a sheath of fat."""
+    _, _, _, tr, tlum = _TRACHEA
+    c.paint(organs.d_veins <= 0, "pulmonary_vein", VEIN)
+    c.paint(organs.heart, "heart", HEART)
+    c.paint(organs.d_aorta <= 0, "aorta", AORTA)
+    c.paint((organs.d_esophagus <= 0) & body.muscle, "esophagus", ESOPHAGUS)
+    c.paint((organs.d_trachea <= 0) & body.skin, "trachea", AIRWAY_WALL)
+    c.paint((organs.d_trachea <= tlum - tr) & body.skin, "trachea", AIR)
+    c.paint(organs.thyroid & body.skin, "thyroid_gland", THYROID)
+    for s, side in ((1, "left"), (-1, "right")):
+        sheath = ((c.lat - 26 * s) / 19) ** 2 + ((c.ant + 84) / 14) ** 2 <= 1
+        c.paint(sheath & ~organs.autochthon[s] & body.muscle & (c.smap == 0), None, FAT)
+        c.paint(organs.autochthon[s] & body.muscle, f"autochthon_{side}", AUTOCHTHON)
+
+
+def _paint_spine(c: _Canvas, body: _Body) -> None:
+    """Spine: canal and cord throughout; each level a body plus posterior elements; discs between."""
+    lat, ant, sup, muscle = c.lat, c.ant, c.sup, body.muscle
     r_canal = np.sqrt(lat**2 + (ant - _CANAL_ANT) ** 2)
-    paint((r_canal <= 8.0) & muscle, None, CSF)
-    paint((r_canal <= 5.0) & muscle, "spinal_cord", CORD)
+    c.paint((r_canal <= 8.0) & muscle, None, CSF)
+    c.paint((r_canal <= 5.0) & muscle, "spinal_cord", CORD)
     posterior = ((r_canal > 8.0) & (r_canal <= 14.0) & (ant < _BODY_ANT - 10)) | (
         (np.abs(lat) < 4.5) & (ant > -95.0) & (ant < _CANAL_ANT - 10)
     ) | ((np.abs(lat) > 8) & (np.abs(lat) < 34) & (ant > -76) & (ant < -64))
     for j, level in enumerate(VERTEBRA_LEVELS):
         zc, half = _VERT_TOP - j * _VERT_PITCH, (8.0 if level == "C7" else 10.0 if level == "L1" else 9.0)
         rx = 16.0 + 6.0 * j / (len(VERTEBRA_LEVELS) - 1)
-        vbody = (lat / rx) ** 2 + ((ant - _BODY_ANT) / body_ry) ** 2 <= 1
+        vbody = (lat / rx) ** 2 + ((ant - _BODY_ANT) / _BODY_RY) ** 2 <= 1
         zs = _zslab(sup, zc - _VERT_PITCH / 2, zc + _VERT_PITCH / 2)
         zz = sup[..., zs]
-        paint(vbody & (np.abs(zz - zc) > half) & muscle[..., zs], None, DISC, zs)
-        paint((vbody | posterior) & (np.abs(zz - zc) <= half) & muscle[..., zs], f"vertebrae_{level}", VERTEBRA, zs)
+        c.paint(vbody & (np.abs(zz - zc) > half) & muscle[..., zs], None, DISC, zs)
+        c.paint((vbody | posterior) & (np.abs(zz - zc) <= half) & muscle[..., zs], f"vertebrae_{level}", VERTEBRA, zs)
 
-    # Ribs and costal cartilages: bands in the chest-wall ring, sloping down toward the front.
-    ring = (rho_in >= 1.0) & (rho_out < 1.0) & muscle
+
+def _paint_ribs_and_sternum(c: _Canvas, body: _Body, cage: _Cage) -> None:
+    """Ribs and costal cartilages: bands in the chest-wall ring, sloping down toward the front; the sternum."""
+    full, sup, lr, yr = c.full, c.sup, cage.lr, cage.yr
+    ring = (cage.rho_in >= 1.0) & (cage.rho_out < 1.0) & body.muscle
     idx = np.nonzero(ring)
     theta = np.arctan2(np.broadcast_to(lr, full)[idx] / 113.0, -np.broadcast_to(yr, full)[idx] / 83.0)
     zr = np.broadcast_to(sup, full)[idx]
@@ -359,20 +422,47 @@ def build_anatomy(
             zc = (zpost - drop) + (z_att - (zpost - drop)) * u
             cart_ids |= (theta > t_end) & (theta <= _STERNUM_EDGE) & (np.abs(zc - zr) <= 7.0)
     sel = rib_ids > 0
-    smap[tuple(i[sel] for i in idx)] = rib_ids[sel]
-    tissue[tuple(i[sel] for i in idx)] = RIB
+    c.smap[tuple(i[sel] for i in idx)] = rib_ids[sel]
+    c.tissue[tuple(i[sel] for i in idx)] = RIB
     sel = cart_ids & ~sel
-    smap[tuple(i[sel] for i in idx)] = _SID["costal_cartilages"]
-    tissue[tuple(i[sel] for i in idx)] = CARTILAGE
+    c.smap[tuple(i[sel] for i in idx)] = _SID["costal_cartilages"]
+    c.tissue[tuple(i[sel] for i in idx)] = CARTILAGE
     width = np.where(sup > 65.0, 24.0, 16.0)
-    sternum = (rho_in >= 0.9) & (rho_out <= 1.08) & (yr > 0) & (np.abs(lr) < width) & (sup >= _STERNUM_Z[0]) & (sup <= _STERNUM_Z[1])
-    paint(sternum & muscle, "sternum", STERNUM)
+    sternum = (cage.rho_in >= 0.9) & (cage.rho_out <= 1.08) & (yr > 0) & (np.abs(lr) < width) & (sup >= _STERNUM_Z[0]) & (sup <= _STERNUM_Z[1])
+    c.paint(sternum & body.muscle, "sternum", STERNUM)
 
-    if condition == "metal_artefact":  # a pacemaker in the left pectoral fat: no structure, labels unchanged
-        front = am * 0 + bm * np.sqrt(1 - (60.0 / am) ** 2)
-        device = _ellipsoid(lat, ant - front, sup, (60.0, fat / 2 / anat.scale[1], anat.metal_sup), (20.0, 5.0, 16.0))
-        tissue[device & skin & (smap == 0)] = METAL
-    return smap, tissue
+
+def _paint_pacemaker(c: _Canvas, body: _Body, anat: SubjectAnatomy) -> None:
+    """A pacemaker in the left pectoral fat (``metal_artefact``): metal tissue, no structure, labels unchanged."""
+    am, bm = body.axes
+    front = am * 0 + bm * np.sqrt(1 - (60.0 / am) ** 2)
+    device = _ellipsoid(c.lat, c.ant - front, c.sup, (60.0, anat.fat_mm / 2 / anat.scale[1], anat.metal_sup), (20.0, 5.0, 16.0))
+    c.tissue[device & body.skin & (c.smap == 0)] = METAL
+
+
+def build_anatomy(
+    shape: Sequence[int], spacing: Sequence[float], anat: SubjectAnatomy, condition: str = "none"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint the structure-id and tissue volumes of one subject, one organ system after another.
+
+    Returns:
+        ``(structures uint8 [X,Y,Z], tissue uint8 [X,Y,Z])``: structure ids are ``STRUCTURES`` index + 1
+        (0: no structure); tissues index ``TISSUE_HU``.
+    """
+    lat, ant, sup = template_coordinates(shape, spacing, anat)
+    full = tuple(int(n) for n in shape)
+    c = _Canvas(lat, ant, sup, smap=np.zeros(full, np.uint8), tissue=np.zeros(full, np.uint8))
+    mirror = -1.0 if condition == "mirrored_heart" else 1.0
+    body = _paint_body(c, anat)
+    cage = _paint_chest_cavity(c)
+    organs = _organ_shapes(c, mirror)  # lungs keep a fat margin around them
+    _paint_lungs(c, cage, organs, anat, condition, hw=max(1.5, 0.5 * min(spacing)))  # a fissure: at least one voxel
+    _paint_mediastinum(c, body, organs)
+    _paint_spine(c, body)
+    _paint_ribs_and_sternum(c, body, cage)
+    if condition == "metal_artefact":
+        _paint_pacemaker(c, body, anat)
+    return c.smap, c.tissue
 
 
 # ---- intensities ---------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ Command line: ``agg2exp-make-cohort data/synthetic_thorax --n-subjects 36 --seed
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import logging
 import os
@@ -31,8 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from agg2exp_lightning.data.phantom import PLANTED_CONDITIONS, STRUCTURES, check_shape, draw_anatomy, generate_subject
+from agg2exp_lightning.data.totalsegmentator import META_COLUMNS as TOTALSEGMENTATOR_META_COLUMNS
 from agg2exp_lightning.errors import DataError
 from agg2exp_lightning.utils.files import TEMPORARY_PATTERN, atomic_write_text, remove_temporaries
+from agg2exp_lightning.utils.options import did_you_mean, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,8 @@ __all__ = [
     "save_preview",
 ]
 
-META_COLUMNS: tuple[str, ...] = (
-    "image_id", "age", "gender", "institute", "study_type", "split", "manufacturer", "scanner_model", "kvp",
-    "pathology", "pathology_location", "planted_condition", "degraded",
-)
+#: The columns of a synthetic ``meta.csv``: TotalSegmentator's, then what was planted.
+META_COLUMNS: tuple[str, ...] = (*TOTALSEGMENTATOR_META_COLUMNS, "planted_condition", "degraded")
 #: (institute, manufacturer, scanner_model, kvp, noise sd in HU)
 SCANNERS: tuple[tuple[str, str, str, int, float], ...] = (
     ("A", "SIEMENS", "SOMATOM Definition Flash", 120, 22.0),
@@ -169,9 +168,8 @@ def _condition_names(conditions: Mapping | None, n: int, rng: np.random.Generato
 
 def _check_condition(name: object, argument: str) -> str:
     if name not in PLANTED_CONDITIONS:
-        near = difflib.get_close_matches(str(name), PLANTED_CONDITIONS, n=1)
-        hint = f" Did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"Expected argument `{argument}` to name one of {PLANTED_CONDITIONS}, but got {name!r}.{hint}")
+        raise ValueError(f"Expected argument `{argument}` to name one of {PLANTED_CONDITIONS}, but got {name!r}"
+                         f"{did_you_mean(name, PLANTED_CONDITIONS)}")
     return str(name)
 
 
@@ -193,15 +191,13 @@ def plan_cohort(
     Raises:
         ValueError: an argument is out of range or names an unknown condition or scanner.
     """
-    if not isinstance(n_subjects, (int, np.integer)) or isinstance(n_subjects, bool) or n_subjects < 1:
-        raise ValueError(f"Expected argument `n_subjects` to be a positive integer, but got {n_subjects!r}")
+    positive_int("n_subjects", n_subjects)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"Expected argument `seed` to be a non-negative integer, but got {seed!r}")
     models = [s[2] for s in SCANNERS]
     if degraded_scanner is not None and degraded_scanner not in models:
-        near = difflib.get_close_matches(str(degraded_scanner), models, n=1)
-        hint = f" Did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"Expected argument `degraded_scanner` to be None or one of {models}, but got {degraded_scanner!r}.{hint}")
+        raise ValueError(f"Expected argument `degraded_scanner` to be None or one of {models}, but got {degraded_scanner!r}"
+                         f"{did_you_mean(degraded_scanner, models)}")
     n = int(n_subjects)
     fractions = _check_fractions(split_fractions)
     cohort_rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(2**32 - 1,)))

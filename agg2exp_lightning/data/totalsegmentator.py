@@ -6,7 +6,6 @@ A dataset root holds one folder per subject (``s0000/``) with ``ct.nii.gz`` in H
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,7 @@ import numpy as np
 from agg2exp_lightning.data.nifti import check_binary, check_ct, check_same_grid, load_nifti
 from agg2exp_lightning.errors import DataError
 from agg2exp_lightning.labels import THORAX_CLASSES
+from agg2exp_lightning.utils.options import did_you_mean, nearest
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,8 @@ def validate_mapping(mapping: Mapping[str, Sequence[str]], class_names: Sequence
     foreground = list(class_names[1:])
     for label in mapping:
         if label not in foreground:
-            near = difflib.get_close_matches(label, foreground, n=1)
-            hint = f" Did you mean {near[0]!r}?" if near else ""
-            raise DataError(f"structure mapping names label {label!r}, which is not one of the classes {foreground}.{hint}")
+            raise DataError(f"structure mapping names label {label!r}, which is not one of the classes {foreground}"
+                            f"{did_you_mean(label, foreground)}")
 
 
 def merge_structures(
@@ -145,8 +144,8 @@ def merge_structures(
             path = seg_dir / f"{structure}.nii.gz"
             what = f"subject {subject_dir.name}, structure {structure!r} (label {label!r})"
             if structure not in present:
-                near = difflib.get_close_matches(structure, sorted(present), n=1)
-                hint = f"; closest file present: {near[0]}.nii.gz" if near else ""
+                near = nearest(structure, sorted(present))
+                hint = f"; closest file present: {near}.nii.gz" if near else ""
                 raise DataError(f"{what}: expected mask file {path}, which does not exist{hint}")
             data, affine = load_nifti(path, what=what)
             if reference is None:

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from agg2exp_lightning.utils.options import positive_int  # noqa: F401 - the metrics import it from here
+
 
 class UndefinedScoreWarning(RuntimeWarning):
     """A score is NaN because it is undefined for these inputs (e.g. a correlation with a constant)."""
@@ -17,13 +19,6 @@ class UndefinedScoreWarning(RuntimeWarning):
 def warn_undefined(message: str) -> None:
     """Warn that a score is returned as NaN, pointing at the caller of the public metric."""
     warnings.warn(message, UndefinedScoreWarning, stacklevel=3)
-
-
-def positive_int(name: str, value: int, minimum: int = 1) -> int:
-    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"Expected argument `{name}` to be an integer >= {minimum}, but got {value!r}")
-    return int(value)
 
 
 def as_tensor(name: str, value: Tensor | np.ndarray) -> Tensor:

@@ -40,17 +40,15 @@ from agg2exp_lightning.evaluation.faithfulness import (
 )
 from agg2exp_lightning.evaluation.report import write_report
 from agg2exp_lightning.evaluation.sensitivity import sensitivity, uniform_noise
-from agg2exp_lightning.labels import THORAX_CLASSES
-from agg2exp_lightning.utils.files import atomic_write_text
+from agg2exp_lightning.explain import METHODS
+from agg2exp_lightning.labels import THORAX_CLASSES, resolve_targets
+from agg2exp_lightning.utils import atomic_write_text, plain_tensor
 from agg2exp_lightning.utils.output_folder import OutputFolderKind, config_fingerprint, open_output_folder
 
 log = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "METRIC_COLUMNS", "ComparisonSettings", "compare_methods", "default_explainer", "resolve_targets"]
 
-METHODS: tuple[str, ...] = (
-    "vanilla_gradient", "smoothgrad", "integrated_gradients", "kernelshap_cubes", "kernelshap_semantic",
-)
 #: Per-(scan, method, target) columns of the long table.
 METRIC_COLUMNS: tuple[str, ...] = (
     "faithfulness", "sensitivity_avg", "sensitivity_max", "complexity", "seconds_one_class", "seconds_all_classes",
@@ -141,23 +139,10 @@ def default_explainer(**options: Any) -> Explainer:
     return run
 
 
-def resolve_targets(targets: Sequence[Union[str, int]], class_names: Sequence[str] = THORAX_CLASSES) -> list[int]:
-    """Class ids of ``targets`` given as names or ids, or a ValueError suggesting the nearest name."""
-    import difflib
-
-    ids = []
-    for t in targets:
-        if isinstance(t, (int, np.integer)) and not isinstance(t, bool) and 0 <= int(t) < len(class_names):
-            ids.append(int(t))
-        elif isinstance(t, str) and t in class_names:
-            ids.append(list(class_names).index(t))
-        else:
-            close = difflib.get_close_matches(str(t), class_names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"Expected `targets` to be class names or ids of {len(class_names)} classes, got {t!r}{hint}")
-    if not ids or len(set(ids)) != len(ids):
-        raise ValueError(f"Expected `targets` to be a non-empty list without repeats, got {list(targets)!r}")
-    return ids
+def _content_seed(image: Tensor) -> int:
+    """A seed made from a tensor's bytes: the same input gets the same draws, another input other ones."""
+    x = image.as_tensor() if hasattr(image, "as_tensor") else image
+    return zlib.crc32(x.detach().cpu().contiguous().numpy().tobytes())
 
 
 def _safe_name(subject_id: str) -> str:
@@ -203,7 +188,7 @@ class _ScanContext:
     def image(self) -> Tensor:
         if self._image is None:
             x = self.source() if callable(self.source) else self.source
-            x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+            x = torch.as_tensor(plain_tensor(x))
             self._image = x.detach().to(model_device(self.model, x.device))
         return self._image
 

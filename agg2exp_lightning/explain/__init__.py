@@ -10,6 +10,7 @@ Example:
 """
 from __future__ import annotations
 
+from agg2exp_lightning.errors import NonFiniteError
 from agg2exp_lightning.explain._gradients import IG_RULES, integration_points
 from agg2exp_lightning.explain._kernelshap import (
     cube_feature_mask,
@@ -20,7 +21,7 @@ from agg2exp_lightning.explain._kernelshap import (
 )
 from agg2exp_lightning.explain._sliding_window import WindowPlan, blended_logits, window_plan
 from agg2exp_lightning.explain._validation import METHODS, resolve_method_name
-from agg2exp_lightning.explain.aggregation import global_roi_importance, merge_regions, region_masses, roi_importance
+from agg2exp_lightning.explain.aggregation import mean_roi_over_scans, merge_regions, region_masses, roi_importance
 from agg2exp_lightning.explain.baselines import BASELINES, gaussian_blur, make_baseline
 from agg2exp_lightning.explain.engine import METHOD_OPTIONS, ExplanationResult, explain
 from agg2exp_lightning.explain.model_state import explanation_mode
@@ -31,6 +32,7 @@ __all__ = [
     "IG_RULES",
     "METHODS",
     "METHOD_OPTIONS",
+    "NonFiniteError",
     "ExplanationResult",
     "WindowPlan",
     "blended_logits",
@@ -38,7 +40,7 @@ __all__ = [
     "explain",
     "explanation_mode",
     "gaussian_blur",
-    "global_roi_importance",
+    "mean_roi_over_scans",
     "integration_points",
     "make_baseline",
     "merge_regions",

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from agg2exp_lightning.explain._predictor import Predictor
-from agg2exp_lightning.explain._validation import choice, nonnegative_float, positive_int
 from agg2exp_lightning.explain.baselines import make_baseline
+from agg2exp_lightning.utils.options import look_up_option, nonnegative_float, positive_int
 
 #: Integration rules of Integrated Gradients shared with Captum (Captum's names).
 IG_RULES: tuple[str, ...] = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
@@ -44,7 +44,7 @@ def integration_points(n_steps: int, rule: str = "gausslegendre") -> tuple[Tenso
         tensor([0.2500, 0.5000, 0.2500], dtype=torch.float64)
     """
     n = positive_int("n_steps", n_steps)
-    rule = choice("integration", rule, (*IG_RULES, PAPER_IG_RULE))
+    rule = look_up_option("integration", rule, (*IG_RULES, PAPER_IG_RULE))
     if rule == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)
         return torch.from_numpy(0.5 * (nodes + 1)), torch.from_numpy(0.5 * weights)

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from agg2exp_lightning.explain._predictor import Predictor
-from agg2exp_lightning.explain._validation import choice, positive_int
 from agg2exp_lightning.explain.baselines import make_baseline
+from agg2exp_lightning.utils.options import look_up_option, positive_int
 
 KERNELSHAP_OPTIONS = {"n_samples", "baseline", "baseline_value", "batch_size", "seed", "paired", "spread", "reuse_windows"}
 CUBE_OPTIONS = KERNELSHAP_OPTIONS | {"cubes_per_axis"}
@@ -195,7 +195,7 @@ def kernelshap(
     """
     n = positive_int("n_samples", n_samples)
     batch_size = positive_int("batch_size", batch_size)
-    spread = choice("spread", spread, ("divide", "broadcast"))
+    spread = look_up_option("spread", spread, ("divide", "broadcast"))
     if n < num_features:
         raise ValueError(
             f"Expected argument `n_samples` >= the number of features ({num_features}) so that the Shapley "

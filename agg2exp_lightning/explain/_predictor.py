@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from agg2exp_lightning.errors import NonFiniteError
 from agg2exp_lightning.explain._sliding_window import WindowPlan, blended_logits, windowed_coalition_proxies, windowed_proxy_gradients
 from agg2exp_lightning.explain._vjp import PassCounter, target_vjps
 from agg2exp_lightning.explain.proxy import proxy_output
@@ -70,7 +71,8 @@ class Predictor:
                 f"[1, C, {', '.join(map(str, spatial))}], but it returned shape {tuple(logits.shape)}"
             )
         if not bool(torch.isfinite(logits).all()):
-            raise ValueError("Expected argument `model` to return finite logits for `image`, but they hold NaN or infinite values")
+            raise NonFiniteError("Expected argument `model` to return finite logits for `image`, but they hold NaN or infinite "
+                                 "values", what="logits")
         self.labels = logits.detach().argmax(dim=1)[0]
         return logits.detach()
 

@@ -1,22 +1,31 @@
 """Eager argument checks for the explanation engine, with messages naming the argument (private)."""
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
-#: Canonical method names, in the order of the paper.
-METHODS: tuple[str, ...] = (
+from agg2exp_lightning.errors import NonFiniteError
+from agg2exp_lightning.utils import plain_tensor
+from agg2exp_lightning.utils.options import did_you_mean, look_up_option, nearest, nonnegative_float, positive_int
+
+__all__ = [  # the shared checks are re-exported for the engine's modules
+    "ALIASES", "METHODS", "CanonicalMethodName", "check_image", "check_label_map", "check_options", "check_targets", "check_window",
+    "look_up_option", "nonnegative_float", "positive_int", "resolve_method_name",
+]
+
+#: Canonical method names, in the order of the paper: the one list of them.
+CanonicalMethodName = Literal[
     "vanilla_gradient",
     "smoothgrad",
     "integrated_gradients",
     "kernelshap_cubes",
     "kernelshap_semantic",
-)
+]
+METHODS: tuple[str, ...] = get_args(CanonicalMethodName)
 
 #: Short and alternative spellings accepted by :func:`resolve_method_name`.
 ALIASES: dict[str, str] = {
@@ -66,32 +75,9 @@ def resolve_method_name(method: Any) -> Any:
     if key in ALIASES:
         return ALIASES[key]
     valid = list(METHODS) + list(ALIASES)
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"Expected argument `method` to be one of {list(METHODS)} (or an alias {sorted(ALIASES)}), got {method!r}{hint}")
-
-
-def positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"Expected argument `{name}` to be an integer >= {minimum}, but got {value!r}")
-    return int(value)
-
-
-def nonnegative_float(name: str, value: Any) -> float:
-    """``value`` as a finite float >= 0, or a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value) or value < 0:
-        raise ValueError(f"Expected argument `{name}` to be a finite number >= 0, but got {value!r}")
-    return float(value)
-
-
-def choice(name: str, value: Any, valid: Sequence[str]) -> str:
-    """``value`` if it is one of ``valid``, else a ValueError naming ``name`` and the nearest choice."""
-    if isinstance(value, str) and value in valid:
-        return value
-    close = difflib.get_close_matches(str(value), list(valid), n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"Expected argument `{name}` to be one of {list(valid)}, but got {value!r}{hint}")
+    raise ValueError(
+        f"Expected argument `method` to be one of {list(METHODS)} (or an alias {sorted(ALIASES)}), got {method!r}{did_you_mean(key, valid)}"
+    )
 
 
 def check_options(method: str, options: Mapping[str, Any], allowed: Iterable[str]) -> None:
@@ -101,8 +87,8 @@ def check_options(method: str, options: Mapping[str, Any], allowed: Iterable[str
     if unknown:
         hints = []
         for u in unknown:
-            close = difflib.get_close_matches(u, allowed, n=1, cutoff=0.5)
-            hints.append(f"{u!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            close = nearest(u, allowed)
+            hints.append(f"{u!r}" + (f" (did you mean {close!r}?)" if close else ""))
         raise ValueError(f"Unknown option(s) {', '.join(hints)} for method {method!r}; it accepts {allowed}")
 
 
@@ -112,8 +98,7 @@ def check_image(image: Any, spatial_dims: int) -> Tensor:
         image = torch.from_numpy(image)
     if not isinstance(image, Tensor):
         raise ValueError(f"Expected argument `image` to be a torch.Tensor, but got {type(image).__name__}")
-    if hasattr(image, "as_tensor"):  # MONAI MetaTensor -> plain tensor
-        image = image.as_tensor()
+    image = plain_tensor(image)
     shape = tuple(image.shape)
     if image.dim() == spatial_dims + 1:
         if shape[0] != 1:
@@ -134,7 +119,7 @@ def check_image(image: Any, spatial_dims: int) -> Tensor:
         image = image.detach().clone()  # a fresh normal tensor, even from an inference tensor
     if not bool(torch.isfinite(image).all()):
         bad = int((~torch.isfinite(image)).sum())
-        raise ValueError(f"Expected argument `image` to be finite, but it holds {bad} NaN or infinite voxels")
+        raise NonFiniteError(f"Expected argument `image` to be finite, but it holds {bad} NaN or infinite voxels", what="image")
     return image
 
 
@@ -162,8 +147,7 @@ def check_label_map(name: str, labels: Any, spatial: Sequence[int], device: torc
         labels = torch.from_numpy(labels)
     if not isinstance(labels, Tensor):
         raise ValueError(f"Expected argument `{name}` to be an integer tensor of shape {tuple(spatial)}, but got {type(labels).__name__}")
-    if hasattr(labels, "as_tensor"):
-        labels = labels.as_tensor()
+    labels = plain_tensor(labels)
     if labels.dim() == len(spatial) + 1 and labels.shape[0] == 1:
         labels = labels[0]
     if tuple(labels.shape) != tuple(spatial):
@@ -199,6 +183,6 @@ def check_window(roi_size: Any, spatial_dims: int, sw_batch_size: Any, overlap: 
         "roi_size": roi,
         "sw_batch_size": positive_int("sw_batch_size", sw_batch_size),
         "overlap": tuple(float(o) for o in ov),
-        "mode": choice("mode", mode, ("constant", "gaussian")),
+        "mode": look_up_option("mode", mode, ("constant", "gaussian")),
         "sigma_scale": tuple(float(s) for s in sig),
     }

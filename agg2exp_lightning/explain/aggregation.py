@@ -17,7 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["global_roi_importance", "merge_regions", "region_masses", "roi_importance"]
+from agg2exp_lightning.errors import NonFiniteError
+from agg2exp_lightning.utils import plain_tensor
+
+__all__ = ["mean_roi_over_scans", "merge_regions", "region_masses", "roi_importance"]
 
 ArrayLike = Union[Tensor, np.ndarray]
 
@@ -37,7 +40,7 @@ def _as_tensor(name: str, value: ArrayLike) -> Tensor:
         value = torch.from_numpy(value)
     if not isinstance(value, Tensor):
         raise ValueError(f"Expected argument `{name}` to be a tensor or numpy array, but got {type(value).__name__}")
-    return value.as_tensor() if hasattr(value, "as_tensor") else value
+    return plain_tensor(value)
 
 
 def _extra_masks(extra_masks: ArrayLike | Sequence[ArrayLike] | None, spatial: tuple[int, ...], device: torch.device) -> Tensor:
@@ -83,7 +86,7 @@ def region_masses(
     if not a.is_floating_point():
         a = a.double()
     if not bool(torch.isfinite(a).all()):
-        raise ValueError("Expected argument `attributions` to be finite, but it holds NaN or infinite values")
+        raise NonFiniteError("Expected argument `attributions` to be finite, but it holds NaN or infinite values", what="attributions")
     s = _signed(a.detach().double(), sign).flatten(1)  # [T, V]
     flat = lab.to(device=s.device, dtype=torch.long).reshape(-1)
     valid = flat >= 0  # negative labels: voxels outside every region (still in the total)
@@ -204,14 +207,17 @@ def merge_regions(
     return out, new_names
 
 
-def global_roi_importance(per_scan: ArrayLike | Sequence[ArrayLike]) -> Tensor:
-    """NaN-aware mean of RoI importance over scans: ``[N, T, R]`` (or a list of ``[T, R]``) to ``[T, R]``.
+def mean_roi_over_scans(per_scan: ArrayLike | Sequence[ArrayLike]) -> Tensor:
+    """NaN-aware mean of per-scan RoI importance tensors: ``[N, T, R]`` (or a list of ``[T, R]``) to ``[T, R]``.
+
+    The tensor counterpart of :func:`agg2exp_lightning.analysis.importance.global_roi_importance`
+    (which takes the ``[N, A, B]`` numpy shares of an explanation table), for scans explained here.
 
     Entries that are NaN on a scan (undefined there) are left out of that entry's mean; an entry
     NaN on every scan stays NaN (no warning).
 
     Example:
-        >>> global_roi_importance([torch.tensor([[0.2, 0.8]]), torch.tensor([[0.4, float("nan")]])])
+        >>> mean_roi_over_scans([torch.tensor([[0.2, 0.8]]), torch.tensor([[0.4, float("nan")]])])
         tensor([[0.3000, 0.8000]], dtype=torch.float64)
     """
     if isinstance(per_scan, (Tensor, np.ndarray)):

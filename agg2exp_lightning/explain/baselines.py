@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from agg2exp_lightning.utils.options import did_you_mean
+
 __all__ = ["BASELINES", "gaussian_blur", "make_baseline"]
 
 #: Named baselines accepted by :func:`make_baseline`.
@@ -103,11 +105,8 @@ def make_baseline(
     elif baseline == "blurred":
         out = gaussian_blur(image, float(blur_sigma))
     else:
-        import difflib
-
-        close = difflib.get_close_matches(str(baseline), BASELINES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Expected argument `baseline` to be one of {list(BASELINES)}, a number or a tensor, but got {baseline!r}{hint}")
+        raise ValueError(f"Expected argument `baseline` to be one of {list(BASELINES)}, a number or a tensor, "
+                         f"but got {baseline!r}{did_you_mean(baseline, BASELINES)}")
     out = out.detach()
     if not bool(torch.isfinite(out).all()) or (isinstance(baseline, (int, float)) and not math.isfinite(float(baseline))):
         raise ValueError("Expected argument `baseline` to be finite, but it holds NaN or infinite values")

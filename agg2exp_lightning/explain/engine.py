@@ -15,13 +15,12 @@ from agg2exp_lightning.explain._captum import captum_attributions
 from agg2exp_lightning.explain._predictor import Predictor
 from agg2exp_lightning.explain._sliding_window import window_plan
 from agg2exp_lightning.explain._validation import (
+    CanonicalMethodName,
     check_image,
     check_label_map,
     check_options,
     check_targets,
     check_window,
-    choice,
-    positive_int,
     resolve_method_name,
 )
 from agg2exp_lightning.explain.aggregation import roi_importance
@@ -29,14 +28,12 @@ from agg2exp_lightning.explain.memory import PASS_BYTES_PER_VOXEL, available_mem
 from agg2exp_lightning.explain.model_state import explanation_mode
 from agg2exp_lightning.explain.proxy import proxy_output
 from agg2exp_lightning.protocols import SETTING_CHOICES, Protocol, ProtocolLike, resolve_protocol
-from agg2exp_lightning.utils import look_up_option
+from agg2exp_lightning.utils import look_up_option, positive_int
 
 log = logging.getLogger(__name__)
 
-MethodName = Literal[
-    "vanilla_gradient", "smoothgrad", "integrated_gradients", "kernelshap_cubes", "kernelshap_semantic",
-    "vg", "sg", "ig", "ks_cubes", "ks_semantic",
-]
+#: A method by its canonical name or a short alias (:data:`~agg2exp_lightning.explain._validation.ALIASES` has more).
+MethodName = Literal[CanonicalMethodName, "vg", "sg", "ig", "ks_cubes", "ks_semantic"]
 
 #: Keyword options each method accepts, with their defaults documented in :func:`explain`.
 METHOD_OPTIONS: dict[str, set[str]] = {
@@ -182,84 +179,201 @@ def explain(
         (torch.Size([3, 3]), torch.Size([3, 8, 8, 8]))
     """
     start = time.perf_counter()
-    name = resolve_method_name(method)
-    if isinstance(name, str):
-        check_options(name, method_options, METHOD_OPTIONS[name])
-    resolved_protocol, method_options = _apply_protocol(name, protocol, method_options)
-    sign = choice("sign", sign, ("abs", "positive", "negative"))
-    spatial_dims = positive_int("spatial_dims", spatial_dims)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}")
-    x = check_image(image, spatial_dims)
-    spatial = tuple(x.shape[2:])
-    window = check_window(roi_size, spatial_dims, sw_batch_size, overlap, mode, sigma_scale)
-    if targets is not None:
-        check_targets(targets, 2**62)  # types, sign and repeats now; the range once C is known
-    if name == "kernelshap_cubes":
-        n_cubes = _kernelshap.cube_feature_mask(spatial, method_options.get("cubes_per_axis", 8))[1]
-        n = method_options.get("n_samples", KERNELSHAP_SAMPLES[name])
-        if positive_int("n_samples", n) < n_cubes:
-            raise ValueError(f"Expected argument `n_samples` >= the number of cubes ({n_cubes}) so that the Shapley regression is determined, but got {n}")
-    device = _model_device(model, x.device)
-    limit = available_memory(device) if max_memory is None else float(max_memory)
-    if not limit > 0:
-        raise ValueError(f"Expected argument `max_memory` to be a positive number of bytes, but got {max_memory!r}")
-    cost_name = name if isinstance(name, str) else "captum"
-    roi = None if window is None else tuple(window["roi_size"])
-
-    def check_memory(num_classes: int, num_targets: int) -> None:
-        estimate = explain_memory_estimate(
-            spatial, cost_name, num_classes=num_classes, num_targets=num_targets, roi_size=roi,
-            sw_batch_size=sw_batch_size, batch_size=method_options.get("batch_size", 4),
-            pass_bytes_per_voxel=pass_bytes_per_voxel, dtype_bytes=x.element_size(),
-        )
-        check_explain_memory(estimate, limit, spatial=spatial, method=cost_name, roi_size=roi)
-
+    request = _ExplainRequest.from_arguments(
+        model, image, method, targets, regions, roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
+        sigma_scale=sigma_scale, num_regions=num_regions, extra_masks=extra_masks, sign=sign, spatial_dims=spatial_dims,
+        max_memory=max_memory, pass_bytes_per_voxel=pass_bytes_per_voxel, protocol=protocol, method_options=method_options,
+    )
     # before any pass: a lower bound (the classes are not known yet), so a hopeless volume is refused now
-    check_memory(1 if targets is None else max(targets) + 1, 1 if targets is None else max(1, len(targets)))
-    x = x.to(device)
-    region_map = None if regions is None else check_label_map("regions", regions, spatial, device)
-    if num_regions is not None:
-        num_regions = positive_int("num_regions", num_regions)
-        if region_map is not None and region_map.numel() and int(region_map.max()) >= num_regions:
-            raise ValueError(f"Expected argument `regions` to hold labels < num_regions={num_regions}, but found {int(region_map.max())}")
-    masks = {}
-    for key, m in (extra_masks or {}).items():
-        masks[str(key)] = check_label_map(f"extra_masks[{key!r}]", torch.as_tensor(m).long(), spatial, device).bool()
+    request.check_memory(*request.memory_lower_bound())
+    passes = _run_passes(model, request, eval_mode=eval_mode, progress=progress)
+    return _aggregate(request, passes, keep_attributions=keep_attributions, start=start)
 
+
+@dataclass(frozen=True)
+class _ExplainRequest:
+    """One call of :func:`explain`, validated before any model pass.
+
+    Attributes:
+        name: canonical method name, or a Captum attribution class.
+        options: the method's keyword options, with the protocol's choices filled in.
+        protocol: the resolved protocol (with overrides from ``options``).
+        image: ``[1, 1, *S]`` float copy of the scan, on ``device``.
+        window: sliding-window settings (``None``: whole volume).
+        targets: the requested class ids (``None``: all), checked against ``C`` after the first pass.
+        region_map: ``[*S]`` label map to aggregate over (``None``: the prediction).
+        num_regions: ``R`` if given.
+        masks: extra regions by name, ``[*S]`` bool.
+        sign: the part of the maps aggregated.
+        device: where the model's parameters are.
+        memory_limit: bytes the explanation may use.
+        pass_bytes_per_voxel: activation memory per input voxel of one pass, for the estimate.
+    """
+
+    name: Any
+    options: dict[str, Any]
+    protocol: Protocol
+    image: Tensor
+    window: dict[str, Any] | None
+    targets: Sequence[int] | None
+    region_map: Tensor | None
+    num_regions: int | None
+    masks: dict[str, Tensor]
+    sign: str
+    device: torch.device
+    memory_limit: float
+    pass_bytes_per_voxel: float
+
+    @classmethod
+    def from_arguments(
+        cls,
+        model: Any,
+        image: Any,
+        method: Any,
+        targets: Sequence[int] | None,
+        regions: Tensor | None,
+        roi_size: Sequence[int] | int | None,
+        *,
+        sw_batch_size: int,
+        overlap: float | Sequence[float],
+        mode: str,
+        sigma_scale: float | Sequence[float],
+        num_regions: int | None,
+        extra_masks: Mapping[str, Tensor] | None,
+        sign: str,
+        spatial_dims: int,
+        max_memory: float | None,
+        pass_bytes_per_voxel: float,
+        protocol: ProtocolLike,
+        method_options: Mapping[str, Any],
+    ) -> _ExplainRequest:
+        """Check every argument (messages name it); raises ValueError as :func:`explain` documents."""
+        name = resolve_method_name(method)
+        if isinstance(name, str):
+            check_options(name, method_options, METHOD_OPTIONS[name])
+        resolved_protocol, options = _apply_protocol(name, protocol, method_options)
+        sign = look_up_option("sign", sign, ("abs", "positive", "negative"))
+        spatial_dims = positive_int("spatial_dims", spatial_dims)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}")
+        x = check_image(image, spatial_dims)
+        spatial = tuple(x.shape[2:])
+        window = check_window(roi_size, spatial_dims, sw_batch_size, overlap, mode, sigma_scale)
+        if targets is not None:
+            check_targets(targets, 2**62)  # types, sign and repeats now; the range once C is known
+        if name == "kernelshap_cubes":
+            n_cubes = _kernelshap.cube_feature_mask(spatial, options.get("cubes_per_axis", 8))[1]
+            n = options.get("n_samples", KERNELSHAP_SAMPLES[name])
+            if positive_int("n_samples", n) < n_cubes:
+                raise ValueError(f"Expected argument `n_samples` >= the number of cubes ({n_cubes}) so that the Shapley regression is determined, but got {n}")
+        device = _model_device(model, x.device)
+        limit = available_memory(device) if max_memory is None else float(max_memory)
+        if not limit > 0:
+            raise ValueError(f"Expected argument `max_memory` to be a positive number of bytes, but got {max_memory!r}")
+        region_map = None if regions is None else check_label_map("regions", regions, spatial, device)
+        if num_regions is not None:
+            num_regions = positive_int("num_regions", num_regions)
+            if region_map is not None and region_map.numel() and int(region_map.max()) >= num_regions:
+                raise ValueError(f"Expected argument `regions` to hold labels < num_regions={num_regions}, but found {int(region_map.max())}")
+        masks = {}
+        for key, m in (extra_masks or {}).items():
+            masks[str(key)] = check_label_map(f"extra_masks[{key!r}]", torch.as_tensor(m).long(), spatial, device).bool()
+        return cls(name=name, options=options, protocol=resolved_protocol, image=x, window=window, targets=targets,
+                   region_map=region_map, num_regions=num_regions, masks=masks, sign=sign, device=device,
+                   memory_limit=limit, pass_bytes_per_voxel=float(pass_bytes_per_voxel))
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return tuple(self.image.shape[2:])
+
+    @property
+    def method_name(self) -> str:
+        return self.name if isinstance(self.name, str) else self.name.__name__
+
+    def memory_lower_bound(self) -> tuple[int, int]:
+        """``(classes, targets)`` known before the first pass: the requested ones, or one of each."""
+        if self.targets is None:
+            return 1, 1
+        return max(self.targets) + 1, max(1, len(self.targets))
+
+    def check_memory(self, num_classes: int, num_targets: int) -> None:
+        """Refuse (:class:`~agg2exp_lightning.explain.memory.ExplanationTooLarge`) an explanation whose
+        estimated peak exceeds the memory limit."""
+        cost_name = self.name if isinstance(self.name, str) else "captum"
+        roi = None if self.window is None else tuple(self.window["roi_size"])
+        estimate = explain_memory_estimate(
+            self.spatial, cost_name, num_classes=num_classes, num_targets=num_targets, roi_size=roi,
+            sw_batch_size=self.window["sw_batch_size"] if self.window is not None else 1,
+            batch_size=self.options.get("batch_size", 4),
+            pass_bytes_per_voxel=self.pass_bytes_per_voxel, dtype_bytes=self.image.element_size(),
+        )
+        check_explain_memory(estimate, self.memory_limit, spatial=self.spatial, method=cost_name, roi_size=roi)
+
+
+@dataclass
+class _Passes:
+    """What the model passes produced: the maps and what the aggregation needs of the prediction."""
+
+    attributions: Tensor
+    diagnostics: dict[str, Any]
+    labels: Tensor
+    num_classes: int
+    target_ids: list[int]
+    predictor: Predictor
+    plan: Any
+
+
+def _run_passes(model: nn.Module, request: _ExplainRequest, *, eval_mode: bool, progress: bool) -> _Passes:
+    """Predict once, check the targets and the memory against the real class count, then attribute."""
+    x = request.image.to(request.device)
+    window = request.window
     with explanation_mode(model, eval_mode=eval_mode):
         plan = None
         if window is not None:
-            plan = window_plan(spatial, window["roi_size"], sw_batch_size=window["sw_batch_size"], overlap=window["overlap"],
-                               mode=window["mode"], sigma_scale=window["sigma_scale"], device=device, dtype=x.dtype)
+            plan = window_plan(request.spatial, window["roi_size"], sw_batch_size=window["sw_batch_size"], overlap=window["overlap"],
+                               mode=window["mode"], sigma_scale=window["sigma_scale"], device=request.device, dtype=x.dtype)
         predictor = Predictor(model, plan, [], progress=bool(progress))
-        logits = predictor.predict(x, keep_graph=name == "vanilla_gradient")
+        logits = predictor.predict(x, keep_graph=request.name == "vanilla_gradient")
         num_classes = int(logits.shape[1])
-        target_ids = check_targets(targets, num_classes)
-        check_memory(num_classes, len(target_ids))
+        target_ids = check_targets(request.targets, num_classes)
+        request.check_memory(num_classes, len(target_ids))
         predictor.targets = target_ids
         labels = predictor.labels
         proxy_at_image = proxy_output(logits, labels, target_ids)[0]
         del logits
-        attr, diag = _attribute(name, predictor, x, labels, num_classes, target_ids, proxy_at_image, plan, window, method_options)
+        attr, diag = _attribute(request.name, predictor, x, labels, num_classes, target_ids, proxy_at_image, plan, window,
+                                request.options)
+    return _Passes(attributions=attr, diagnostics=diag, labels=labels, num_classes=num_classes, target_ids=target_ids,
+                   predictor=predictor, plan=plan)
 
+
+def _aggregate(request: _ExplainRequest, passes: _Passes, *, keep_attributions: bool, start: float) -> ExplanationResult:
+    """RoI importance (mass shares and means) over the regions, and the result with its diagnostics
+    (``start``: :func:`time.perf_counter` when the call began)."""
+    labels, num_classes, target_ids = passes.labels, passes.num_classes, passes.target_ids
     present = set(torch.unique(labels).tolist())
-    if region_map is None:
+    num_regions = request.num_regions
+    if request.region_map is None:
         region_map, n_regions = labels, num_classes if num_regions is None else num_regions
     else:
+        region_map = request.region_map
         top = int(region_map.max()) + 1 if region_map.numel() else 0
         n_regions = max(num_classes, top) if num_regions is None else num_regions
+    masks = request.masks
     mask_stack = torch.stack(list(masks.values())) if masks else None
-    roi = roi_importance(attr, region_map, n_regions, "mass", sign, extra_masks=mask_stack, empty_regions=resolved_protocol.empty_regions)
-    roi_mean = roi_importance(attr, region_map, n_regions, "mean", sign, extra_masks=mask_stack)
-    diag.update(predictor.counter.as_dict())
-    diag["protocol"] = resolved_protocol.as_dict()
+    attr = passes.attributions
+    roi = roi_importance(attr, region_map, n_regions, "mass", request.sign, extra_masks=mask_stack,
+                         empty_regions=request.protocol.empty_regions)
+    roi_mean = roi_importance(attr, region_map, n_regions, "mean", request.sign, extra_masks=mask_stack)
+    diag = passes.diagnostics
+    counter = passes.predictor.counter
+    diag.update(counter.as_dict())
+    diag["protocol"] = request.protocol.as_dict()
     diag["targets_absent"] = [c for c in target_ids if c not in present]
-    if plan is not None:
-        diag["windows"] = plan.num_windows
+    if passes.plan is not None:
+        diag["windows"] = passes.plan.num_windows
     seconds = time.perf_counter() - start
-    method_name = name if isinstance(name, str) else name.__name__
-    log.debug("explain(%s): %d targets in %.2f s, %s", method_name, len(target_ids), seconds, predictor.counter.as_dict())
+    log.debug("explain(%s): %d targets in %.2f s, %s", request.method_name, len(target_ids), seconds, counter.as_dict())
     return ExplanationResult(
         attributions=attr.detach() if keep_attributions else None,
         roi=roi,
@@ -267,7 +381,7 @@ def explain(
         targets=target_ids,
         prediction=labels.detach(),
         seconds=seconds,
-        method=method_name,
+        method=request.method_name,
         diagnostics=diag,
         region_names=[str(i) for i in range(n_regions)] + list(masks),
     )

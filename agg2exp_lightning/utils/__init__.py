@@ -21,7 +21,7 @@ from agg2exp_lightning.utils.files import (
     fingerprint,
     remove_temporaries,
 )
-from agg2exp_lightning.utils.options import did_you_mean, look_up_option, nonnegative_float, positive_int
+from agg2exp_lightning.utils.options import did_you_mean, look_up_option, nearest, nonnegative_float, positive_int
 from agg2exp_lightning.utils.tensors import plain_tensor
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "file_sha256",
     "fingerprint",
     "look_up_option",
+    "nearest",
     "nonnegative_float",
     "plain_tensor",
     "positive_int",

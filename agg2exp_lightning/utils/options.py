@@ -13,11 +13,16 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def nearest(value: Any, valid: Iterable[Any], *, cutoff: float = 0.5) -> str | None:
+    """The valid choice (as text) whose spelling is nearest to ``value``, or None when none is near."""
+    close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
 def did_you_mean(value: Any, valid: Iterable[Any], *, cutoff: float = 0.5) -> str:
     """``"; did you mean 'x'?"`` for the valid choice nearest to ``value``, or ``""`` when none is near."""
-    names = [str(v) for v in valid]
-    close = difflib.get_close_matches(str(value), names, n=1, cutoff=cutoff)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    close = nearest(value, valid, cutoff=cutoff)
+    return f"; did you mean {close!r}?" if close is not None else ""
 
 
 def look_up_option(name: str, value: Any, valid: Iterable[T] | Mapping[T, Any], *, normalise: bool = False) -> T:
@@ -52,11 +57,18 @@ def look_up_option(name: str, value: Any, valid: Iterable[T] | Mapping[T, Any], 
 
 
 def positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer >= ``minimum``."""
+    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer >= ``minimum``.
+
+    Example:
+        >>> positive_int("batch_size", 0)
+        Traceback (most recent call last):
+        ValueError: Expected argument `batch_size` to be a positive integer, but got 0
+    """
     import numpy as np
 
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"Expected argument `{name}` to be an integer >= {minimum}, but got {value!r}")
+        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"Expected argument `{name}` to be {expected}, but got {value!r}")
     return int(value)
 
 

@@ -346,11 +346,11 @@ def test_generate_subject_rejects_bad_arguments(kwargs, match):
     "kwargs,match",
     [
         ({"n_subjects": 0}, "n_subjects"),
-        ({"conditions": {"pleural_efusion": 0.1}}, "Did you mean 'pleural_effusion'"),
+        ({"conditions": {"pleural_efusion": 0.1}}, "did you mean 'pleural_effusion'"),
         ({"conditions": {"pleural_effusion": 1.5}}, "fraction"),
         ({"conditions": {"pleural_effusion": 0.7, "missing_lobe": 0.7}}, "at most"),
         ({"conditions": {9: "missing_lobe"}}, "subject indices"),
-        ({"degraded_scanner": "Aquilion"}, "Did you mean 'Aquilion ONE'"),
+        ({"degraded_scanner": "Aquilion"}, "did you mean 'Aquilion ONE'"),
         ({"split_fractions": (1.0, 1.0)}, "split_fractions"),
     ],
 )
@@ -373,7 +373,7 @@ def test_cli_writes_a_cohort_and_a_preview(tmp_path, capsys):
     assert image.ndim == 3 and image.shape[0] > 300 and image[..., :3].std() > 0.05
 
     assert main([str(tmp_path / "bad"), "--condition", "mirored_heart=0.5", "--quiet"]) == 2
-    assert "Did you mean 'mirrored_heart'" in capsys.readouterr().err
+    assert "did you mean 'mirrored_heart'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(root), "--shape", "32", "32"])
 

@@ -76,7 +76,7 @@ def test_non_finite_ct(subject):
 
 
 def test_structure_name_not_in_mapping(subject):
-    with pytest.raises(DataError, match="names label 'aortta'.*Did you mean 'aorta'"):
+    with pytest.raises(DataError, match="names label 'aortta'.*did you mean 'aorta'"):
         merge_structures(subject, {"aortta": ["aorta"]})
 
 

@@ -135,7 +135,7 @@ def test_other_settings_in_the_output_folder_are_refused(linear_net, tmp_path):
     compare_methods(linear_net, _scans(1), ["fixed_map"], NAMES, tmp_path, explainer=Explainer(), settings=SETTINGS,
                     class_names=NAMES, progress=False)
     other = ComparisonSettings(n_runs=9, subset_size=100, noise_samples=2)
-    with pytest.raises(ValueError, match=r"`out_dir`.*another comparison \(differs in: n_runs, noise_samples, subset_size\)"):
+    with pytest.raises(ValueError, match=r"`out_dir`.*another comparison \(differs in: batch_size, n_runs\)"):
         compare_methods(linear_net, _scans(1), ["fixed_map"], NAMES, tmp_path, explainer=Explainer(), settings=other,
                         class_names=NAMES, progress=False)
     with pytest.raises(ValueError, match=r"`out_dir`.*another comparison \(differs in: context\)"):  # e.g. another checkpoint

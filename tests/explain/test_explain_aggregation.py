@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from agg2exp_lightning.explain import explain, global_roi_importance, merge_regions, roi_importance
+from agg2exp_lightning.explain import explain, mean_roi_over_scans, merge_regions, roi_importance
 from agg2exp_lightning.labels import LUNG_LOBES, THORAX_CLASSES
 
 
@@ -85,12 +85,12 @@ def test_merge_lobes_into_lungs_preserves_mass():
 
 def test_global_importance_is_nan_aware_mean():
     scans = [torch.tensor([[0.2, np.nan], [np.nan, np.nan]]), torch.tensor([[0.4, 0.6], [np.nan, 1.0]])]
-    got = global_roi_importance(scans)
+    got = mean_roi_over_scans(scans)
     expected = np.array([[0.3, 0.6], [np.nan, 1.0]])
     np.testing.assert_allclose(got.numpy(), expected, equal_nan=True)
-    np.testing.assert_allclose(global_roi_importance(torch.stack(scans)).numpy(), expected, equal_nan=True)
+    np.testing.assert_allclose(mean_roi_over_scans(torch.stack(scans)).numpy(), expected, equal_nan=True)
     with pytest.raises(ValueError, match="per_scan"):
-        global_roi_importance([torch.zeros(2, 2), torch.zeros(2, 3)])
+        mean_roi_over_scans([torch.zeros(2, 2), torch.zeros(2, 3)])
 
 
 def test_bad_arguments_are_named():
