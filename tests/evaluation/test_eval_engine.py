@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from agg2exp_lightning.evaluation.compare import METHODS, ComparisonSettings, compare_methods, default_explainer
-# The project's own engine: imported here, never skipped, so a broken engine fails these tests.
-from agg2exp_lightning.explain import engine  # noqa: F401
+from agg2exp_lightning.explain import engine  # noqa: F401 - imported, never skipped: a broken engine fails here
 
 NAMES = ("background", "left", "right")
 OPTIONS = {
