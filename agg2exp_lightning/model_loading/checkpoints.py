@@ -16,6 +16,26 @@ from agg2exp_lightning.errors import DataError
 log = logging.getLogger(__name__)
 
 
+#: Why a file that ``torch.load(weights_only=True)`` refuses cannot be used, for messages.
+UNREADABLE = ("it is truncated or corrupt, not a torch file, or holds objects other than tensors and plain containers, "
+              "which are never unpickled here")
+
+
+def load_weights_only(path: str | Path, *, map_location: Any = "cpu") -> tuple[Any, str | None]:
+    """``(obj, None)`` from ``torch.load(path, weights_only=True)`` (memory-mapped where the format allows),
+    or ``(None, "Type: first line of the error")`` when the file cannot be read that way."""
+    import torch
+
+    errors = []
+    for mmap in (True, False):  # mmap needs the zip format; an old-format file is read whole
+        try:
+            return torch.load(Path(path), map_location=map_location, weights_only=True, mmap=mmap), None
+        except Exception as err:  # noqa: BLE001 - whatever fails, the file cannot be used
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            errors.append(f"{type(err).__name__}: {first}")
+    return None, errors[-1]
+
+
 def read_weights_file(path: str | Path, *, what: str = "checkpoint", map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``, memory-mapped where the file format allows it.
 
@@ -31,22 +51,13 @@ def read_weights_file(path: str | Path, *, what: str = "checkpoint", map_locatio
         DataError: the file is missing, truncated, not a torch file, or holds pickled objects other
             than tensors and plain containers (never unpickled here); the message names the file.
     """
-    import torch
-
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{what} {p} does not exist" if not p.exists() else f"{what} {p} is not a file")
-    errors = []
-    for mmap in (True, False):  # mmap needs the zip format; an old-format file is read whole
-        try:
-            return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
-        except Exception as err:  # noqa: BLE001 - whatever fails, the file cannot be used
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-            errors.append(f"{type(err).__name__}: {first}")
-    raise DataError(
-        f"{what} {p} cannot be loaded with weights_only=True ({errors[-1]}): it is truncated or corrupt, not a "
-        "torch file, or holds objects other than tensors and plain containers, which are never unpickled here"
-    )
+    obj, error = load_weights_only(p, map_location=map_location)
+    if error is not None:
+        raise DataError(f"{what} {p} cannot be loaded with weights_only=True ({error}): {UNREADABLE}")
+    return obj
 
 
 def _shapes(state: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agg2exp_lightning.errors import DataError
-from agg2exp_lightning.model_loading.checkpoints import read_weights_file, state_dict_mismatch
+from agg2exp_lightning.model_loading.checkpoints import UNREADABLE, load_weights_only, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,11 @@ def read_lightning_checkpoint(path: str | Path, needed: tuple[str, ...] = ("stat
     """
     p = Path(path)
     tail = f" {advice}" if advice else ""
-    try:
-        ckpt = read_weights_file(p, what="checkpoint")
-    except DataError as err:
-        raise DataError(f"{err}; cannot {purpose} it.{tail}") from err
+    if not p.is_file():
+        raise DataError(f"cannot {purpose} checkpoint {p}: it does not exist or is not a file.{tail}")
+    ckpt, error = load_weights_only(p)
+    if error is not None:
+        raise DataError(f"cannot {purpose} checkpoint {p}: it cannot be read with weights_only=True ({error}): {UNREADABLE}.{tail}")
     missing = [k for k in needed if not (isinstance(ckpt, Mapping) and k in ckpt)]
     if missing:
         found = sorted(map(str, ckpt))[:6] if isinstance(ckpt, Mapping) else type(ckpt).__name__
