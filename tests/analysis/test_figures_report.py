@@ -9,7 +9,14 @@ import pytest
 from matplotlib import colormaps
 from matplotlib.patches import FancyArrowPatch
 
-from agg2exp_lightning.analysis.figures import anomaly_vs_dice, case_grid, dependency_graph, figure_png, importance_heatmap
+from agg2exp_lightning.analysis.figures import (
+    anomaly_vs_dice,
+    case_grid,
+    dependency_graph,
+    figure_png,
+    importance_heatmap,
+    share_distributions,
+)
 from agg2exp_lightning.analysis.report import render_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -85,6 +92,20 @@ def test_case_grid_places_each_panel_where_the_voxels_are():
     np.testing.assert_allclose(overlay[rest], 0.0)
     np.testing.assert_allclose(pixels[5:], 1.0)  # the gap is white
     assert {"image", "prediction", "|attribution|", "s1"} <= set(_texts(fig.axes[0]))
+
+
+def test_share_distributions_draw_one_box_per_class_over_the_finite_scans():
+    own = np.array([[0.1, 0.5], [0.3, np.nan], [0.2, 0.7]])
+    background = np.array([[0.6, 0.2], [0.4, 0.1], [0.5, np.nan]])
+    fig = share_distributions(own, background, ["lung_upper_lobe_left", "heart"])
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["own-region share", "background share"]
+    for ax, medians in zip(panels, ([0.2, 0.6], [0.5, 0.15])):  # NaN left out: medians of 3 and 2 values
+        # horizontal boxes: a median is a vertical segment, drawn in the median colour (C1)
+        drawn = [line.get_xdata()[0] for line in ax.lines if line.get_color() == "C1"]
+        np.testing.assert_allclose(drawn, medians)
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == ["upper left", "heart"]
+    assert len(share_distributions(own, None, ["a", "b"]).axes) == 1  # no background: one panel
 
 
 def test_anomaly_vs_dice_draws_each_scan_once_outliers_apart():
