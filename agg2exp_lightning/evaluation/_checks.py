@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from agg2exp_lightning.utils import tensor_argument
 from agg2exp_lightning.utils.options import positive_int  # noqa: F401 - the metrics import it from here
 
 
@@ -23,10 +24,7 @@ def warn_undefined(message: str) -> None:
 
 def as_tensor(name: str, value: Tensor | np.ndarray) -> Tensor:
     """A floating tensor from a tensor or array, or a ValueError naming ``name``."""
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(value)
-    if not isinstance(value, Tensor):
-        raise ValueError(f"Expected argument `{name}` to be a torch.Tensor or numpy array, but got {type(value).__name__}")
+    value = tensor_argument(name, value)
     if not value.is_floating_point():
         value = value.to(torch.float32)
     return value

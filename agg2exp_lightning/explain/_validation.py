@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from agg2exp_lightning.errors import NonFiniteError
-from agg2exp_lightning.utils import plain_tensor
+from agg2exp_lightning.utils import tensor_argument
 from agg2exp_lightning.utils.options import did_you_mean, look_up_option, nearest, nonnegative_float, positive_int
 
 __all__ = [  # the shared checks are re-exported for the engine's modules
@@ -94,11 +94,7 @@ def check_options(method: str, options: Mapping[str, Any], allowed: Iterable[str
 
 def check_image(image: Any, spatial_dims: int) -> Tensor:
     """A ``[1, 1, *S]`` float copy of ``image`` (``[1, *S]`` or ``[1, 1, *S]``), detached and finite."""
-    if isinstance(image, np.ndarray):
-        image = torch.from_numpy(image)
-    if not isinstance(image, Tensor):
-        raise ValueError(f"Expected argument `image` to be a torch.Tensor, but got {type(image).__name__}")
-    image = plain_tensor(image)
+    image = tensor_argument("image", image, "a torch.Tensor")
     shape = tuple(image.shape)
     if image.dim() == spatial_dims + 1:
         if shape[0] != 1:
@@ -143,11 +139,7 @@ def check_targets(targets: Any, num_classes: int) -> list[int]:
 
 def check_label_map(name: str, labels: Any, spatial: Sequence[int], device: torch.device) -> Tensor:
     """An int64 label map of spatial shape ``spatial`` (``[*S]`` or ``[1, *S]``)."""
-    if isinstance(labels, np.ndarray):
-        labels = torch.from_numpy(labels)
-    if not isinstance(labels, Tensor):
-        raise ValueError(f"Expected argument `{name}` to be an integer tensor of shape {tuple(spatial)}, but got {type(labels).__name__}")
-    labels = plain_tensor(labels)
+    labels = tensor_argument(name, labels, f"an integer tensor of shape {tuple(spatial)}")
     if labels.dim() == len(spatial) + 1 and labels.shape[0] == 1:
         labels = labels[0]
     if tuple(labels.shape) != tuple(spatial):

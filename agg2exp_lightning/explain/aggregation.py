@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from agg2exp_lightning.errors import NonFiniteError
-from agg2exp_lightning.utils import plain_tensor
+from agg2exp_lightning.utils import tensor_argument
 
 __all__ = ["mean_roi_over_scans", "merge_regions", "region_masses", "roi_importance"]
 
@@ -36,11 +36,7 @@ def _signed(attributions: Tensor, sign: str) -> Tensor:
 
 
 def _as_tensor(name: str, value: ArrayLike) -> Tensor:
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(value)
-    if not isinstance(value, Tensor):
-        raise ValueError(f"Expected argument `{name}` to be a tensor or numpy array, but got {type(value).__name__}")
-    return plain_tensor(value)
+    return tensor_argument(name, value, "a tensor or numpy array")
 
 
 def _extra_masks(extra_masks: ArrayLike | Sequence[ArrayLike] | None, spatial: tuple[int, ...], device: torch.device) -> Tensor:

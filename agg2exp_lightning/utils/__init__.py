@@ -22,7 +22,7 @@ from agg2exp_lightning.utils.files import (
     remove_temporaries,
 )
 from agg2exp_lightning.utils.options import did_you_mean, look_up_option, nearest, nonnegative_float, positive_int
-from agg2exp_lightning.utils.tensors import plain_tensor
+from agg2exp_lightning.utils.tensors import plain_tensor, tensor_argument
 
 __all__ = [
     "TEMPORARY_PATTERN",
@@ -39,4 +39,5 @@ __all__ = [
     "plain_tensor",
     "positive_int",
     "remove_temporaries",
+    "tensor_argument",
 ]

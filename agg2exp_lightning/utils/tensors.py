@@ -19,3 +19,20 @@ def plain_tensor(value: Any) -> Any:
 
         return torch.from_numpy(value)
     return value
+
+
+def tensor_argument(name: str, value: Any, expected: str = "a torch.Tensor or numpy array") -> Any:
+    """``value`` as a plain tensor (numpy arrays converted, MetaTensors unwrapped), or a ValueError
+    naming the argument ``name`` and what was ``expected`` when it is neither a tensor nor an array.
+
+    Example:
+        >>> tensor_argument("image", [1, 2])
+        Traceback (most recent call last):
+        ValueError: Expected argument `image` to be a torch.Tensor or numpy array, but got list
+    """
+    import torch
+
+    value = plain_tensor(value)
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"Expected argument `{name}` to be {expected}, but got {type(value).__name__}")
+    return value
