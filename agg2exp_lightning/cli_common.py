@@ -68,7 +68,7 @@ def add_model_arguments(parser: argparse.ArgumentParser | Any, *, required: bool
                         help="state dict of a package.module:function model (read with weights_only=True)")
     parser.add_argument("--label-map", metavar="FILE",
                         help="JSON/YAML naming the model's output channels (list in channel order, name->id or id->name); "
-                             "default: the checkpoint's names or the bundle's metadata.json")
+                             "default: the checkpoint's names or the bundle's metadata.json (the thorax labels for --from-table)")
 
 
 def add_device_arguments(parser: argparse.ArgumentParser | Any, *, strategy: bool = True, default_devices: str = "1") -> None:

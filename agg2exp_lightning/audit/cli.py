@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--dependencies must be a positive integer, got {args.dependencies}")
     if args.from_table is not None:
         given = [f for f, v in (("--data", args.data), ("--manifest", args.manifest), ("--weights", args.weights),
-                                ("--label-map", args.label_map), ("--targets", args.targets), ("--mapping-file", args.mapping_file)) if v]
+                                ("--targets", args.targets), ("--mapping-file", args.mapping_file)) if v]
         if given:
             parser.error(f"{'/'.join(given)} belong to --model audits, not --from-table")
     if args.model is not None and (args.metadata or args.reference_table):
@@ -123,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if args.save_maps or args.figures_for:
                 parser.error("--save-maps/--figures-for belong to --model audits, not --from-table")
-            outputs = run_table_audit(args.from_table, args.out, metadata=args.metadata, reference_table=args.reference_table, **common)
+            outputs = run_table_audit(args.from_table, args.out, metadata=args.metadata, reference_table=args.reference_table,
+                                      label_map=args.label_map, **common)
         else:
             from agg2exp_lightning.audit.checkpoint_audit import run_checkpoint_audit
 

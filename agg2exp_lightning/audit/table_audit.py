@@ -20,6 +20,7 @@ def run_table_audit(
     *,
     metadata: str | Path | None = None,
     reference_table: str | Path | None = None,
+    label_map: str | Path | None = None,
     overwrite: bool = False,
     random_state: int = DEFAULT_RANDOM_STATE,
     n_dependencies: int = 12,
@@ -33,6 +34,9 @@ def run_table_audit(
         out_dir: output folder; refused if it holds another audit, unless ``overwrite``.
         metadata: optional CSV/TSV of metadata joined on the id (``patient`` or ``image_id``).
         reference_table: optional table to fit the Isolation Forests on (e.g. training scans).
+        label_map: JSON/YAML naming the model's classes (see
+            :func:`~agg2exp_lightning.model_loading.read_label_map`), for tables of models other than the
+            published thorax one; default: the 17 thorax labels and their published spellings.
         overwrite: replace another audit's results in ``out_dir``.
         random_state: seed of the Isolation Forests.
         n_dependencies: how many region -> class dependencies to report.
@@ -59,8 +63,15 @@ def run_table_audit(
         "n_dependencies": n_dependencies,
     }
     # Read and validate first, so a bad input leaves the output folder untouched.
-    cohort = read_explanation_table(table, metadata=metadata)
-    reference = read_explanation_table(reference_table) if reference_table is not None else None
+    if label_map is not None:
+        from agg2exp_lightning.model_loading import read_label_map
+
+        classes = read_label_map(label_map)
+        config["label_map"] = list(classes)
+    else:
+        from agg2exp_lightning.labels import THORAX_CLASSES as classes
+    cohort = read_explanation_table(table, classes, metadata=metadata)
+    reference = read_explanation_table(reference_table, classes) if reference_table is not None else None
     open_output_folder(out_dir, config, overwrite=overwrite)
     log.info("auditing %d scans from %s%s", len(cohort), table, f" (forests fitted on {len(reference)} reference scans)" if reference else "")
     analysis = analyze_cohort(cohort, reference, random_state=random_state, n_dependencies=n_dependencies)

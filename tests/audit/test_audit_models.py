@@ -174,3 +174,25 @@ def test_factory_that_cannot_be_imported_via_audit_py(tmp_path, phantom):
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "model factory 'no_such_pkg_xyz:build': module 'no_such_pkg_xyz' cannot be imported" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_table_of_another_model_with_a_label_map(tmp_path):
+    """--from-table with --label-map: a liver/tumour table parses with those names (without the map only
+    the names of the thorax labels are recognised)."""
+    rng = np.random.default_rng(0)
+    shares = rng.dirichlet([4.0, 2.0, 1.0], size=(24, 3))  # [scan, class, region]
+    frame = pd.DataFrame({"patient": [f"s{i}" for i in range(24)]})
+    for a, cls in enumerate(NAMES):
+        for b, region in enumerate(NAMES):
+            frame[f"{cls}_explanation_in_{region}_mass"] = shares[:, a, b]
+        frame[f"{cls}_dice"] = rng.uniform(0.5, 1.0, 24)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "labels.json").write_text(json.dumps({n: i for i, n in enumerate(NAMES)}))
+    assert main(["--from-table", str(tmp_path / "t.csv"), "--label-map", str(tmp_path / "labels.json"), "--out", str(tmp_path / "out"), "-q"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["classes"] == NAMES and list(summary["per_class"]) == NAMES
+    share = summary["global_roi_importance"]["tumour"]["liver"]  # mean share, as the table holds it
+    assert share == pytest.approx(shares[:, 2, 1].mean())
+    # without the map only the thorax names are known: of this table, just the background is analysed
+    assert main(["--from-table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out2"), "-q"]) == 0
+    assert json.loads((tmp_path / "out2" / "summary.json").read_text())["classes"] == ["background"]
