@@ -81,3 +81,28 @@ def test_os_errors_name_the_output_folder(tmp_path):
     assert describe_os_error(inside, tmp_path / "out").startswith(f"cannot write to the output folder {tmp_path / 'out'}")
     outside = OSError(13, "Permission denied", str(tmp_path / "data.csv"))
     assert describe_os_error(outside, tmp_path / "out") == f"cannot access {tmp_path / 'data.csv'}: Permission denied (EACCES)"
+
+
+@pytest.mark.parametrize("command", ["agg2exp-audit", "agg2exp-compare-methods"])
+def test_both_commands_refuse_bad_model_sources_with_one_line_and_exit_2(command, tmp_path, capsys):
+    from agg2exp_lightning.audit.cli import main as audit_main
+    from agg2exp_lightning.evaluation.cli import main as compare_main
+
+    main = audit_main if command == "agg2exp-audit" else compare_main
+    (tmp_path / "labels.json").write_text('["background", "a", "b", "c"]')
+    torch.save({"weight": torch.zeros(3, 1, 1, 1, 1), "bias": torch.zeros(3)}, tmp_path / "w.pt")
+    cases = [
+        (["--model", "no_such_pkg_xyz:build"], "model factory 'no_such_pkg_xyz:build': module 'no_such_pkg_xyz' cannot be imported"),
+        (["--model", "torch.nn:Conv3d"], "model factory 'torch.nn:Conv3d' failed: TypeError"),  # needs arguments
+        (["--model", "math:pi"], "'pi' is a float, expected a callable"),
+        (["--model", "torch.nn:Identity", "--weights", str(tmp_path / "w.pt")], "unexpected weights ['bias', 'weight']"),
+        # Identity passes the one input channel through: a probe forward counts 1 output channel
+        (["--model", "torch.nn:Identity", "--label-map", str(tmp_path / "labels.json")],
+         "labels.json names 4 classes, but the model of factory torch.nn:Identity has 1 output channels"),
+    ]
+    for extra, message in cases:
+        assert main([*extra, "--data", str(tmp_path), "--out", str(tmp_path / "out"), "-q"]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith(f"{command}: error: ") and message in err and "Traceback" not in err, (extra, err)
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
