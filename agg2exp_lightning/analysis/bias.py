@@ -196,3 +196,188 @@ def bias_tests(metadata: pd.DataFrame, groups: Mapping[str, pd.Series | np.ndarr
     tests = pd.DataFrame(rows, columns=_TEST_COLUMNS)
     tests["q"] = benjamini_hochberg(tests["p"].to_numpy(dtype=float)) if len(tests) else pd.Series(dtype=float)
     return BiasResult(tests=tests, skipped=pd.DataFrame(skipped, columns=["group", "column", "reason"]))
+
+
+# ---- the continuous scan-level score across the groups of every metadata column ----------------------
+#: Bootstrap resamples for the effect-size confidence intervals.
+N_BOOTSTRAP = 1000
+#: Quantile bins of a numeric column for its binned test.
+N_BINS = 4
+_SCORE_COLUMNS = ["group", "column", "kind", "test", "n", "n_groups", "statistic", "p", "effect", "effect_size", "ci_low", "ci_high", "detail"]
+
+
+def epsilon_squared(h: float, n: int) -> float:
+    """Kruskal-Wallis effect size ``epsilon^2 = H / (n - 1)`` (Tomczak & Tomczak 2014), in ``[0, 1]``."""
+    return float(h) / (n - 1)
+
+
+def _kruskal(x: np.ndarray, g: np.ndarray) -> tuple[float, float]:
+    from scipy.stats import kruskal
+
+    groups = [x[g == level] for level in np.unique(g)]
+    if len(groups) < 2 or np.ptp(x) == 0:
+        return float("nan"), float("nan")
+    res = kruskal(*groups)
+    return float(res.statistic), float(res.pvalue)
+
+
+def _rank_biserial(x: np.ndarray, g: np.ndarray, first: object) -> tuple[float, float, float]:
+    """``(U of the first level, p, r = 2U / (n1 n2) - 1)``; ``r > 0``: the first level scores higher."""
+    a, b = x[g == first], x[g != first]
+    res = mannwhitneyu(a, b, alternative="two-sided")
+    return float(res.statistic), float(res.pvalue), 2.0 * float(res.statistic) / (len(a) * len(b)) - 1.0
+
+
+def _bootstrap_ci(stat: callable, x: np.ndarray, g: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``stat(x, g)`` resampling scans with replacement within each group
+    (group sizes fixed, as in the design); NaN without resamples."""
+    if n_boot <= 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(g == level) for level in np.unique(g)]
+    values = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(m, size=len(m), replace=True) for m in members])
+        v = stat(x[idx], g[idx])
+        if np.isfinite(v):
+            values.append(v)
+    if not values:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def _group_test(x: np.ndarray, g: np.ndarray, n_boot: int, seed: int) -> tuple[str, float, float, str, float, float, float, str]:
+    levels = sorted(set(g.tolist()))
+    order = pd.Series(x).rank().groupby(g).mean()
+    top = order.idxmax()
+    detail = f"highest scores: {top!s} (median {np.median(x[g == top]):.3g} vs {np.median(x):.3g} overall, n={int((g == top).sum())})"
+    if len(levels) == 2:
+        u, p, r = _rank_biserial(x, g, levels[0])
+        lo, hi = _bootstrap_ci(lambda xx, gg: _rank_biserial(xx, gg, levels[0])[2], x, g, n_boot, seed)
+        return "mannwhitneyu", u, p, "rank_biserial", r, lo, hi, f"{detail}; r > 0: {levels[0]!s} scores higher than {levels[1]!s}"
+    h, p = _kruskal(x, g)
+    lo, hi = _bootstrap_ci(lambda xx, gg: epsilon_squared(_kruskal(xx, gg)[0], len(xx)), x, g, n_boot, seed)
+    return "kruskal", h, p, "epsilon_squared", epsilon_squared(h, len(x)), lo, hi, detail
+
+
+def _spearman_ci(rho: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Fisher-z interval with the Bonett-Wright standard error ``sqrt((1 + rho^2 / 2) / (n - 3))``."""
+    from scipy.stats import norm
+
+    if n <= 3 or not np.isfinite(rho):
+        return float("nan"), float("nan")
+    z, se = np.arctanh(np.clip(rho, -0.999999, 0.999999)), np.sqrt((1 + rho**2 / 2) / (n - 3))
+    q = norm.ppf((1 + level) / 2)
+    return float(np.tanh(z - q * se)), float(np.tanh(z + q * se))
+
+
+def score_tests(
+    metadata: pd.DataFrame,
+    score: pd.Series | np.ndarray,
+    *,
+    name: str = "scan_score",
+    n_bootstrap: int = N_BOOTSTRAP,
+    n_bins: int = N_BINS,
+    seed: int = 0,
+) -> BiasResult:
+    """Compare a continuous per-scan score across the groups of every metadata column (rank tests).
+
+    Unlike the outlier-vs-inlier tests, nothing is thresholded, so the tests keep their power when
+    most or few scans are outliers. Per column (read as in :func:`classify_metadata`):
+
+    - **categorical**, 2 groups: two-sided Mann-Whitney U; effect the rank-biserial correlation
+      ``2 U / (n1 n2) - 1`` of the first group (sorted) against the second.
+    - **categorical**, 3+ groups: Kruskal-Wallis H; effect ``epsilon^2 = H / (n - 1)``.
+    - **numeric** (e.g. age), twice: as a continuous variable, Spearman's rho (CI: Fisher z with
+      the Bonett-Wright standard error); and **binned** into ``n_bins`` quantile bins (column
+      ``"<col> (binned)"``), Kruskal-Wallis across the bins.
+
+    Effect-size CIs of the rank tests are 95 % percentile bootstraps over scans, resampled within
+    each group (``n_bootstrap``; 0 leaves them NaN). ``detail`` names the group with the highest
+    scores. Scans with a missing score or value are left out of that test. A column with one group
+    (after dropping missing values) is skipped, with the reason. ``q`` is Benjamini-Hochberg
+    within this call; :func:`joint_q` redoes it across several families.
+
+    Args:
+        metadata: one row per scan.
+        score: per-scan score aligned with ``metadata`` rows (higher = more anomalous).
+        name: the ``group`` column of the result (which score was tested).
+        n_bootstrap: bootstrap resamples per CI.
+        n_bins: quantile bins of a numeric column.
+        seed: seed of the bootstrap.
+
+    Returns:
+        A :class:`BiasResult` whose ``tests`` have columns ``group``, ``column``, ``kind``,
+        ``test``, ``n``, ``n_groups``, ``statistic``, ``p``, ``effect``, ``effect_size``,
+        ``ci_low``, ``ci_high``, ``detail``, ``q``.
+
+    Raises:
+        ValueError: ``score`` does not have one value per metadata row.
+
+    Example:
+        >>> meta = pd.DataFrame({"scanner": ["A"] * 8 + ["B"] * 8})
+        >>> res = score_tests(meta, np.r_[np.arange(8.0), np.arange(8.0) + 10], n_bootstrap=0)
+        >>> res.tests.loc[0, "effect_size"]
+        -1.0
+    """
+    from scipy.stats import spearmanr
+
+    x_all = np.asarray(score, dtype=float).reshape(-1)
+    if len(x_all) != len(metadata):
+        raise ValueError(f"Expected `score` to have {len(metadata)} values (one per metadata row), got {len(x_all)}")
+    rows: list[tuple] = []
+    skipped: list[tuple[str, str, str]] = []
+    for k, col in enumerate(metadata.columns):
+        kind, values, note = classify_metadata(metadata[col])
+        if kind is None:
+            skipped.append((name, str(col), note))
+            continue
+        vals = values.reset_index(drop=True)
+        keep = (vals.notna() & pd.Series(np.isfinite(x_all))).to_numpy()
+        x = x_all[keep]
+        col_seed = seed + k
+        if kind == "numeric":
+            v = vals[keep].astype(float).to_numpy()
+            if len(x) < 4 or np.ptp(v) == 0 or np.ptp(x) == 0:
+                skipped.append((name, str(col), f"fewer than 4 scans with a score and a value, or no variation ({len(x)})"))
+                continue
+            res = spearmanr(x, v)
+            lo, hi = _spearman_ci(float(res.statistic), len(x))
+            rows.append((name, str(col), kind, "spearman", len(x), np.nan, float(res.statistic), float(res.pvalue), "spearman_rho",
+                         float(res.statistic), lo, hi, "rho > 0: higher values, higher scores"))
+            bins = pd.qcut(pd.Series(v).rank(method="first"), q=min(n_bins, len(v)), labels=False)
+            edges = [f"{v[bins == b].min():.4g}-{v[bins == b].max():.4g}" for b in sorted(set(bins))]
+            g = np.array([edges[int(b)] for b in bins])
+            kind_b, col_b = "numeric (binned)", f"{col} (binned)"
+        else:
+            g = vals[keep].astype(str).to_numpy()
+            kind_b, col_b = kind, str(col)
+        n_groups = len(set(g.tolist()))
+        if n_groups < 2:
+            skipped.append((name, col_b, f"one group only ({g[0]!s}) among the scans with a score"))
+            continue
+        test, stat, p, effect, size, lo, hi, detail = _group_test(x, g, n_bootstrap, col_seed)
+        if note:
+            detail = f"{detail}; {note}"
+        rows.append((name, col_b, kind_b, test, len(x), n_groups, stat, p, effect, size, lo, hi, detail))
+    tests = pd.DataFrame(rows, columns=_SCORE_COLUMNS)
+    tests["q"] = benjamini_hochberg(tests["p"].to_numpy(dtype=float)) if len(tests) else pd.Series(dtype=float)
+    return BiasResult(tests=tests, skipped=pd.DataFrame(skipped, columns=["group", "column", "reason"]))
+
+
+def joint_q(*tests: pd.DataFrame) -> list[pd.DataFrame]:
+    """Benjamini-Hochberg over the ``p`` columns of several test tables together (one family).
+
+    Returns:
+        Copies of the tables with ``q`` replaced by the joint q-values.
+    """
+    p = np.concatenate([t["p"].to_numpy(dtype=float) for t in tests]) if tests else np.array([])
+    q = benjamini_hochberg(p)
+    out, start = [], 0
+    for t in tests:
+        t = t.copy()
+        t["q"] = q[start : start + len(t)]
+        start += len(t)
+        out.append(t)
+    return out

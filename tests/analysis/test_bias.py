@@ -100,3 +100,88 @@ def test_groups_without_outliers_or_with_unscored_scans():
     assert ("partial", "s", "outliers or inliers have no value") in set(map(tuple, res.skipped.to_numpy()))
     with pytest.raises(ValueError, match="to have 10 flags"):
         bias_tests(meta, {"g": np.zeros(3, bool)})
+
+
+# ---- continuous scan score across metadata groups ------------------------------------------------------
+from scipy.stats import kruskal, norm, spearmanr  # noqa: E402
+
+from agg2exp_lightning.analysis.bias import joint_q, score_tests  # noqa: E402
+from agg2exp_lightning.analysis.correlation import benjamini_hochberg  # noqa: E402
+
+
+def _score_row(result, column):
+    t = result.tests
+    return t[t.column == column].iloc[0]
+
+
+def test_score_tests_agree_with_scipy_and_independent_formulas():
+    rng = np.random.default_rng(11)
+    n = 70
+    meta = pd.DataFrame({
+        "site": rng.choice(["a", "b", "c"], n),
+        "sex": rng.choice(["F", "M"], n),
+        "age": rng.integers(20, 90, n).astype(float),
+    })
+    score = rng.normal(size=n) + (meta["site"] == "c") * 1.5
+    res = score_tests(meta, score, n_bootstrap=300, seed=1)
+    site = _score_row(res, "site")
+    groups = [score[meta.site == s] for s in "abc"]
+    h = kruskal(*groups)
+    assert site.test == "kruskal" and site.statistic == pytest.approx(h.statistic) and site.p == pytest.approx(h.pvalue)
+    assert site.effect_size == pytest.approx(h.statistic / (n - 1))
+    assert site.ci_low <= site.effect_size <= site.ci_high and site.ci_low > 0
+    assert site.detail.startswith("highest scores: c ")
+    sex = _score_row(res, "sex")
+    f, m = score[meta.sex == "F"], score[meta.sex == "M"]
+    u = sum((a > b) + 0.5 * (a == b) for a in f for b in m)  # U of the first group, by definition
+    assert sex.test == "mannwhitneyu" and sex.statistic == pytest.approx(u)
+    assert sex.effect_size == pytest.approx(2 * u / (len(f) * len(m)) - 1)
+    assert sex.p == pytest.approx(mannwhitneyu(f, m, alternative="two-sided").pvalue)
+    age = _score_row(res, "age")
+    rho = spearmanr(score, meta.age).statistic
+    se = np.sqrt((1 + rho**2 / 2) / (n - 3))
+    assert age.test == "spearman" and age.effect_size == pytest.approx(rho)
+    assert age.ci_low == pytest.approx(np.tanh(np.arctanh(rho) - norm.ppf(0.975) * se))
+    binned = _score_row(res, "age (binned)")
+    assert binned.test == "kruskal" and binned.n_groups == 4 and binned.kind == "numeric (binned)"
+    quartile = pd.qcut(meta.age.rank(method="first"), 4, labels=False)
+    assert binned.p == pytest.approx(kruskal(*[score[quartile == b] for b in range(4)]).pvalue)
+    np.testing.assert_allclose(res.tests.q, benjamini_hochberg(res.tests.p))
+
+
+def test_a_shifted_subgroup_is_found_and_nothing_else(make_frame):
+    rng = np.random.default_rng(5)
+    meta = pd.DataFrame({"scanner": rng.choice(["A", "B", "C", "D", "E"], 60), "age": rng.integers(20, 90, 60), "sex": rng.choice(["F", "M"], 60)})
+    score = rng.normal(size=60) + 1.5 * (meta.scanner == "E").to_numpy()
+    res = score_tests(meta, score, n_bootstrap=0)
+    assert _score_row(res, "scanner").q < 0.05 and _score_row(res, "scanner").detail.startswith("highest scores: E ")
+    assert (res.tests[res.tests.column != "scanner"].q >= 0.05).all()
+
+
+def test_score_tests_hold_their_level_under_shuffled_metadata():
+    rng = np.random.default_rng(8)
+    meta = pd.DataFrame({"scanner": rng.choice(list("ABCDE"), 60), "age": rng.integers(20, 90, 60), "sex": rng.choice(["F", "M"], 60)})
+    score = rng.gamma(2.0, size=60)
+    alarms = sum((score_tests(meta.sample(frac=1, random_state=k).reset_index(drop=True), score, n_bootstrap=0).tests.q < 0.05).any()
+                 for k in range(100))
+    assert alarms <= 12  # expected about 5 in 100 (binomial sd ~2.2)
+
+
+def test_one_group_columns_and_missing_values_are_reported_not_tested():
+    meta = pd.DataFrame({"site": ["x"] * 10, "sex": ["F", "M"] * 4 + [None, ""], "note": [f"n{i}" for i in range(10)]})
+    score = np.arange(10.0)
+    score[0] = np.nan
+    res = score_tests(meta, score, n_bootstrap=0)
+    reasons = dict(zip(res.skipped.column, res.skipped.reason))
+    assert "fewer than 2 distinct values" in reasons["site"] and "id-like" in reasons["note"]
+    sex = _score_row(res, "sex")
+    assert sex.n == 7  # the NaN score and the two missing values are left out
+    with pytest.raises(ValueError, match="one per metadata row"):
+        score_tests(meta, score[:5])
+
+
+def test_joint_q_is_one_benjamini_hochberg_family():
+    a = pd.DataFrame({"p": [0.01, 0.2, 0.03]})
+    b = pd.DataFrame({"p": [0.04, np.nan]})
+    qa, qb = joint_q(a, b)
+    np.testing.assert_allclose(np.r_[qa.q, qb.q], benjamini_hochberg([0.01, 0.2, 0.03, 0.04, np.nan]))
