@@ -25,6 +25,7 @@ from agg2exp_lightning.callbacks.contract import (
 )
 from agg2exp_lightning.errors import NonFiniteError
 from agg2exp_lightning.labels import resolve_targets
+from agg2exp_lightning.protocols import DEFAULT_PROTOCOL, get_protocol
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class ExplanationMonitor(Callback):
         every_n_epochs: run after the validation of every N-th epoch.
         method: attribution method of :func:`agg2exp_lightning.explain.explain`.
         method_options: options for the method (e.g. ``{"n_samples": 5}``).
+        protocol: ``"corrected"`` (default) or ``"paper"`` (:mod:`agg2exp_lightning.protocols`), passed to
+            ``explain``; recorded in the ``roi_shares`` table and the history.
         targets: classes to explain (names or ids; default: all).
         num_scans: validation scans to follow (the first ``num_scans`` by subject id, chosen once).
         reference_scans: training scans explained too, as the fitting set of :class:`AnomalyMonitor`
@@ -76,8 +79,10 @@ class ExplanationMonitor(Callback):
         at_train_end: bool = True,
         save_maps: bool = False,
         name: str | None = None,
+        protocol: str = DEFAULT_PROTOCOL,
     ) -> None:
         super().__init__()
+        self.protocol = get_protocol(protocol)  # an unknown name fails here, with the valid ones
         for argument, value, low in (("every_n_epochs", every_n_epochs, 1), ("num_scans", num_scans, 1), ("reference_scans", reference_scans, 0)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"Expected argument `{argument}` to be an integer >= {low}, but got {value!r}")
@@ -195,7 +200,7 @@ class ExplanationMonitor(Callback):
                 with torch.inference_mode(False):
                     x = image.detach().clone().to(pl_module.device)
                     result = explain(net, x, method=self.method, targets=self._target_ids, keep_attributions=want_maps,
-                                     **window, **self.method_options)
+                                     protocol=self.protocol, **window, **self.method_options)
             except NonFiniteError as err:
                 # NaN/infinite logits, image or attributions: a diverging model must be reported, not kill
                 # the training run. Any other error is a real bug and propagates.
@@ -298,19 +303,19 @@ class ExplanationMonitor(Callback):
         log_scalars(trainer, metrics)
         if trainer.is_global_zero:
             self.history.append({"epoch": check.epoch, "step": trainer.global_step, "global": glob.tolist(), "drift": drift,
-                                 "scan_ids": list(check.subject_ids)})
+                                 "scan_ids": list(check.subject_ids), "protocol": self.protocol.as_dict()})
             log_figure(trainer, f"{p}/global_roi_importance", importance_heatmap(glob, self.target_names, self.region_names))
             frame = pd.DataFrame(
                 [[sid, a, b, check.roi[n, i, j]] for n, sid in enumerate(check.subject_ids)
                  for i, a in enumerate(self.target_names) for j, b in enumerate(self.region_names)],
                 columns=["subject_id", "target", "region", "mass_share"],
-            ).set_index("subject_id")
+            ).assign(protocol=self.protocol.label).set_index("subject_id")
             log_table(trainer, f"{p}/roi_shares", frame)
             if overlay:
                 self._log_overlay(trainer, overlay)
         else:
             self.history.append({"epoch": check.epoch, "step": trainer.global_step, "global": glob.tolist(), "drift": drift,
-                                 "scan_ids": list(check.subject_ids)})
+                                 "scan_ids": list(check.subject_ids), "protocol": self.protocol.as_dict()})
 
     def _log_overlay(self, trainer: pl.Trainer, overlay: dict) -> None:
         from agg2exp_lightning.analysis.figures import case_grid

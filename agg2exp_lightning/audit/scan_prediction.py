@@ -88,26 +88,31 @@ class ScanAuditModule(pl.LightningModule):
     """
 
     def __init__(self, model: nn.Module, explainer: Explainer, class_names: Sequence[str], *, save_slices: bool = True,
-                 map_writer: Callable[..., Any] | None = None) -> None:
+                 map_writer: Callable[..., Any] | None = None, extra_mask_names: Sequence[str] = ()) -> None:
         super().__init__()
         self.model = model
         self.explainer = explainer
         self.class_names = list(class_names)
         self.save_slices = save_slices
         self.map_writer = map_writer
+        self.extra_mask_names = list(extra_mask_names)  # batch["extra_masks"] [B, K, *S]: regions after the classes
 
     def forward(self, image: Tensor) -> Tensor:
         return self.model(image)
 
-    def _explain_one(self, image: Tensor, label: Tensor | None, sid: str, meta: Any = None, index: int = 0) -> dict[str, Any]:
+    def _explain_one(self, image: Tensor, label: Tensor | None, sid: str, meta: Any = None, index: int = 0,
+                     extra: Tensor | None = None) -> dict[str, Any]:
+        kwargs = {} if extra is None else {"extra_masks": {n: extra[k] > 0.5 for k, n in enumerate(self.extra_mask_names)}}
         with torch.inference_mode(False), torch.enable_grad():
-            result = self.explainer(self.model, image.detach().clone())
+            result = self.explainer(self.model, image.detach().clone(), **kwargs)
         prediction = _plain(result.prediction).reshape(image.shape[2:]).long().cpu()
         roi, roi_mean = _plain(result.roi).float().cpu(), _plain(result.roi_mean).float().cpu()
         t = roi.shape[0]
         # rows are the explained classes (result.targets, e.g. from --targets), else the first t classes
         ids = [int(i) for i in getattr(result, "targets", None) or range(t)]
-        classes, regions = [self.class_names[i] for i in ids], self.class_names[: roi.shape[1]]
+        n_extra = 0 if extra is None else len(self.extra_mask_names)
+        classes = [self.class_names[i] for i in ids]
+        regions = self.class_names[: roi.shape[1] - n_extra] + (self.extra_mask_names if n_extra else [])
         dice = None
         if label is not None:
             dice = dice_per_class(prediction, label.reshape(prediction.shape).long().cpu(), len(self.class_names))[ids]
@@ -132,7 +137,8 @@ class ScanAuditModule(pl.LightningModule):
                 image = _plain(batch["image"])[i : i + 1].float()
                 label = _plain(batch["label"])[i] if "label" in batch else None
                 meta = getattr(batch["image"], "meta", {}) if audit_set == "audited" else None
-                outputs.append({"audit_set": audit_set, **self._explain_one(image, label, sid, meta, i)})
+                extra = _plain(batch["extra_masks"])[i] if "extra_masks" in batch else None
+                outputs.append({"audit_set": audit_set, **self._explain_one(image, label, sid, meta, i, extra)})
             except Exception as err:  # report the scan, keep auditing the others
                 log.warning("scan %s failed: %s", sid, _describe(err))
                 outputs.append({"audit_set": audit_set, "failure": {"id": sid, "error": _describe(err)}})
@@ -169,3 +175,4 @@ class ScanRecordWriter(BasePredictionWriter):
                 (folder / f"{record_stem(sid)}.failed.json").unlink(missing_ok=True)
             self.done += 1
             log.info("scan %s written (rank %d: %d scans; %d to do in this run over all ranks)", sid, trainer.global_rank, self.done, self.total)
+

@@ -59,6 +59,8 @@ class ThoraxDataModule(pl.LightningDataModule):
             :func:`agg2exp_lightning.data.synthetic.generate_cohort` (e.g. ``{"n_subjects": 36, "seed": 0}``).
         train_split / val_split / test_split: split names in ``meta.csv``.
         max_val_subjects: cap on validation scans (None: all).
+        crop_to_body: crop every volume to the body (``False``: whole volumes, as the published
+            evaluation used; see :mod:`agg2exp_lightning.protocols`).
 
     Example:
         >>> dm = ThoraxDataModule("data/synthetic_thorax", spacing=(5, 5, 5), roi_size=(64, 64, 64))
@@ -80,6 +82,7 @@ class ThoraxDataModule(pl.LightningDataModule):
         val_split: str = "val",
         test_split: str = "test",
         max_val_subjects: int | None = None,
+        crop_to_body: bool = True,
     ) -> None:
         super().__init__()
         if len(spacing) != 3 or any(float(s) <= 0 for s in spacing):
@@ -111,7 +114,8 @@ class ThoraxDataModule(pl.LightningDataModule):
         from monai.data import CacheDataset
         from monai.transforms import Compose
 
-        steps = preprocessing(self.mapping, NUM_CLASSES, self.hparams.spacing, with_labels=all(r.labels for r in records))
+        steps = preprocessing(self.mapping, NUM_CLASSES, self.hparams.spacing, with_labels=all(r.labels for r in records),
+                              crop_to_body=self.hparams.get("crop_to_body", True))
         n_deterministic = len(steps)
         if train:
             steps += training_augmentation(self.hparams.roi_size, self.hparams.samples_per_volume, *self.hparams.pos_neg)

@@ -95,19 +95,21 @@ class LoadSubjectd(Transform):
 
 def preprocessing(
     mapping: Mapping[str, Sequence[str]], num_classes: int, spacing: Sequence[float], *, with_labels: bool = True,
-    class_names: Sequence[str] | None = None,
+    crop_to_body: bool = True, class_names: Sequence[str] | None = None, extra_keys: Sequence[str] = (),
 ) -> list:
-    """Deterministic transforms (cacheable): load, RAS, resample, window, crop to the body."""
+    """Deterministic transforms (cacheable): load, RAS, resample, window, crop to the body (unless
+    ``crop_to_body=False``: the published evaluation explained whole, uncropped volumes)."""
     from monai import transforms as T
 
-    keys = ["image", "label"] if with_labels else ["image"]
-    modes = ("bilinear", "nearest") if with_labels else ("bilinear",)
+    # extra_keys: label-like stacks added after loading (e.g. the audit's extra masks), resampled with nearest neighbours
+    keys = (["image", "label"] if with_labels else ["image"]) + list(extra_keys)
+    modes = (("bilinear", "nearest") if with_labels else ("bilinear",)) + ("nearest",) * len(extra_keys)
     return [
         LoadSubjectd(mapping, num_classes, class_names),
         T.Orientationd(keys=keys, axcodes="RAS", labels=_RAS_LABELS),
         T.Spacingd(keys=keys, pixdim=tuple(spacing), mode=modes),
         T.ScaleIntensityRanged(keys="image", a_min=HU_WINDOW[0], a_max=HU_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
-        T.CropForegroundd(keys=keys, source_key="image", select_fn=_is_body, margin=2, allow_smaller=True),
+        *([T.CropForegroundd(keys=keys, source_key="image", select_fn=_is_body, margin=2, allow_smaller=True)] if crop_to_body else []),
         T.EnsureTyped(keys=keys, dtype=torch.float32, track_meta=True),
     ]
 

@@ -5,7 +5,7 @@ Examples::
     agg2exp-compare-methods --model model.ckpt --data data/synthetic_thorax --out runs/methods --max-scans 5
     agg2exp-compare-methods --model bundles/my_ct_bundle --data scans.csv --targets liver tumour --out runs/methods_bundle
     agg2exp-compare-methods --model model.ckpt --data /data/Totalsegmentator_v2 --out runs/methods_paper \
-        --methods vanilla_gradient smoothgrad --method-option smoothgrad.n_samples=10 --mask recomputed
+        --methods vanilla_gradient smoothgrad --method-option smoothgrad.n_samples=10 --protocol paper
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from agg2exp_lightning.cli_common import (
 from agg2exp_lightning.errors import DataError
 from agg2exp_lightning.evaluation.compare import METHODS, ComparisonSettings, Explainer, compare_methods, default_explainer
 from agg2exp_lightning.evaluation.faithfulness import PAPER_SUBSET_SIZE
+from agg2exp_lightning.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("metric settings (paper defaults)")
     m.add_argument("--n-runs", type=int, default=100, help="faithfulness: random subsets (100)")
     m.add_argument("--subset-size", type=int, default=PAPER_SUBSET_SIZE, help="faithfulness: voxels per subset (50176)")
-    m.add_argument("--mask", choices=("fixed", "recomputed"), default="fixed",
-                   help="faithfulness: proxy mask of the clean prediction (fixed) or of each perturbed one (recomputed, as the paper)")
+    p.add_argument("--protocol", default=DEFAULT_PROTOCOL, metavar="NAME",
+                   help=f"bundle of evaluation choices, one of {', '.join(PROTOCOLS)} (default %(default)s; "
+                        "paper = exactly the published evaluation; see agg2exp_lightning/protocols.py)")
+    m.add_argument("--mask", choices=("fixed", "recomputed"), default=None,
+                   help="faithfulness: proxy mask of the clean prediction (fixed) or of each perturbed one (recomputed, as the paper); "
+                        "default: the protocol's")
+    m.add_argument("--sensitivity-draws", choices=("shared", "independent"), default=None,
+                   help="sensitivity: SmoothGrad noise / KernelSHAP coalitions of the noisy copies shared with the clean scan, "
+                        "or drawn anew (as the paper); default: the protocol's")
     m.add_argument("--batch-size", type=int, default=2, help="faithfulness: perturbed copies per forward pass")
     m.add_argument("--noise-samples", type=int, default=3, help="sensitivity: noisy copies (3)")
     m.add_argument("--radius", type=float, default=0.1, help="sensitivity: uniform noise half-width (0.1)")
@@ -182,14 +190,15 @@ def run_comparison(
         settings = dataclasses.replace(settings or ComparisonSettings(), **window)
     else:
         settings = settings or ComparisonSettings()
-    dm = ThoraxDataModule(data_root=str(data), spacing=spacing, cache_rate=0.0)
+    dm = ThoraxDataModule(data_root=str(data), spacing=spacing, cache_rate=0.0, crop_to_body=bool(settings.crop_to_body))
     dataset = dm.whole_volume_dataset(split, max_subjects=max_scans)
     if len(dataset) == 0:
         raise DataError(f"{data}: no scans in split {split!r}")
     log.info("comparing %d methods on %d scans of %s (split %s, spacing %s mm)", len(methods), len(dataset), data, split, spacing)
     if explainer is None:
         sw = dict(roi_size=settings.roi_size, sw_batch_size=settings.sw_batch_size, overlap=settings.overlap, mode=settings.sw_mode)
-        explainer = default_explainer(**(sw if settings.roi_size is not None else {}), **(method_options or {}))
+        explainer = default_explainer(protocol=settings.resolved_protocol(), sensitivity_draws=settings.sensitivity_draws,
+                                      **(sw if settings.roi_size is not None else {}), **(method_options or {}))
     context = {**loaded.identity, "data": str(Path(data).resolve()), "split": split,
                "spacing": list(spacing), "method_options": method_options or {}}
     return compare_methods(module, _scans(dataset), methods, targets, out_dir, explainer=explainer, settings=settings,
@@ -205,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = comparison_options(args.method_option, args.methods)
         device = single_device(args.accelerator, args.devices)
         settings = ComparisonSettings(
+            protocol=args.protocol, sensitivity_draws=args.sensitivity_draws,
             n_runs=args.n_runs, subset_size=args.subset_size, mask=args.mask, batch_size=args.batch_size,
             noise_samples=args.noise_samples, radius=args.radius, eps=args.eps, seed=args.seed,
             time_one_class=not args.no_one_class_timing,

@@ -42,7 +42,8 @@ from agg2exp_lightning.evaluation.report import write_report
 from agg2exp_lightning.evaluation.sensitivity import sensitivity, uniform_noise
 from agg2exp_lightning.explain import METHODS
 from agg2exp_lightning.labels import THORAX_CLASSES, resolve_targets
-from agg2exp_lightning.utils import atomic_write_text, plain_tensor
+from agg2exp_lightning.protocols import DEFAULT_PROTOCOL, Protocol, ProtocolLike, get_protocol, resolve_protocol
+from agg2exp_lightning.utils import atomic_write_text, look_up_option, plain_tensor
 from agg2exp_lightning.utils.output_folder import OutputFolderKind, config_fingerprint, open_output_folder
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,19 @@ class ComparisonSettings:
             every run and for every method.
         roi_size, sw_batch_size, overlap, sw_mode: sliding-window inference for the faithfulness passes.
         time_one_class: also time an explanation of the first target alone.
+        protocol: ``"corrected"`` or ``"paper"`` (:mod:`agg2exp_lightning.protocols`): gives ``mask``,
+            ``sensitivity_draws`` and ``crop_to_body`` where they are ``None``, and the explainer's
+            KernelSHAP spread and IG rule (:func:`default_explainer`).
+        sensitivity_draws: ``"shared"`` (the noisy copies' SmoothGrad noise / KernelSHAP coalitions
+            are those of the clean scan) or ``"independent"`` (drawn anew for every copy).
+        crop_to_body: explain and score body-cropped volumes (read by
+            :func:`~agg2exp_lightning.evaluation.cli.run_comparison` when it loads the data).
     """
 
     n_runs: int = 100
     subset_size: int = PAPER_SUBSET_SIZE
     baseline: Union[str, float] = "min"
-    mask: str = "fixed"
+    mask: Union[str, None] = None
     batch_size: int = 2
     noise_samples: int = 3
     radius: float = 0.1
@@ -96,8 +104,17 @@ class ComparisonSettings:
     overlap: float = 0.25
     sw_mode: str = "constant"
     time_one_class: bool = True
+    protocol: str = DEFAULT_PROTOCOL
+    sensitivity_draws: Union[str, None] = None
+    crop_to_body: Union[bool, None] = None
 
     def __post_init__(self) -> None:
+        chosen = get_protocol(self.protocol)
+        object.__setattr__(self, "protocol", chosen.name)
+        for field_name, setting in _PROTOCOL_FIELDS.items():
+            if getattr(self, field_name) is None:
+                object.__setattr__(self, field_name, getattr(chosen, setting))
+        look_up_option("sensitivity_draws", self.sensitivity_draws, ("shared", "independent"))
         positive_int("n_runs", self.n_runs, minimum=2)
         for name in ("subset_size", "batch_size", "noise_samples", "sw_batch_size"):
             positive_int(name, getattr(self, name))
@@ -110,16 +127,29 @@ class ComparisonSettings:
         if self.roi_size is not None:
             object.__setattr__(self, "roi_size", tuple(int(r) for r in self.roi_size))
 
+    def resolved_protocol(self) -> Protocol:
+        """The protocol with this comparison's own ``mask`` / ``sensitivity_draws`` / ``crop_to_body`` as overrides."""
+        return get_protocol(self.protocol, **{setting: getattr(self, f) for f, setting in _PROTOCOL_FIELDS.items()})
 
-def default_explainer(**options: Any) -> Explainer:
+
+#: ComparisonSettings fields that a protocol fills in, and the protocol setting each comes from.
+_PROTOCOL_FIELDS = {"mask": "faithfulness_mask", "sensitivity_draws": "sensitivity_draws", "crop_to_body": "crop_to_body"}
+
+
+def default_explainer(*, protocol: ProtocolLike = None, sensitivity_draws: str | None = None, **options: Any) -> Explainer:
     """:func:`agg2exp_lightning.explain.explain` returning the attribution maps, ``options`` passed on.
 
     ``options`` holds per-method dicts under the method's name (``{"smoothgrad": {"n_samples": 10}}``)
-    and shared keywords of ``explain`` (``roi_size``, ``sw_batch_size``, ``overlap``, ``mode``). Methods
-    that sample (SmoothGrad, IG with a random baseline, KernelSHAP) get ``seed=0`` unless a seed is
-    given, so that a method's maps of the clean and the noisy scans differ by the input noise alone
-    (sensitivity) and a resumed run reproduces the finished ones.
+    and shared keywords of ``explain`` (``roi_size``, ``sw_batch_size``, ``overlap``, ``mode``).
+    ``protocol`` goes to ``explain`` (KernelSHAP spread, IG rule). Methods that sample (SmoothGrad, IG
+    with a random baseline, KernelSHAP) get a seed unless one is given: with ``sensitivity_draws``
+    ``"shared"`` (the corrected protocol's) always ``seed=0``, so that a method's maps of the clean and
+    the noisy scans differ by the input noise alone; with ``"independent"`` (the paper's) a seed made
+    from the input's bytes, so every noisy copy draws its own noise or coalitions, as the published
+    runs did, and a resumed run still reproduces the finished ones.
     """
+    draws = look_up_option("sensitivity_draws", sensitivity_draws or resolve_protocol(protocol).sensitivity_draws,
+                           ("shared", "independent"))
     try:
         from agg2exp_lightning.explain import METHOD_OPTIONS, explain
     except ImportError as err:
@@ -132,8 +162,8 @@ def default_explainer(**options: Any) -> Explainer:
     def run(model: nn.Module, image: Tensor, method: str, targets: list[int]) -> Tensor:
         own = dict(options.get(method, {}))
         if "seed" in METHOD_OPTIONS.get(method, ()) and "seed" not in own:
-            own["seed"] = 0
-        result = explain(model, image, method=method, targets=targets, keep_attributions=True, **shared, **own)
+            own["seed"] = 0 if draws == "shared" else _content_seed(image)
+        result = explain(model, image, method=method, targets=targets, keep_attributions=True, protocol=protocol, **shared, **own)
         return result.attributions
 
     return run
@@ -167,7 +197,7 @@ def _finished(path: Path, target_names: list[str], fingerprint: str) -> pd.DataF
 def _claim_output_folder(out_dir: Path, settings: ComparisonSettings, context: Mapping[str, Any]) -> str:
     """Claim ``out_dir`` for these settings and context (``settings.json``; resume or refuse); returns the
     short fingerprint that marks the per-scan rows."""
-    config = dataclasses.asdict(settings) | {"context": dict(context)}
+    config = dataclasses.asdict(settings) | {"context": dict(context), "protocol_settings": settings.resolved_protocol().as_dict()}
     open_output_folder(out_dir, config, COMPARISON_FOLDER)
     return config_fingerprint(config)[:12]
 
@@ -299,7 +329,7 @@ def compare_methods(
     if explainer is None:
         window = {} if settings.roi_size is None else dict(roi_size=settings.roi_size, sw_batch_size=settings.sw_batch_size,
                                                            overlap=settings.overlap, mode=settings.sw_mode)
-        explainer = default_explainer(**window)
+        explainer = default_explainer(protocol=settings.resolved_protocol(), sensitivity_draws=settings.sensitivity_draws, **window)
     out = Path(out_dir)
     fingerprint = _claim_output_folder(out, settings, dict(context or {}))
     frames, seen = [], set()

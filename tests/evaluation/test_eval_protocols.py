@@ -1,0 +1,75 @@
+"""Protocols in the method comparison: faithfulness mask, sensitivity draws, recorded settings."""
+from __future__ import annotations
+
+import json
+import warnings
+import zlib
+
+import pytest
+import torch
+
+from agg2exp_lightning.evaluation import ComparisonSettings, UndefinedScoreWarning, compare_methods, default_explainer
+from agg2exp_lightning.evaluation.cli import main
+from agg2exp_lightning.evaluation.faithfulness import faithfulness_correlation
+from agg2exp_lightning.explain import explain
+
+
+def test_settings_take_the_protocols_choices_unless_given():
+    paper = ComparisonSettings(protocol="paper")
+    assert (paper.mask, paper.sensitivity_draws, paper.crop_to_body) == ("recomputed", "independent", False)
+    ours = ComparisonSettings()
+    assert (ours.protocol, ours.mask, ours.sensitivity_draws, ours.crop_to_body) == ("corrected", "fixed", "shared", True)
+    mixed = ComparisonSettings(protocol="paper", mask="fixed")
+    record = mixed.resolved_protocol().as_dict()
+    assert record["name"] == "paper" and record["overridden"] == ["faithfulness_mask"]
+    assert record["settings"]["kernelshap_spread"] == "broadcast"
+    with pytest.raises(ValueError, match=r"`protocol`.*\['paper', 'corrected'\].*'pappr'"):
+        ComparisonSettings(protocol="pappr")
+    with pytest.raises(ValueError, match="`sensitivity_draws`.*'same'"):
+        ComparisonSettings(sensitivity_draws="same")
+
+
+def test_faithfulness_mask_follows_the_protocol(net, image):
+    maps = torch.rand(2, *image.shape[1:], generator=torch.Generator().manual_seed(0))
+    kw = dict(n_runs=6, subset_size=100, rng=0)
+    paper = faithfulness_correlation(net, image, maps, [0, 2], protocol="paper", **kw)
+    recomputed = faithfulness_correlation(net, image, maps, [0, 2], mask="recomputed", **kw)
+    fixed = faithfulness_correlation(net, image, maps, [0, 2], mask="fixed", **kw)
+    default = faithfulness_correlation(net, image, maps, [0, 2], **kw)
+    torch.testing.assert_close(paper.output_drops, recomputed.output_drops)
+    torch.testing.assert_close(default.output_drops, fixed.output_drops)
+    assert not torch.allclose(fixed.output_drops, recomputed.output_drops)  # the choice matters on this net
+
+
+def test_independent_draws_give_each_input_its_own_noise_and_shared_draws_the_same(net, image):
+    noisy = (image + 0.05).clamp(0, 1)
+    opts = {"smoothgrad": {"n_samples": 3}}
+    shared = default_explainer(protocol="corrected", **opts)
+    independent = default_explainer(protocol="paper", **opts)
+    seed_of = lambda x: zlib.crc32(x.contiguous().numpy().tobytes())  # noqa: E731
+    torch.testing.assert_close(shared(net, noisy, "smoothgrad", [0, 1]),
+                               explain(net, noisy, method="smoothgrad", targets=[0, 1], n_samples=3, seed=0).attributions)
+    torch.testing.assert_close(independent(net, noisy, "smoothgrad", [0, 1]),
+                               explain(net, noisy, method="smoothgrad", targets=[0, 1], n_samples=3, seed=seed_of(noisy)).attributions)
+    assert seed_of(noisy) != seed_of(image)
+    torch.testing.assert_close(independent(net, noisy, "smoothgrad", [0, 1]), independent(net, noisy, "smoothgrad", [0, 1]))  # reproducible
+
+
+def test_comparison_records_protocol_and_its_settings(net, image, tmp_path):
+    settings = ComparisonSettings(protocol="paper", n_runs=3, subset_size=50, noise_samples=1, time_one_class=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedScoreWarning)
+        compare_methods(net, [("s1", image)], ["vanilla_gradient"], [0, 1], tmp_path / "cmp", settings=settings,
+                        class_names=["a", "b", "c"], progress=False)
+    stored = json.loads((tmp_path / "cmp" / "settings.json").read_text())
+    config = stored.get("config", stored)
+    assert config["protocol"] == "paper" and config["mask"] == "recomputed"
+    assert config["protocol_settings"]["settings"]["sensitivity_draws"] == "independent"
+
+
+def test_unknown_protocol_on_the_command_line_exits_2_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["--checkpoint", "c", "--data", "d", "--out", str(out), "--protocol", "papper", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "`protocol`" in err and "'paper', 'corrected'" in err and "'papper'" in err
+    assert not out.exists()
