@@ -151,8 +151,8 @@ def run_checkpoint_audit(
     """
     from agg2exp_lightning.audit.scan_audit import run_scan_audit
     from agg2exp_lightning.data.subjects import discover_records, manifest_records, select_split
-    from agg2exp_lightning.labels import DEFAULT_MAPPING_FILE, load_structure_mapping
-    from agg2exp_lightning.model_loading import LoadedModel, load_model, resolve_targets
+    from agg2exp_lightning.labels import DEFAULT_MAPPING_FILE, load_structure_mapping, resolve_targets
+    from agg2exp_lightning.model_loading import LoadedModel, load_model
 
     if data is None and manifest is None:
         raise DataError("an audit of a model needs --data (dataset root or manifest) or --manifest")
@@ -163,7 +163,7 @@ def run_checkpoint_audit(
     # TotalSegmentator subjects are merged into the mapping's labels: the model must predict those.
     thorax = any(r.layout == "totalsegmentator" for r in records)
     _model_for_data(loaded, mapping, f"structure mapping {mapping_file or DEFAULT_MAPPING_FILE}", thorax)
-    target_ids = resolve_targets(targets, loaded.class_names, argument="--targets")
+    target_ids = resolve_targets(targets, loaded.class_names, argument="--targets") if targets is not None else None
     if target_ids is not None:  # channel order, as the analysis orders classes (and the case figures their slices)
         target_ids = sorted(target_ids)
     spacing = tuple(float(s) for s in spacing) if spacing is not None else (loaded.spacing or DEFAULT_SPACING)

@@ -33,7 +33,6 @@ from agg2exp_lightning.model_loading.label_map import (
     check_label_count,
     label_names,
     read_label_map,
-    resolve_targets,
 )
 from agg2exp_lightning.model_loading.toolkit import (
     RESUME_KEYS,
@@ -63,7 +62,6 @@ __all__ = [
     "read_label_map",
     "read_lightning_checkpoint",
     "read_weights_file",
-    "resolve_targets",
     "state_dict_mismatch",
     "unwrap_state_dict",
 ]

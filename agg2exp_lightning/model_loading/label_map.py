@@ -112,38 +112,3 @@ def check_label_count(names: Sequence[str], channels: int | None, *, where: str,
         raise DataError(f"label map {where} names {len(names)} classes, but {model} has {channels} output channels; "
                         f"expected one name per output channel")
 
-
-def resolve_targets(targets: Sequence[str | int] | None, class_names: Sequence[str], *, argument: str = "targets") -> list[int] | None:
-    """Channel ids of classes given by name or id (``None``: every class, returned as ``None``).
-
-    Args:
-        targets: names, ids, or ids written as text (``"3"``).
-        class_names: the model's classes in channel order.
-        argument: how messages name the argument (``"--targets"``).
-
-    Raises:
-        DataError: a name or id that is not one of the classes (with the nearest name), or repeats.
-
-    Example:
-        >>> resolve_targets(["liver", 0], ("background", "liver"))
-        [1, 0]
-    """
-    from agg2exp_lightning.utils import did_you_mean
-
-    if targets is None:
-        return None
-    names = list(class_names)
-    ids: list[int] = []
-    for t in targets:
-        if isinstance(t, bool):
-            t = str(t)
-        text = str(t).strip()
-        if text in names:
-            ids.append(names.index(text))
-        elif (isinstance(t, int) or text.isdigit()) and 0 <= int(text) < len(names):
-            ids.append(int(text))
-        else:
-            raise DataError(f"`{argument}`: {t!r} is not one of the model's {len(names)} classes {names}{did_you_mean(text, names)}")
-    if not ids or len(set(ids)) != len(ids):
-        raise DataError(f"`{argument}`: expected class names or ids without repeats, got {list(targets)}")
-    return ids

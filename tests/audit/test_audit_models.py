@@ -155,7 +155,7 @@ def test_bad_model_inputs_exit_2_with_one_message(tmp_path, phantom, sources, ca
         (["--model", "no_such_pkg_xyz.nets:build"], "module 'no_such_pkg_xyz.nets' cannot be imported"),
         (["--model", "factory_models:not_a_module"], "returned str, expected a torch.nn.Module"),
         (["--model", "factory_models:build_tangent", "--weights", str(sources["weights"]), "--label-map", str(sources["labels"]),
-          "--targets", "tumor"], "'tumor' is not one of the model's 3 classes"),
+          "--targets", "tumor"], "`--targets`: the model has no class 'tumor'"),
         (["--model", str(sources["bundle"]), "--label-map", str(tmp_path / "two.json")], "names 2 classes, but MONAI bundle"),
         (["--model", "factory_models:build", "--weights", str(sources["weights"])],
          "head.weight"),  # the tangent weights are a bare Conv3d's: the factory's model has head.*
