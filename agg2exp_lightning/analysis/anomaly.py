@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import IsolationForest
 
+from agg2exp_lightning.utils.options import positive_int
+
 log = logging.getLogger(__name__)
 
 #: The seed of the per-class Isolation Forests, as in the paper.
@@ -129,8 +131,7 @@ def extreme_cases(scores: np.ndarray, ids: Sequence[str], classes: Sequence[str]
     scores = np.asarray(scores, dtype=float)
     if scores.shape != (len(ids), len(classes)):
         raise ValueError(f"Expected `scores` of shape {(len(ids), len(classes))}, got {scores.shape}")
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"Expected `k` to be a positive integer, got {k!r}")
+    positive_int("k", k)
     rows = []
     for i, name in enumerate(classes):
         valid = np.flatnonzero(np.isfinite(scores[:, i]))

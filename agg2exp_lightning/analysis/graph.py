@@ -28,6 +28,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from agg2exp_lightning.utils.options import positive_int
+
 __all__ = ["EDGE_EPS", "ClassClustering", "class_clustering", "dependency_edges", "signed_dependency_edges"]
 
 #: The published edge-width offset: ``width = 2 (w + eps) / (max w + eps)``.
@@ -80,8 +82,7 @@ def dependency_edges(
         raise ValueError(f"Expected `rule` to be 'cumulative' or 'top_k', but got {rule!r}")
     if not 0 < cumulative_share <= 1:
         raise ValueError(f"Expected `cumulative_share` in (0, 1], but got {cumulative_share!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"Expected `top_k` to be a positive integer, but got {top_k!r}")
+    positive_int("top_k", top_k)
     keep_regions = [j for j, b in enumerate(regions) if b not in exclude]
     rows: list[tuple[str, str, float, float]] = []
     for i, a in enumerate(classes):
