@@ -3,8 +3,8 @@
 A folder belongs to the audit whose fingerprint is in its ``audit.json``. Opening it for the same
 audit resumes (finished per-scan results are kept); for another audit it is refused unless
 ``overwrite`` is set, which removes only the files an audit writes. The logic is the generic
-:func:`agg2exp_lightning.utils.output_folder.open_output_folder`; the atomic writes and hashes that the
-audit modules import from here live in :mod:`agg2exp_lightning.utils.files`.
+:func:`agg2exp_lightning.utils.output_folder.open_output_folder`; atomic writes and hashes are in
+:mod:`agg2exp_lightning.utils.files`.
 """
 from __future__ import annotations
 
@@ -13,19 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agg2exp_lightning.utils import output_folder as _generic
-from agg2exp_lightning.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256, fingerprint
 
-__all__ = [
-    "AUDIT_FOLDER",
-    "AUDIT_OUTPUTS",
-    "MANIFEST",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_text",
-    "file_sha256",
-    "fingerprint",
-    "open_output_folder",
-]
+__all__ = ["AUDIT_FOLDER", "AUDIT_OUTPUTS", "MANIFEST", "open_output_folder"]
 
 MANIFEST = "audit.json"
 #: Everything an audit writes in its folder (files and folders); ``overwrite`` removes only these.
@@ -41,7 +30,7 @@ def open_output_folder(out_dir: str | Path, config: Mapping[str, Any], *, overwr
     Args:
         out_dir: the output folder (created if missing).
         config: JSON-serialisable description of the audit's inputs and settings; its
-            :func:`fingerprint` identifies the audit.
+            :func:`~agg2exp_lightning.utils.output_folder.config_fingerprint` identifies the audit.
         overwrite: replace another audit's results instead of refusing.
 
     Returns:

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from agg2exp_lightning.audit.output_folder import atomic_write_json, atomic_write_text, fingerprint, open_output_folder
+from agg2exp_lightning.audit.output_folder import open_output_folder
 from agg2exp_lightning.errors import DataError
+from agg2exp_lightning.utils.files import atomic_write_json, atomic_write_text, fingerprint
 
 
 def test_same_audit_resumes_other_audit_is_refused(tmp_path):
