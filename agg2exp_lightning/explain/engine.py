@@ -24,8 +24,9 @@ from agg2exp_lightning.explain._validation import (
     resolve_method_name,
 )
 from agg2exp_lightning.explain.aggregation import roi_importance
-from agg2exp_lightning.explain.memory import PASS_BYTES_PER_VOXEL, available_memory, check_explain_memory, explain_memory_estimate
+from agg2exp_lightning.explain.memory import available_memory, check_explain_memory, explain_memory_estimate, probe_pass_bytes_per_voxel
 from agg2exp_lightning.explain.model_state import explanation_mode
+from agg2exp_lightning.explain.precision import Precision, resolve_precision, with_precision
 from agg2exp_lightning.explain.proxy import proxy_output
 from agg2exp_lightning.protocols import SETTING_CHOICES, Protocol, ProtocolLike, resolve_protocol
 from agg2exp_lightning.utils import look_up_option, positive_int
@@ -103,8 +104,9 @@ def explain(
     eval_mode: bool = True,
     progress: bool = False,
     max_memory: float | None = None,
-    pass_bytes_per_voxel: float = PASS_BYTES_PER_VOXEL,
+    pass_bytes_per_voxel: float | None = None,
     protocol: ProtocolLike = None,
+    precision: Precision = "fp32",
     **method_options: Any,
 ) -> ExplanationResult:
     """Explain a segmentation model's prediction of ``image`` for each target class (Agg2Exp).
@@ -143,7 +145,12 @@ def explain(
             estimated (:func:`~agg2exp_lightning.explain.memory.explain_memory_estimate`) and an
             explanation that would not fit is refused with the estimate instead of being killed.
         pass_bytes_per_voxel: activation memory of the model's forward+backward pass per input voxel,
-            for that estimate (default: above MONAI Swin-UNETR's on CPU).
+            for that estimate (default: measured once per model by a probe pass at the window size, or
+            at most 96^3, :func:`~agg2exp_lightning.explain.memory.probe_pass_bytes_per_voxel`).
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the model's passes under
+            ``torch.autocast`` (:mod:`~agg2exp_lightning.explain.precision`; proxies, gradients,
+            regression and aggregation stay fp32). On a CPU without native bfloat16, ``"bf16"``
+            runs in fp32; ``diagnostics["precision"]`` records what ran.
         protocol: ``"corrected"`` (default), ``"paper"`` or a
             :class:`~agg2exp_lightning.protocols.Protocol`: gives the KernelSHAP ``spread``, the IG
             ``integration`` rule and the share of an empty region (``empty_regions``) unless a method
@@ -160,7 +167,9 @@ def explain(
             [5 voxels], ``seed`` [None];
             kernelshap_*: ``n_samples`` [1000 cubes, 200 semantic], ``baseline`` [0],
             ``batch_size`` [4], ``seed`` [None], ``paired`` [True], ``spread`` ["divide"; or
-            "broadcast" like Captum]; kernelshap_cubes: ``cubes_per_axis`` [8].
+            "broadcast" like Captum], ``reuse_windows`` [True] (with windows, run each window once
+            per distinct pattern of the features it covers; same values); kernelshap_cubes:
+            ``cubes_per_axis`` [8].
 
     Returns:
         An :class:`ExplanationResult`.
@@ -183,6 +192,7 @@ def explain(
         model, image, method, targets, regions, roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
         sigma_scale=sigma_scale, num_regions=num_regions, extra_masks=extra_masks, sign=sign, spatial_dims=spatial_dims,
         max_memory=max_memory, pass_bytes_per_voxel=pass_bytes_per_voxel, protocol=protocol, method_options=method_options,
+        precision=precision,
     )
     # before any pass: a lower bound (the classes are not known yet), so a hopeless volume is refused now
     request.check_memory(*request.memory_lower_bound())
@@ -208,6 +218,7 @@ class _ExplainRequest:
         device: where the model's parameters are.
         memory_limit: bytes the explanation may use.
         pass_bytes_per_voxel: activation memory per input voxel of one pass, for the estimate.
+        precision: the precision the model's passes run at (resolved for the device).
     """
 
     name: Any
@@ -223,6 +234,7 @@ class _ExplainRequest:
     device: torch.device
     memory_limit: float
     pass_bytes_per_voxel: float
+    precision: str = "fp32"
 
     @classmethod
     def from_arguments(
@@ -243,9 +255,10 @@ class _ExplainRequest:
         sign: str,
         spatial_dims: int,
         max_memory: float | None,
-        pass_bytes_per_voxel: float,
+        pass_bytes_per_voxel: float | None,
         protocol: ProtocolLike,
         method_options: Mapping[str, Any],
+        precision: str = "fp32",
     ) -> _ExplainRequest:
         """Check every argument (messages name it); raises ValueError as :func:`explain` documents."""
         name = resolve_method_name(method)
@@ -278,9 +291,14 @@ class _ExplainRequest:
         masks = {}
         for key, m in (extra_masks or {}).items():
             masks[str(key)] = check_label_map(f"extra_masks[{key!r}]", torch.as_tensor(m).long(), spatial, device).bool()
+        used = resolve_precision(precision, device)
+        if pass_bytes_per_voxel is None:  # one probe pass per model (cached), as the model will run
+            pass_bytes_per_voxel = probe_pass_bytes_per_voxel(
+                with_precision(model, used, device)[0], spatial, None if window is None else window["roi_size"],
+                device=device, dtype=x.dtype, max_memory=limit)
         return cls(name=name, options=options, protocol=resolved_protocol, image=x, window=window, targets=targets,
                    region_map=region_map, num_regions=num_regions, masks=masks, sign=sign, device=device,
-                   memory_limit=limit, pass_bytes_per_voxel=float(pass_bytes_per_voxel))
+                   memory_limit=limit, pass_bytes_per_voxel=float(pass_bytes_per_voxel), precision=used)
 
     @property
     def spatial(self) -> tuple[int, ...]:
@@ -328,6 +346,7 @@ def _run_passes(model: nn.Module, request: _ExplainRequest, *, eval_mode: bool, 
     x = request.image.to(request.device)
     window = request.window
     with explanation_mode(model, eval_mode=eval_mode):
+        model = with_precision(model, request.precision, request.device)[0]
         plan = None
         if window is not None:
             plan = window_plan(request.spatial, window["roi_size"], sw_batch_size=window["sw_batch_size"], overlap=window["overlap"],
@@ -369,6 +388,7 @@ def _aggregate(request: _ExplainRequest, passes: _Passes, *, keep_attributions: 
     counter = passes.predictor.counter
     diag.update(counter.as_dict())
     diag["protocol"] = request.protocol.as_dict()
+    diag["precision"] = request.precision
     diag["targets_absent"] = [c for c in target_ids if c not in present]
     if passes.plan is not None:
         diag["windows"] = passes.plan.num_windows

@@ -34,9 +34,10 @@ PASS_BYTES_PER_VOXEL = 8192.0
 #: A forward pass without grad keeps far fewer activations alive; this share of the above.
 FORWARD_ONLY_SHARE = 0.5
 _GiB = 1024.0**3
-#: Largest probe edge (voxels) for a whole-volume explanation: activations per voxel shrink with size, so a
-#: small probe errs on the safe side.
-PROBE_EDGE = 64
+#: Largest probe edge (voxels) for a whole-volume explanation (the paper's window size). Per-voxel
+#: activations change with size (Swin-UNETR pads its feature maps to multiples of its attention window:
+#: 2.1 KiB counted per voxel at 64^3, 1.7 KiB at 96^3), so the probe is as close to the volume as is safe.
+PROBE_EDGE = 96
 #: CPU probe: peak RSS growth of a forward and two backward passes over the bytes the probe counts (the
 #: temporaries of the backward, allocator slack): 1.78-2.17 for MONAI Swin-UNETR (feature_size 12 and 24,
 #: 64^3 and 96^3, each in a fresh process)
@@ -265,15 +266,23 @@ def probe_pass_bytes_per_voxel(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    max_memory: float = math.inf,
 ) -> float:
     """:func:`measure_pass_bytes_per_voxel` at a probe size for this explanation, cached per model.
 
     The probe is one window (``roi_size``), or for one pass over the whole volume the volume cut to at
-    most :data:`PROBE_EDGE` voxels a side (per-voxel activations shrink as volumes grow, so the small
-    probe errs on the safe side). A model that cannot run the probe (e.g. one that needs a larger
-    input) gets :data:`PASS_BYTES_PER_VOXEL`, with a log message.
+    most :data:`PROBE_EDGE` voxels a side, halved while twice the fixed :data:`PASS_BYTES_PER_VOXEL`
+    per probe voxel would exceed half of ``max_memory`` (so the probe itself cannot exhaust memory).
+    A model that cannot run the probe (e.g. one that needs a larger input) gets
+    :data:`PASS_BYTES_PER_VOXEL`, with a log message.
     """
-    shape = tuple(int(r) for r in roi_size) if roi_size is not None else tuple(min(int(s), PROBE_EDGE) for s in spatial)
+    if roi_size is not None:
+        shape = tuple(int(r) for r in roi_size)
+    else:
+        edge = PROBE_EDGE
+        while edge > 8 and 2 * PASS_BYTES_PER_VOXEL * math.prod(min(int(s), edge) for s in spatial) > max_memory / 2:
+            edge //= 2
+        shape = tuple(min(int(s), edge) for s in spatial)
     p = next(iter(model.parameters()), None)
     dev = torch.device(device) if device is not None else (p.device if p is not None else torch.device("cpu"))
     key = (shape, str(dev), str(dtype))

@@ -22,9 +22,11 @@ class CountingNet(torch.nn.Module):
         super().__init__()
         self.conv = torch.nn.Conv3d(1, classes, 1)
         self.calls = 0
+        self.shapes = []
 
     def forward(self, x):
         self.calls += 1
+        self.shapes.append(tuple(x.shape))
         if x.numel() > 10**7:  # a regression must fail here, not exhaust the test machine's memory
             raise AssertionError(f"a pass over {tuple(x.shape)} was attempted")
         return self.conv(x)
@@ -87,7 +89,8 @@ def test_a_512_cubed_volume_in_one_pass_is_refused_before_any_pass():
     message = str(err.value)
     assert "needs about" in message and "TiB" not in message and "GiB" in message and "model pass" in message
     assert "pass `roi_size`" in message and "is available" in message
-    assert net.calls == 0 and isinstance(err.value, MemoryError)
+    # one pass only: the memory probe, on a small cut of the volume (halved until it is safe)
+    assert net.calls == 1 and net.shapes[0][2] <= 96 and isinstance(err.value, MemoryError)
 
 
 def test_windows_that_do_not_fit_get_other_advice_and_a_fitting_budget_runs():
@@ -95,7 +98,7 @@ def test_windows_that_do_not_fit_get_other_advice_and_a_fitting_budget_runs():
     image = torch.rand(1, 16, 16, 16)
     with pytest.raises(ExplanationTooLarge, match="windows of 8x8x8") as err:
         explain(net, image, method="sg", roi_size=8, max_memory=1e5, n_samples=2)
-    assert "lower `sw_batch_size`" in str(err.value) and net.calls == 0
+    assert "lower `sw_batch_size`" in str(err.value) and net.shapes == [(1, 1, 8, 8, 8)]  # the probe of one window
     need = explain_memory_estimate((16, 16, 16), "smoothgrad", num_classes=3, num_targets=3, roi_size=(8, 8, 8)).total
     res = explain(net, image, method="sg", roi_size=8, max_memory=need * 1.01, n_samples=2, seed=0)
     assert res.roi.shape == (3, 3) and net.calls > 0
@@ -136,11 +139,15 @@ def test_probe_is_cached_per_model_and_falls_back_when_the_model_cannot_run_it()
     from agg2exp_lightning.explain.memory import PASS_BYTES_PER_VOXEL, PROBE_EDGE, probe_pass_bytes_per_voxel
 
     net = CountingNet(3)
-    first = probe_pass_bytes_per_voxel(net, (200, 10, 10))  # probe cut to 64 x 10 x 10
-    assert net.calls == 1 and 0 < first < PASS_BYTES_PER_VOXEL and PROBE_EDGE == 64
+    first = probe_pass_bytes_per_voxel(net, (200, 10, 10))  # probe cut to 96 x 10 x 10
+    assert net.shapes == [(1, 1, PROBE_EDGE, 10, 10)] and 0 < first < PASS_BYTES_PER_VOXEL
     assert probe_pass_bytes_per_voxel(net, (300, 10, 10)) == first and net.calls == 1  # same probe shape: cached
     probe_pass_bytes_per_voxel(net, (40, 40, 40), roi_size=(8, 8, 8))  # a window: probed at the window size
     assert net.calls == 2
+    # a probe that could itself exhaust the memory is cut further: 2 x 8 KiB x probe voxels <= half the budget
+    small = CountingNet(3)
+    probe_pass_bytes_per_voxel(small, (200, 200, 200), max_memory=4 * 8192 * 24**3)
+    assert small.shapes == [(1, 1, 24, 24, 24)]
 
     class NeedsBigInput(torch.nn.Module):
         def forward(self, x):
