@@ -94,25 +94,44 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, Clock, float]:
     return out, clock, mem.peak_mib
 
 
-def build(size: int, feature_size: int, norm: str) -> tuple[torch.nn.Module, torch.Tensor]:
+def shift_biases_until_all_predicted(model: torch.nn.Module, logits: torch.Tensor, rounds: int = 30) -> int:
+    """Shift the final layer's biases until every class is the argmax somewhere; returns the classes predicted.
+
+    ``logits`` ``[1, C, *S]`` are the model's (blended) prediction of the benchmark scan. A bias change
+    moves them by exactly that change (sliding-window blending weights sum to 1), so the loop works on
+    these logits instead of predicting again.
+    """
+    head = model.out.conv.conv if hasattr(model.out.conv, "conv") else model.out.conv
+    flat = logits[0].flatten(1)  # [C, V]
+    shift = torch.zeros(flat.shape[0], device=flat.device, dtype=flat.dtype)
+    step = max(1, flat.shape[1] // 300_000)
+    for _ in range(rounds):
+        shifted = flat + shift[:, None]
+        counts = torch.bincount(shifted.argmax(0), minlength=flat.shape[0])
+        if bool((counts > 0).all()):
+            break
+        sub = shifted[:, ::step]
+        gap = (sub.max(0).values - sub).quantile(0.02, dim=1)  # logit deficit of each class
+        shift += torch.where(counts == 0, gap + 0.05, torch.zeros_like(gap)) - 0.01 * (counts > counts.median())
+    with torch.no_grad():
+        head.bias += shift.to(head.bias.dtype)
+    return int((torch.bincount((flat + shift[:, None]).argmax(0), minlength=flat.shape[0]) > 0).sum())
+
+
+def build(size: int, feature_size: int, norm: str, plan: Any = None) -> tuple[torch.nn.Module, torch.Tensor]:
     from monai.networks.nets import SwinUNETR
 
     from agg2exp_lightning.data.phantom import generate_subject
+    from agg2exp_lightning.explain import blended_logits
 
     torch.manual_seed(0)
     norm_name: Any = ("group", {"num_groups": 3}) if norm == "group" else "instance"
     model = SwinUNETR(in_channels=1, out_channels=17, feature_size=feature_size, depths=(1, 1, 1, 1), norm_name=norm_name).eval()
     hu = generate_subject(np.random.default_rng(0), (size, size, size), 320.0 / size)[0].astype(np.float32)
     image = torch.from_numpy((np.clip(hu, -1000, 1000) + 1000) / 2000)[None]
-    head = model.out.conv.conv if hasattr(model.out.conv, "conv") else model.out.conv
     with torch.no_grad():
-        for _ in range(30):  # shift biases until every class is predicted somewhere
-            logits = model(image[None])[0]
-            counts = torch.bincount(logits.argmax(0).flatten(), minlength=17)
-            if (counts > 0).all():
-                break
-            gap = (logits.max(0).values - logits).flatten(1).quantile(0.02, dim=1)  # logit deficit of each class
-            head.bias += torch.where(counts == 0, gap + 0.05, torch.zeros_like(gap)) - 0.01 * (counts > counts.median())
+        logits = model(image[None]) if plan is None else blended_logits(model, image[None], plan)
+    shift_biases_until_all_predicted(model, logits)
     return model, image
 
 
@@ -168,8 +187,19 @@ class PassCosts:
         return "; ".join(f"{k}{b}={c.cpu:.2f}/{c.wall:.2f}" for (k, b), c in sorted(self.cache.items(), key=lambda i: (i[0][1], i[0][0])))
 
 
-def limit_seconds(method: str, diag: dict[str, Any], cost: PassCosts, bs: int, n: int, clock: str) -> float:
-    """Pass-count limit of our run (the counts from its diagnostics), in ``clock`` seconds."""
+def limit_seconds(method: str, diag: dict[str, Any], cost: PassCosts, bs: int, n: int, clock: str, plan: Any = None) -> float:
+    """Pass-count limit of our run (the counts from its diagnostics), in ``clock`` seconds.
+
+    With windows (``plan``) the unit is a pass of ``sw_batch_size`` windows; the forward samples
+    and backward passes of the run are costed at that batch (a last, smaller chunk pro rata).
+    """
+    if plan is not None:
+        swb, w = plan.sw_batch_size, plan.num_windows
+        if method.startswith("kernelshap"):
+            return diag["forward_samples"] / swb * cost("Fng", swb, clock)
+        ng = w * (1 + (method == "integrated_gradients"))  # prediction (+ IG baseline), without grad
+        return (ng / swb * cost("Fng", swb, clock) + (diag["forward_samples"] - ng) / swb * cost("Fg", swb, clock)
+                + diag["backward_passes"] * cost("B", swb, clock))
     if method == "vanilla_gradient":  # (with vectorize: the limit of the loop it replaces)
         if diag["forward_passes"] != 1:
             raise RuntimeError(f"unexpected pass counts {diag}")
@@ -187,11 +217,20 @@ def limit_seconds(method: str, diag: dict[str, Any], cost: PassCosts, bs: int, n
     return 2 * cost("Fng", 1, clock) + full * cost("Fng", bs, clock) + cost("Fng", rest, clock)
 
 
-def captum_loop(method: str, model, image, labels, opts: dict[str, Any], classes: list[int], bs: int) -> list[Clock]:
-    """Clock per class of the Captum equivalent (model frozen and in eval mode, as ours)."""
-    from captum.attr import IntegratedGradients, KernelShap, NoiseTunnel, Saliency
+def captum_loop(method: str, model, image, labels, opts: dict[str, Any], classes: list[int], bs: int, window: dict | None = None) -> list[Clock]:
+    """Clock per class of the Captum equivalent (model frozen and in eval mode, as ours).
 
-    f = lambda x: proxy_output(model(x), labels, list(range(17)))  # noqa: E731
+    With ``window`` the proxy is computed on MONAI's ``sliding_window_inference`` with those settings.
+    """
+    from captum.attr import IntegratedGradients, KernelShap, NoiseTunnel, Saliency
+    from monai.inferers import sliding_window_inference
+
+    if window is None:
+        f = lambda x: proxy_output(model(x), labels, list(range(17)))  # noqa: E731
+    else:
+        def f(x: torch.Tensor) -> torch.Tensor:
+            logits = sliding_window_inference(x, window["roi_size"], window["sw_batch_size"], model, overlap=window["overlap"], mode=window["mode"])
+            return proxy_output(logits, labels, list(range(17)))
     x = image[None]
     if method == "kernelshap_cubes":
         mask = cube_feature_mask(tuple(image.shape[1:]), opts.get("cubes_per_axis", 8))[0]
@@ -230,10 +269,22 @@ def main() -> None:
     parser.add_argument("--vectorize", action="store_true", help="also time the vmapped backward (is_grads_batched) for VG")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of the unit pass costs")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable timings on a shared machine)")
-    parser.add_argument("--out", type=Path, default=None, help="default results/explain_cpu.md (quick: explain_cpu_quick.md)")
+    parser.add_argument("--windows", type=int, default=None,
+                        help="sliding windows per axis: the volume becomes roi + (windows - 1) x the window step (--size ignored)")
+    parser.add_argument("--roi", type=int, default=32, help="window size with --windows (Swin-UNETR needs a multiple of 32)")
+    parser.add_argument("--overlap", type=float, default=0.25, help="window overlap with --windows")
+    parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per pass with --windows")
+    parser.add_argument("--no-reuse", action="store_true", help="KernelSHAP: also time without window reuse (reuse_windows=False)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default results/explain_cpu.md (quick: explain_cpu_quick.md; windows: explain_cpu_windows<N>.md)")
     args = parser.parse_args()
+    if args.windows is not None and args.norm == "instance" and args.roi < 64:
+        parser.error("argument --roi: instance norm needs windows of 64^3 or more (Swin-UNETR's 1/32 bottleneck); use --norm group")
+    if args.windows is not None:
+        args.size = args.roi + (args.windows - 1) * max(int(args.roi * (1 - args.overlap)), 1)
     if args.out is None:
-        args.out = Path(__file__).parent / "results" / ("explain_cpu_quick.md" if args.quick else "explain_cpu.md")
+        stem = "explain_cpu" + (f"_windows{args.windows}" if args.windows else "") + ("_quick" if args.quick else "")
+        args.out = Path(__file__).parent / "results" / f"{stem}.md"
     torch.set_num_threads(args.threads)
     bs = args.batch_size
     settings = {
@@ -246,45 +297,63 @@ def main() -> None:
     grad_classes = args.captum_classes or (2 if args.quick else 17)
     ks_classes = args.captum_ks_classes or (2 if args.quick else 1)
 
-    model, image = build(args.size, args.feature_size, args.norm)
+    plan, window = None, {}
+    if args.windows is not None:
+        from agg2exp_lightning.explain import blended_logits, window_plan
+
+        window = dict(roi_size=(args.roi,) * 3, sw_batch_size=args.sw_batch_size, overlap=args.overlap, mode="constant")
+        plan = window_plan((args.size,) * 3, (args.roi,) * 3, sw_batch_size=args.sw_batch_size, overlap=(args.overlap,) * 3)
+    model, image = build(args.size, args.feature_size, args.norm, plan)
     with torch.no_grad():
-        labels = model(image[None]).argmax(1)[0]
+        labels = (model(image[None]) if plan is None else blended_logits(model, image[None], plan)).argmax(1)[0]
     present = int(torch.unique(labels).numel())
-    header = (f"Swin-UNETR feature_size {args.feature_size}, depths (1,1,1,1), {args.norm} norm, {args.size}^3, 17 classes "
+    where = "" if plan is None else f" in {plan.num_windows} windows of {args.roi}^3 (overlap {args.overlap}, sw_batch_size {args.sw_batch_size})"
+    header = (f"Swin-UNETR feature_size {args.feature_size}, depths (1,1,1,1), {args.norm} norm, {args.size}^3{where}, 17 classes "
               f"({present} present in the prediction), torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"batch_size {bs}{', QUICK settings' if args.quick else ''}")
     print(header, flush=True)
-    cost = PassCosts(model, image, args.reps)
-    cost("Fng", 1, "cpu"), cost("Fng", bs, "cpu")  # the common sizes first
+    unit_image = image if plan is None else image[(slice(None), *plan.slices[0])]  # costs of one window
+    cost = PassCosts(model, unit_image, args.reps)
+    b0 = bs if plan is None else args.sw_batch_size
+    cost("Fng", 1, "cpu"), cost("Fng", b0, "cpu")  # the common sizes first
     print(f"unit pass costs (CPU s / wall s): {cost.summary()}", flush=True)
 
     rows = []
-    runs = [(m, False) for m in args.methods] + ([("vanilla_gradient", True)] if args.vectorize else [])
-    for method, vec in runs:
+    runs = [(m, "") for m in args.methods] + ([("vanilla_gradient", "vectorize")] if args.vectorize else [])
+    if args.no_reuse and plan is not None:
+        runs += [(m, "no reuse") for m in args.methods if m.startswith("kernelshap")]
+    mask_pass = {kind: (cost("Fng", 1, kind) if plan is None else plan.num_windows / b0 * cost("Fng", b0, kind)) for kind in ("cpu", "wall")}
+    for method, variant in runs:
         opts = dict(settings[method])
         if method in ("vanilla_gradient", "smoothgrad", "integrated_gradients"):
-            opts |= {"batch_size": bs, "vectorize": vec}
+            opts |= {"batch_size": bs, "vectorize": variant == "vectorize"}
         else:
-            opts |= {"batch_size": bs, "seed": 0}
-        res, ours, ours_mb = timed(lambda: explain(model, image, method=method, keep_attributions=False, **opts))  # noqa: B023
+            opts |= {"batch_size": bs, "seed": 0} | ({"reuse_windows": False} if variant == "no reuse" else {})
+        res, ours, ours_mb = timed(lambda: explain(model, image, method=method, keep_attributions=False, **window, **opts))  # noqa: B023
         n = opts.get("n_samples", opts.get("n_steps", 1))
-        limit = {kind: limit_seconds(method, res.diagnostics, cost, bs, n, kind) for kind in ("cpu", "wall")}
-        passes = f"{res.diagnostics['forward_samples']}F/{res.diagnostics['backward_passes']}B"
-        name = method + (" (vectorize)" if vec else "")
+        limit = {kind: limit_seconds(method, res.diagnostics, cost, bs, n, kind, plan) for kind in ("cpu", "wall")}
+        d = res.diagnostics
+        passes = f"{d['forward_samples']}F/{d['backward_passes']}B" + (f" ({d['kernelshap_window_passes_saved']} window passes saved)"
+                                                                     if d.get("kernelshap_window_passes_saved") else "")
+        if plan is not None and method.startswith("kernelshap"):  # every coalition (and the baseline) through every window
+            naive = dict(d, forward_samples=plan.num_windows * (d["kernelshap_samples"] + 2))
+            limit["naive_cpu"] = limit_seconds(method, naive, cost, bs, n, "cpu", plan)
+        name = method + (f" ({variant})" if variant else "")
         nan = float("nan")
         cap, cap_mb, mark = {"cpu": nan, "wall": nan}, nan, ""
-        if not vec:
+        if not variant:
             k = ks_classes if method.startswith("kernelshap") else grad_classes
             classes = list(range(17))[:k]
-            per_class, _, cap_mb = timed(lambda: captum_loop(method, model, image, labels, opts, classes, bs))  # noqa: B023
+            per_class, _, cap_mb = timed(lambda: captum_loop(method, model, image, labels, opts, classes, bs, window or None))  # noqa: B023
             for kind in ("cpu", "wall"):
                 secs = [getattr(c, kind) for c in per_class]
-                cap[kind] = cost("Fng", 1, kind) + (17 * statistics.mean(secs) if k < 17 else sum(secs))  # + the mask pass
+                cap[kind] = mask_pass[kind] + (17 * statistics.mean(secs) if k < 17 else sum(secs))  # + the mask pass
             mark = "*" if k < 17 else ""
         row = dict(method=name, settings=", ".join(f"{k}={v}" for k, v in settings[method].items()) or "-",
                    ours_cpu=ours.cpu, ours_wall=ours.wall, ours_mb=ours_mb, cap_cpu=cap["cpu"], cap_wall=cap["wall"], mark=mark,
                    cap_mb=cap_mb, speed_cpu=cap["cpu"] / ours.cpu, speed_wall=cap["wall"] / ours.wall, limit_cpu=limit["cpu"],
-                   ratio_cpu=ours.cpu / limit["cpu"], ratio_wall=ours.wall / limit["wall"], passes=passes)
+                   ratio_cpu=ours.cpu / limit["cpu"], ratio_wall=ours.wall / limit["wall"], passes=passes,
+                   naive_cpu=limit.get("naive_cpu", nan))
         rows.append(row)
         print(" | ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
@@ -295,18 +364,23 @@ def main() -> None:
         f"Unit pass costs (median of {args.reps}; CPU s / wall s; F = forward, ng = no grad, g = with grad, "
         f"B = backward, digit = batch size): {unit}\n",
         "| method | settings | ours CPU s (wall) | ours peak MiB | Captum loop CPU s (wall) | Captum peak MiB "
-        "| speed-up CPU (wall) | pass limit CPU s | ours / limit CPU (wall) | passes (samples F / B) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| speed-up CPU (wall) | pass limit CPU s | ours / limit CPU (wall) | passes (samples F / B) |"
+        + (" ours / limit without reuse CPU |" if plan is not None else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|" + ("---:|" if plan is not None else ""),
     ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['settings']} | {r['ours_cpu']:.1f} ({r['ours_wall']:.1f}) | {r['ours_mb']:.0f} "
             f"| {r['cap_cpu']:.1f}{r['mark']} ({r['cap_wall']:.1f}{r['mark']}) | {r['cap_mb']:.0f} "
             f"| {r['speed_cpu']:.2f}x ({r['speed_wall']:.2f}x) | {r['limit_cpu']:.1f} | {r['ratio_cpu']:.2f} ({r['ratio_wall']:.2f}) | {r['passes']} |"
+            + (f" {r['ours_cpu'] / r['naive_cpu']:.2f} |" if plan is not None else "")
         )
     lines.append(f"\n`*` Captum timed on {grad_classes} (gradient methods) / {ks_classes} (KernelSHAP) of the 17 classes and "
                  "extrapolated linearly: mask pass + 17 x mean seconds per class.\n"
-                 "Memory: peak RSS minus RSS before the call, sampled every 5 ms from /proc/self/statm.\n")
+                 + ("With windows, Captum's proxy runs on MONAI's `sliding_window_inference` (same windows); the pass limit "
+                    "costs our run's window passes at sw_batch_size windows per pass; 'without reuse' is the limit of every "
+                    "KernelSHAP coalition (and the baseline and prediction) through every window.\n" if plan is not None else "")
+                 + "Memory: peak RSS minus RSS before the call, sampled every 5 ms from /proc/self/statm.\n")
     table = "\n".join(lines)
     print("\n" + table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
