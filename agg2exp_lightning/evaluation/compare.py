@@ -171,7 +171,7 @@ def default_explainer(*, protocol: ProtocolLike = None, sensitivity_draws: str |
 
 def _content_seed(image: Tensor) -> int:
     """A seed made from a tensor's bytes: the same input gets the same draws, another input other ones."""
-    x = image.as_tensor() if hasattr(image, "as_tensor") else image
+    x = plain_tensor(image)
     return zlib.crc32(x.detach().cpu().contiguous().numpy().tobytes())
 
 
