@@ -106,6 +106,7 @@ def run_checkpoint_audit(
     wandb_project: str = "agg2exp-audit",
     save_maps: bool = False,
     figures_for: Sequence[str] = (),
+    wandb_model_artifact: str | None = None,
 ) -> AuditOutputs | None:
     """Explain every scan of a split with a model and audit the cohort.
 
@@ -138,6 +139,8 @@ def run_checkpoint_audit(
         wandb_project: the W&B project.
         save_maps: write each audited scan's maps as NIfTI in its own grid (see :mod:`~agg2exp_lightning.audit.maps`).
         figures_for: scan ids drawn in three views besides the worklist's (needs ``save_maps``).
+        wandb_model_artifact: the W&B artifact of the checkpoint (e.g. ``model-<run id>:best`` from training with
+            ``log_model``): the audit run uses it, so W&B shows the lineage model -> audit (online).
 
     Returns:
         The written outputs (with the analysis) on rank 0; ``None`` on other ranks.
@@ -195,5 +198,6 @@ def run_checkpoint_audit(
         config=config, spacing=spacing, mapping=mapping, inputs=inputs, overwrite=overwrite,
         trainer_kwargs={"accelerator": accelerator, "devices": devices, "strategy": strategy}, num_workers=num_workers,
         random_state=random_state, n_dependencies=n_dependencies, wandb=wandb, wandb_project=wandb_project,
-        save_maps=save_maps, figures_for=figures_for,
+        save_maps=save_maps, figures_for=figures_for, wandb_model_artifact=wandb_model_artifact,
+        model_file=loaded.source if loaded.kind == "checkpoint" else None,
     )

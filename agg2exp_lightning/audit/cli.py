@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-project", default="agg2exp-audit", help="W&B project (default %(default)s)")
     c.add_argument("--save-maps", action="store_true",
                    help="write each scan's attribution maps and prediction as NIfTI in the scan's own grid (maps/; the size estimate is printed first)")
+    c.add_argument("--wandb-model-artifact", metavar="NAME",
+                   help="W&B artifact of the audited checkpoint (e.g. model-1a2b3c:best): the audit run uses it (online)")
     c.add_argument("--figures-for", nargs="+", default=[], metavar="ID",
                    help="also draw these scans in three views (besides the worklist's; needs --save-maps)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -133,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mapping_file=args.mapping_file, data=args.data, manifest=args.manifest, method=args.method, method_options=options,
                 split=args.split, reference_split=args.reference_split, spacing=args.spacing, roi_size=args.roi_size,
                 accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_workers=args.num_workers,
-                save_maps=args.save_maps, figures_for=args.figures_for, **common,
+                save_maps=args.save_maps, figures_for=args.figures_for, wandb_model_artifact=args.wandb_model_artifact, **common,
             )
     except DataError as err:
         print(f"agg2exp-audit: error: {err}", file=sys.stderr)

@@ -111,6 +111,8 @@ def run_scan_audit(
     wandb_project: str = "agg2exp-audit",
     save_maps: bool = False,
     figures_for: Sequence[str] = (),
+    model_file: str | Path | None = None,
+    wandb_model_artifact: str | None = None,
 ) -> AuditOutputs | None:
     """Explain the scans of ``sets`` with ``model`` and audit the ``"audited"`` set.
 
@@ -136,6 +138,9 @@ def run_scan_audit(
             (``maps/``, see :mod:`~agg2exp_lightning.audit.maps`); refused before any work when the
             folder cannot hold the estimated size.
         figures_for: scan ids to draw in three views (beside the worklist's scans; needs ``save_maps``).
+        model_file: the audited checkpoint, named as the W&B audit's input (see
+            :func:`~agg2exp_lightning.audit.wandb_logging.log_audit_to_wandb`).
+        wandb_model_artifact: the W&B artifact of the audited model (e.g. ``model-<run id>:best``).
 
     Returns:
         The written outputs on rank 0; ``None`` on other DDP ranks.
@@ -210,5 +215,6 @@ def run_scan_audit(
     if wandb:
         from agg2exp_lightning.audit.wandb_logging import log_audit_to_wandb
 
-        log_audit_to_wandb(outputs, project=wandb_project, config=config)
+        log_audit_to_wandb(outputs, project=wandb_project, config=config, model_artifact=wandb_model_artifact,
+                           model_file=model_file)
     return outputs

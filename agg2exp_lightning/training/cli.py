@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from agg2exp_lightning.data.datamodule import ThoraxDataModule
 from agg2exp_lightning.errors import DataError
+from agg2exp_lightning.loggers import SaveConfigToWandb
 from agg2exp_lightning.model import SegmentationModule
 from agg2exp_lightning.training import run
 from agg2exp_lightning.training.configs import named_configs
@@ -104,6 +105,7 @@ def build_cli(args: list[str]) -> TrainCLI:
         ThoraxDataModule,
         args=args,
         seed_everything_default=0,
+        save_config_callback=SaveConfigToWandb,  # config.yaml in the run folder, and the full config in a W&B run
         save_config_kwargs={"overwrite": True},
         subclass_mode_model=False,
         subclass_mode_data=False,
