@@ -211,6 +211,15 @@ def run_scan_audit(
             log.warning("scan %s has no maps: %s", sid, why)
         rows["maps (NIfTI, each scan's own grid)"] = (f"{maps_folder} ({len(written)} scans)"
                                                       + (f"; without maps: {', '.join(no_maps)}" if no_maps else ""))
+        from agg2exp_lightning.audit.scan_figures import scan_figures_for_audit
+
+        worklist = [str(row["id"]) for row in getattr(analysis, "worklist", None) or []]
+        index = scan_figures_for_audit(out, {r.subject_id: r.image for r in sets["audited"]}, worklist + list(figures_for),
+                                       class_names)
+        if index is not None:
+            rows["three-view figures (linked to the NIfTI maps)"] = str(index)
+    elif figures_for:
+        log.warning("--figures-for draws from the NIfTI maps: add --save-maps (no three-view figures drawn)")
     outputs = write_audit_outputs(analysis, out, inputs=rows, case_figures=_case_figures(analysis, out / SET_FOLDERS["audited"]))
     if wandb:
         from agg2exp_lightning.audit.wandb_logging import log_audit_to_wandb

@@ -164,3 +164,19 @@ def test_a_scan_whose_maps_cannot_be_written_is_named_and_the_others_are_written
     assert not map_paths(tmp_path / "out" / "maps", "s1", [])["prediction"].exists()
     assert outputs.summary["n_scans"] == 3  # the audit itself kept every scan
     assert "without maps: s1" in outputs.report_html.read_text()
+
+
+def test_three_view_figures_are_drawn_from_the_maps_and_linked_to_them(audited, lps_cohort, caplog):
+    from agg2exp_lightning.audit.scan_figures import scan_figures_for_audit
+
+    out, _ = audited
+    images = {f"s{n}": lps_cohort / f"s{n}.nii.gz" for n in range(3)}
+    index = scan_figures_for_audit(out, images, ["s1", "nope"], THORAX_CLASSES)
+    assert "--figures-for: nope is not an audited scan" in caplog.text
+    page = index.read_text()
+    for cls in (BODY, A, B):
+        name = THORAX_CLASSES[cls]
+        assert (index.parent / f"s1_{name}.png").is_file()
+        assert f'href="../../maps/s1/s1_attribution_{name}.nii.gz"' in page
+    assert 'href="../../maps/s1/s1_prediction.nii.gz"' in page and (index.parent / "s1_profile.png").is_file()
+    assert not list(index.parent.glob("s0_*.png"))
