@@ -53,6 +53,8 @@ def default_explainer(method: str, options: Mapping[str, Any] | None = None, roi
     bound = {**{k: v for k, v in dict(window or {}).items() if k != "roi_size"}, **dict(options or {})}
     if targets is not None:
         bound["targets"] = list(targets)
+    # a bar over the sample batches of sampled methods (SmoothGrad, IG, KernelSHAP) with its ETA, unless -q
+    bound.setdefault("progress", log.isEnabledFor(logging.INFO))
     return functools.partial(explain, method=method, roi_size=None if roi_size is None else tuple(roi_size), **bound)
 
 

@@ -62,7 +62,8 @@ def _predict(module: Any, items: list[dict[str, Any]], out: Path, transform: Any
 
     writer = ScanRecordWriter({k: out / v for k, v in SET_FOLDERS.items()}, total=len(items))
     trainer = pl.Trainer(**{"accelerator": "auto", "devices": 1, "strategy": "auto", **trainer_kwargs}, inference_mode=False,
-                         logger=False, enable_checkpointing=False, enable_model_summary=False, callbacks=[writer])
+                         logger=False, enable_checkpointing=False, enable_model_summary=False, callbacks=[writer],
+                         enable_progress_bar=log.isEnabledFor(logging.INFO))  # a bar per scan with its ETA; off under -q
     loader = DataLoader(ScanDataset(items, transform), batch_size=1, num_workers=num_workers, collate_fn=list_data_collate)
     trainer.predict(module, dataloaders=loader, return_predictions=False)
     if trainer.world_size > 1:

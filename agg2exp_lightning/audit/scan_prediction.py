@@ -11,6 +11,7 @@ turns off: the Trainer must be built with ``inference_mode=False`` (as
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,14 @@ class ScanAuditModule(pl.LightningModule):
         return outputs
 
 
+def _duration(seconds: float) -> str:
+    """``"1 h 05 min"``, ``"4 min 10 s"`` or ``"12 s"``."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
 class ScanRecordWriter(BasePredictionWriter):
     """Writes each scan's record as soon as its batch ends, atomically, on the rank that made it.
 
@@ -158,6 +167,19 @@ class ScanRecordWriter(BasePredictionWriter):
         self.folders = {k: Path(v) for k, v in folders.items()}
         self.total = total
         self.done = 0
+        self._start: float | None = None
+        self._mine = 0
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.monotonic()
+        batches = trainer.num_predict_batches
+        self._mine = int(sum(batches)) if isinstance(batches, (list, tuple)) else int(batches or 0)
+
+    def eta_seconds(self) -> float | None:
+        """Seconds this rank still needs at its mean pace so far (``None`` before the first scan)."""
+        if self._start is None or not self.done:
+            return None
+        return (time.monotonic() - self._start) / self.done * max(self._mine - self.done, 0)
 
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any, batch_indices: Any,
                            batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -174,5 +196,7 @@ class ScanRecordWriter(BasePredictionWriter):
                 atomic_write_json(folder / f"{record_stem(sid)}.json", item["record"])
                 (folder / f"{record_stem(sid)}.failed.json").unlink(missing_ok=True)
             self.done += 1
-            log.info("scan %s written (rank %d: %d scans; %d to do in this run over all ranks)", sid, trainer.global_rank, self.done, self.total)
-
+            eta = self.eta_seconds()
+            left = "" if eta is None else f", about {_duration(eta)} left"
+            log.info("scan %s written (rank %d: %d of %d scans%s; %d in this run over all ranks)", sid, trainer.global_rank,
+                     self.done, self._mine or self.total, left, self.total)

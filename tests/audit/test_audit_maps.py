@@ -3,6 +3,7 @@ original labels, colour table, size check before starting, and a scan whose maps
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -157,7 +158,9 @@ def test_a_scan_whose_maps_cannot_be_written_is_named_and_the_others_are_written
         return real(volume, geometry, **kw)
 
     monkeypatch.setattr(maps_module, "to_original_grid", broken_for_s1)
+    caplog.set_level(logging.INFO, logger="agg2exp_lightning")
     outputs = _audit(lps_cohort, tmp_path / "out")
+    assert "scan s0 written (rank 0: 1 of 3 scans, about" in caplog.text  # progress per scan with the time left
     assert "maps of scan s1 not written" in caplog.text and "inverse resampling failed" in caplog.text
     assert map_paths(tmp_path / "out" / "maps", "s0", [])["prediction"].is_file()
     assert map_paths(tmp_path / "out" / "maps", "s2", [])["prediction"].is_file()
