@@ -6,8 +6,11 @@ Usage:
 
 Model: MONAI Swin-UNETR, feature_size 12, depths (1, 1, 1, 1), random init (seed 0), on a
 synthetic thorax phantom (``generate_subject``, 64^3 at 5 mm, HU clipped to [-1000, 1000] and
-scaled to [0, 1]). The final layer's biases are shifted (a few no-grad passes before timing) until
-all 17 classes appear in the prediction, so no method gains from classes absent from the mask.
+scaled to [0, 1]). The final layer's biases are shifted (on the logits of one no-grad prediction,
+before timing) until all 17 classes appear in the prediction, so no method gains from classes absent
+from the mask. ``--windows N`` explains a volume of N x N x N sliding windows of ``--roi`` voxels
+instead (Captum's proxy then runs on MONAI's ``sliding_window_inference``; ``--no-reuse`` also times
+KernelSHAP without window reuse).
 
 Columns:
     ours: ``explain(...)`` wall time and peak memory.
