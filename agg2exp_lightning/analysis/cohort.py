@@ -25,26 +25,55 @@
       "bias_tests": [{"group": "any_class"|class, "column": str, "kind": str, "test": str,
                       "n_outliers": int, "n_inliers": int, "statistic": float, "p": float,
                       "q": float, "effect": str, "effect_size": float, "detail": str}],
-      "bias_skipped": [{"group": str, "column": str, "reason": str}]
+      "bias_skipped": [{"group": str, "column": str, "reason": str}],
+      "scan_anomaly": {"method": str, "notes": [str],     # calibrated scan-level score (analysis.anomaly)
+                       "reference": str, "n_reference": int, "n_folds": int, "contamination": float,
+                       "threshold": float|null, "flag": str, "expected_false_positive_rate": float,
+                       "any_class_outlier_rate_held_out": float|null, "n_flagged": int},  # absent when skipped
+      "worklist": [{"rank": int, "id": str, "score": float, "p_value": float, "flagged": bool, "why": str,
+                    "classes": [{"class": str, "p": float, "absent": bool,
+                                 "regions": [{"region", "share", "reference_median", "direction", "tail"}]}]}],
+      "score_tests": [{"group": "scan_score", "column": str, "kind": str, "test": str, "n": int,
+                       "n_groups": int|null, "statistic": float, "p": float, "q": float, "effect": str,
+                       "effect_size": float, "ci_low": float|null, "ci_high": float|null, "detail": str}],
+      "score_tests_skipped": [{"group": str, "column": str, "reason": str}]
     }
+
+With a scan-level score, ``q`` of ``bias_tests`` and ``score_tests`` is Benjamini-Hochberg over both
+lists together (one family).
 
 ``rho``/``p``/``q`` are ``null`` when the table has no Dice for the class.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE, AnomalyResult, class_anomaly_scores, extreme_cases
+from agg2exp_lightning.analysis.anomaly import (
+    DEFAULT_CONTAMINATION,
+    DEFAULT_FOLDS,
+    MIN_REFERENCE_SCANS,
+    SCAN_SCORE_DESCRIPTION,
+    ScanAnomalyResult,
+    anomaly_worklist,
+    describe_worklist_row,
+    scan_anomaly_scores,
+)
 from agg2exp_lightning.analysis.bias import BiasResult, bias_tests
+from agg2exp_lightning.analysis.bias import joint_q, score_tests
 from agg2exp_lightning.analysis.correlation import anomaly_dice_correlation
 from agg2exp_lightning.analysis.importance import context_reliance, global_roi_importance, strongest_dependencies
 from agg2exp_lightning.analysis.tables import PUBLISHED_SPELLING, ExplanationTable, to_published_frame
 from agg2exp_lightning.errors import DataError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 #: Name of the union-over-classes group in the bias tests.
@@ -65,6 +94,10 @@ class CohortAnalysis:
     extremes: pd.DataFrame
     fitted_on_reference: bool
     random_state: int
+    scan: ScanAnomalyResult | None = None
+    score_bias: BiasResult | None = None
+    worklist: list[dict[str, Any]] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
 
     def per_scan_frame(self) -> pd.DataFrame:
         """The audited table in the published column format plus, per class ``a`` (published
@@ -75,6 +108,14 @@ class CohortAnalysis:
             extra[f"{spelled}_anomaly_score"] = self.anomaly.scores[:, i]
             extra[f"{spelled}_outlier"] = self.anomaly.outliers[:, i]
         extra[f"{ANY_CLASS}_outlier"] = self.anomaly.any_outlier
+        if self.scan is not None:  # the calibrated scan-level score (analysis.anomaly.scan_anomaly_scores)
+            for i, a in enumerate(self.table.classes):
+                extra[f"{PUBLISHED_SPELLING.get(a, a)}_anomaly_p"] = self.scan.class_p[:, i]
+            extra["scan_anomaly_score"] = self.scan.score
+            extra["scan_anomaly_p"] = self.scan.p_value
+            extra["scan_flagged"] = self.scan.flagged
+            order = pd.Series(self.scan.score).rank(ascending=False, method="first")
+            extra["scan_rank"] = order.astype("Int64").to_numpy()
         return to_published_frame(self.table, extra)
 
     def summary(self) -> dict[str, Any]:
@@ -114,6 +155,45 @@ class CohortAnalysis:
             "extreme_cases": extremes,
             "bias_tests": [{k: _num(v) if isinstance(v, float) else v for k, v in row.items()} for row in self.bias.tests.to_dict("records")],
             "bias_skipped": self.bias.skipped.to_dict("records"),
+            **self._scan_summary(),
+        }
+
+    def _scan_summary(self) -> dict[str, Any]:
+        """The calibrated scan-level score, the worklist and the score's rank tests."""
+        scan, tests = self.scan, self.score_bias
+        block: dict[str, Any] = {"method": SCAN_SCORE_DESCRIPTION, "notes": list(self.notes)}
+        if scan is not None:
+            block.update({
+                "reference": "audited scans (their own reference)" if scan.self_reference else "reference scans",
+                "n_reference": scan.n_reference, "n_folds": DEFAULT_FOLDS, "contamination": scan.contamination,
+                "threshold": _num(scan.threshold), "flag": "p_value <= contamination (equivalently score > threshold)",
+                "expected_false_positive_rate": scan.expected_fpr,
+                "any_class_outlier_rate_held_out": _num(scan.heldout_class_fpr),
+                "n_flagged": int(scan.flagged.sum()),
+            })
+        return {
+            "scan_anomaly": block,
+            "worklist": [{**row, "why": describe_worklist_row(row)} for row in self.worklist],
+            "score_tests": [] if tests is None else [{k: _num(v) if isinstance(v, float) else v for k, v in row.items()}
+                                                      for row in tests.tests.to_dict("records")],
+            "score_tests_skipped": [] if tests is None else tests.skipped.to_dict("records"),
+        }
+
+    def _paper_summary(self) -> dict[str, Any]:
+        """The summary's protocol and the paper's analyses (graph, clustering, scan-level Spearman)."""
+        p = self.protocol
+        mean = self.mean_correlation
+        return {
+            "protocol": p.as_dict(),
+            "merged_regions": {k: list(v) for k, v in self.merges.items()},
+            "dependency_graph": {
+                "rule": p.graph_rule, "cumulative_share": p.graph_cumulative_share, "top_k": p.graph_top_k,
+                "edges": [{k: (_num(v) if isinstance(v, float) else (bool(v) if k == "self" else v)) for k, v in row.items()}
+                          for row in self.graph.to_dict("records")],
+            },
+            "clustering": None if self.clustering is None else self.clustering.as_dict(),
+            "mean_anomaly_vs_mean_dice": {"rho": _num(mean.get("rho", math.nan)), "p": _num(mean.get("p", math.nan)),
+                                          "n": int(mean.get("n", 0))},
         }
 
 
@@ -130,6 +210,8 @@ def analyze_cohort(
     n_dependencies: int = 12,
     n_extremes: int = 3,
     seed: int = 0,
+    contamination: float = DEFAULT_CONTAMINATION,
+    n_bootstrap: int | None = None,
 ) -> CohortAnalysis:
     """Run the cohort analysis: RoI importance, anomalies, correlation with Dice, bias tests.
 
@@ -141,6 +223,11 @@ def analyze_cohort(
         n_dependencies: how many region -> class dependencies to report.
         n_extremes: how many most/least anomalous scans to report per class.
         seed: seed of the permutation bias tests.
+        contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``
+            (:func:`~agg2exp_lightning.analysis.anomaly.scan_anomaly_scores`; the per-class
+            outliers stay the paper's ``predict == -1``).
+        n_bootstrap: bootstrap resamples of the score tests' effect-size CIs (default
+            :data:`~agg2exp_lightning.analysis.bias.N_BOOTSTRAP`).
 
     Returns:
         A :class:`CohortAnalysis`.
@@ -167,6 +254,16 @@ def analyze_cohort(
         flags[np.isnan(anomaly.scores[:, i])] = pd.NA
         groups[a] = flags
     bias = bias_tests(table.metadata, groups, seed=seed)
+    scan, worklist, notes = _scan_level(table, reference, contamination, random_state)
+    score_bias = None
+    if scan is not None:
+        from agg2exp_lightning.analysis.bias import N_BOOTSTRAP
+
+        score_bias = score_tests(table.metadata, scan.score, n_bootstrap=N_BOOTSTRAP if n_bootstrap is None else n_bootstrap, seed=seed)
+        joint_bias, joint_score = joint_q(bias.tests, score_bias.tests)  # one BH family over every bias test
+        bias, score_bias = dataclasses.replace(bias, tests=joint_bias), dataclasses.replace(score_bias, tests=joint_score)
+        for row in score_bias.skipped.itertuples(index=False):
+            log.warning("metadata column %r not tested against the scan-level score: %s", row.column, row.reason)
     return CohortAnalysis(
         table=table,
         importance=importance,
@@ -178,4 +275,36 @@ def analyze_cohort(
         extremes=extreme_cases(anomaly.scores, table.ids, classes, k=n_extremes),
         fitted_on_reference=reference is not None,
         random_state=random_state,
+        scan=scan,
+        score_bias=score_bias,
+        worklist=worklist,
+        notes=tuple(notes),
     )
+
+
+def _scan_level(table: ExplanationTable, reference: ExplanationTable | None, contamination: float,
+                random_state: int) -> tuple[ScanAnomalyResult | None, list[dict[str, Any]], list[str]]:
+    """The calibrated scan-level score and worklist, falling back to the audited scans as their own
+    reference when the reference set is too small; notes say what was done instead or skipped."""
+    from agg2exp_lightning.analysis.anomaly import check_contamination
+
+    contamination = check_contamination(contamination)  # before anything else: a bad value is the caller's
+    notes: list[str] = []
+    ref_mass = None if reference is None else reference.mass
+    if ref_mass is not None and len(ref_mass) < MIN_REFERENCE_SCANS:
+        notes.append(f"the reference set has {len(ref_mass)} scans, fewer than the {MIN_REFERENCE_SCANS} the cross-fitted "
+                     "forests of the scan-level score need; the audited scans are their own reference instead")
+        ref_mass = None
+    if ref_mass is None and len(table) < MIN_REFERENCE_SCANS:
+        notes.append(f"scan-level score skipped: {len(table)} audited scans and no usable reference set; it needs at least "
+                     f"{MIN_REFERENCE_SCANS} reference (or audited) scans")
+        for note in notes:
+            log.warning("%s", note)
+        return None, [], notes
+    scan = scan_anomaly_scores(table.mass, table.classes, ref_mass, contamination=contamination, random_state=random_state)
+    if scan.expected_fpr == 0:
+        notes.append(f"{scan.n_reference} reference scans cannot calibrate a false-positive rate of {contamination:g}: no scan "
+                     "can be flagged; give more reference scans or a larger contamination")
+    for note in notes:
+        log.warning("%s", note)
+    return scan, anomaly_worklist(scan, table.ids, table.mass, ref_mass, table.regions), notes

@@ -102,6 +102,7 @@ def render_report(
         d = deps[0]
         parts.append(f"<li>Strongest dependency: {_e(d['class'])} relies on region {_e(d['region'])} ({100 * d['share']:.1f}% of its attribution mass on average).</li>")
     parts.append(f"<li>Bias tests: {len(bias)} run, {len(sig_bias)} with q &lt; {alpha}.</li></ul>")
+    parts.append(_worklist_section(summary, alpha))
 
     parts.append("<h2 id=\"importance\">Global RoI importance</h2>")
     for key in ("importance_heatmap", "dependency_graph"):
@@ -145,9 +146,92 @@ def render_report(
                             highlight=[b["q"] is not None and b["q"] < alpha for b in order]))
     else:
         parts.append("<p>No metadata column could be tested (the table has no metadata, or no outliers).</p>")
+    parts.append(_score_tests_section(summary, alpha))
     skipped = summary.get("bias_skipped", [])
     if skipped:
         parts.append("<p class=\"note\">Not tested:</p>")
         parts.append(_table(["group", "column", "reason"], [(s["group"], s["column"], s["reason"]) for s in skipped]))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _worklist_section(summary: Mapping[str, Any], alpha: float) -> str:
+    """Findings on the calibrated scan-level score and the worklist (scans to look at first, with why)."""
+    scan = summary.get("scan_anomaly")
+    if not scan:
+        return ""
+    out = ["<h2 id=\"worklist\">Scans to look at first</h2>"]
+    for note in scan.get("notes", []):
+        out.append(f"<p class=\"note\">{_e(note)}</p>")
+    if "n_flagged" not in scan:
+        return "\n".join(out)
+    held = scan.get("any_class_outlier_rate_held_out")
+    out.append(
+        f"<p>{scan['n_flagged']} of {summary['n_scans']} scans flagged: their scan-level score is higher than all but "
+        f"{100 * float(scan['contamination']):g} % of the {scan['n_reference']} {_e(scan['reference'])} "
+        f"(contamination {scan['contamination']:g}; expected false-positive rate on clean scans "
+        f"{100 * scan['expected_false_positive_rate']:.1f} %). For comparison, the per-class rule \u201coutlier for any class\u201d "
+        f"flags {summary['anomaly']['n_outlier_scans']} scans here"
+        + (f" and {100 * held:.0f} % of held-out reference scans." if held is not None else ".") + "</p>")
+    out.append(f"<p class=\"note\">Score: {_e(scan['method'])}.</p>")
+    rows = [(r["rank"], r["id"], r["score"], r["p_value"], "yes" if r["flagged"] else "no", r.get("why", "")) for r in summary.get("worklist", [])]
+    if rows:
+        out.append(_table(["rank", "scan", "score", "calibrated p", "flagged", "why: classes (per-class p) and the regions whose share moved most against the reference"],
+                          rows, numeric=[True, False, True, True, False, False], highlight=[r[4] == "yes" for r in rows]))
+    return "\n".join(out)
+
+
+def _score_tests_section(summary: Mapping[str, Any], alpha: float) -> str:
+    """Rank tests of the scan-level score across the groups of every metadata column."""
+    tests = list(summary.get("score_tests", []))
+    skipped = summary.get("score_tests_skipped", [])
+    if not tests and not skipped:
+        return ""
+    out = ["<h3 id=\"score-bias\">Does the scan-level score differ between groups?</h3>",
+           "<p class=\"note\">Kruskal-Wallis (Mann-Whitney for two groups; Spearman for numeric columns, which are also "
+           "tested in quantile bins) of the continuous scan-level score; effect sizes with 95 % bootstrap (Spearman: Fisher z) "
+           "intervals; q: Benjamini-Hochberg over these and the outlier tests above together.</p>"]
+    if tests:
+        order = sorted(tests, key=lambda b: (b["q"] is None, b["q"] if b["q"] is not None else 1.0))
+        out.append(_table(["column", "test", "n", "p", "q", "effect", "size", "95 % CI", "detail"],
+                          [(b["column"], b["test"], b["n"], b["p"], b["q"], b["effect"], b["effect_size"],
+                            "\u2013" if b["ci_low"] is None else f"{b['ci_low']:.3f} to {b['ci_high']:.3f}", b["detail"]) for b in order],
+                          numeric=[False, False, True, True, True, False, True, False, False],
+                          highlight=[b["q"] is not None and b["q"] < alpha for b in order]))
+    if skipped:
+        out.append(_table(["column", "not tested because"], [(s["column"], s["reason"]) for s in skipped]))
+    return "\n".join(out)
+
+
+def _paper_section(summary: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
+    """The protocol and the paper's analyses: dependency graph, per-class boxplots, clustering, scan-level Spearman."""
+    protocol = summary.get("protocol")
+    if not protocol:
+        return ""
+    out = ["<h2 id=\"paper-analyses\">The paper's analyses</h2>",
+           f"<p class=\"note\">Protocol: {_e(protocol['label'])}. Settings: "
+           + _e(", ".join(f"{k}={v}" for k, v in protocol["settings"].items())) + ".</p>"]
+    merged = summary.get("merged_regions") or {}
+    if merged:
+        out.append(_table(["merged region", "members"], [(k, ", ".join(v)) for k, v in merged.items()]))
+    graph = summary.get("dependency_graph") or {}
+    rule = graph.get("rule")
+    if rule:
+        limit = f"cumulative share \u2264 {graph['cumulative_share']:g}" if rule == "cumulative" else f"top {graph['top_k']}"
+        out.append(f"<p>Dependency graph rule: per explained class, the strongest regions ({_e(limit)}); "
+                   f"{len(graph.get('edges', []))} edges.</p>")
+    for key in ("published_dependency_graph", "class_boxplots", "class_clustering"):
+        if key in figures:
+            out.append(_figure(figures[key], FIGURE_CAPTIONS[key], key))
+    clustering = summary.get("clustering")
+    if clustering:
+        out.append(f"<p class=\"note\">Clustering ({_e(clustering['rule'])} rule) leaf order: {_e(', '.join(clustering['order']))}; "
+                   f"cophenetic correlation {_fmt(clustering['cophenetic_correlation'])}.</p>")
+    mean = summary.get("mean_anomaly_vs_mean_dice") or {}
+    if mean.get("n"):
+        out.append(_table(["scan-level test", "\u03c1", "p", "n"],
+                          [("Spearman: mean anomaly score vs mean Dice", mean["rho"], mean["p"], mean["n"])],
+                          numeric=[False, True, True, True]))
+    if "mean_anomaly_vs_mean_dice" in figures:
+        out.append(_figure(figures["mean_anomaly_vs_mean_dice"], FIGURE_CAPTIONS["mean_anomaly_vs_mean_dice"], "mean_anomaly_vs_mean_dice"))
+    return "\n".join(out)

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE
+from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
 from agg2exp_lightning.audit.output_folder import file_sha256
 from agg2exp_lightning.audit.outputs import AuditOutputs
 from agg2exp_lightning.audit.scan_prediction import Explainer
@@ -102,6 +102,7 @@ def run_checkpoint_audit(
     strategy: str = "auto",
     num_workers: int = 0,
     random_state: int = DEFAULT_RANDOM_STATE,
+    contamination: float = DEFAULT_CONTAMINATION,
     n_dependencies: int = 12,
     explainer: Explainer | None = None,
     wandb: bool = False,
@@ -125,7 +126,8 @@ def run_checkpoint_audit(
         method: attribution method passed to the explainer (e.g. ``smoothgrad``).
         method_options: keyword options of the method (e.g. ``{"n_samples": 10}``).
         split: the split to audit.
-        reference_split: a split to fit the Isolation Forests on (paper: ``train``); ``None`` fits
+        reference_split: a split to fit the Isolation Forests on (paper: ``train``); ``"auto"``:
+            ``train`` where the data has one and another split is audited; ``None`` fits
             on the audited scans.
         spacing: resampling spacing in mm; default the model source's (training data module, bundle
             preprocessing), else 1.5 mm.
@@ -135,6 +137,7 @@ def run_checkpoint_audit(
         accelerator, devices, strategy: Lightning Trainer settings (e.g. ``"ddp"`` on 2 devices).
         num_workers: DataLoader workers.
         random_state: seed of the Isolation Forests.
+        contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``.
         n_dependencies: how many region -> class dependencies to report.
         explainer: overrides :func:`default_explainer` (same call signature).
         wandb: also log tables and figures to one W&B run.
@@ -177,6 +180,9 @@ def run_checkpoint_audit(
         window = {**window, "roi_size": tuple(int(r) for r in roi_size)}
     roi = window.get("roi_size")
     sets = {"audited": select_split(records, split, source=source)}
+    if reference_split == "auto":  # the training split where there is one (issue 13: thresholds against clean scans)
+        reference_split = "train" if split != "train" and any(r.split == "train" for r in records) else None
+        log.info("reference scans: %s", f"split {reference_split!r}" if reference_split else "none (the audited scans are their own reference)")
     if reference_split is not None:
         sets["reference"] = select_split(records, reference_split, source=source)
     config = {
@@ -199,7 +205,7 @@ def run_checkpoint_audit(
         explainer=explainer if explainer is not None else default_explainer(method, method_options, roi, targets=target_ids, window=window),
         config=config, spacing=spacing, mapping=mapping, inputs=inputs, overwrite=overwrite,
         trainer_kwargs={"accelerator": accelerator, "devices": devices, "strategy": strategy}, num_workers=num_workers,
-        random_state=random_state, n_dependencies=n_dependencies, wandb=wandb, wandb_project=wandb_project,
+        random_state=random_state, n_dependencies=n_dependencies, contamination=contamination, wandb=wandb, wandb_project=wandb_project,
         save_maps=save_maps, figures_for=figures_for, wandb_model_artifact=wandb_model_artifact,
         model_file=loaded.source if loaded.kind == "checkpoint" else None,
     )

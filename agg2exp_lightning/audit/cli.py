@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE
+from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
 from agg2exp_lightning.cli_common import (
     METHOD_OPTION_HELP,
     METHOD_OPTION_SYNTAX,
@@ -58,13 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mapping-file", metavar="YAML",
                    help="TotalSegmentator structures -> the model's labels (default: the shipped thorax mapping)")
     c.add_argument("--split", default="test", help="split to audit (default %(default)s)")
-    c.add_argument("--reference-split", metavar="SPLIT", help="split to fit the Isolation Forests on (paper: train)")
+    c.add_argument("--reference-split", metavar="SPLIT", default="auto",
+                   help="split to fit the Isolation Forests on and to calibrate the scan-level score against (paper: train); "
+                        "'auto' (default): train where the data has one and another split is audited; 'none': the audited scans")
     c.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="resampling spacing in mm (default: the training data module's)")
     c.add_argument("--roi-size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size for the explainer")
     add_device_arguments(c)
     c.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace another audit's results in --out")
     p.add_argument("--random-state", type=int, default=DEFAULT_RANDOM_STATE, help="seed of the Isolation Forests (default %(default)s)")
+    p.add_argument("--contamination", type=float, default=DEFAULT_CONTAMINATION, metavar="C",
+                   help="share of clean scans the scan-level flag may raise, in (0, 0.5] (default %(default)s)")
     p.add_argument("--dependencies", type=int, default=12, metavar="K", help="strongest region->class dependencies to report (default %(default)s)")
     p.add_argument("--wandb", action="store_true", help="also log to one W&B run (WANDB_MODE, default offline)")
     p.add_argument("--wandb-project", default="agg2exp-audit", help="W&B project (default %(default)s)")
@@ -107,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if args.dependencies < 1:
         parser.error(f"--dependencies must be a positive integer, got {args.dependencies}")
+    if not 0 < args.contamination <= 0.5:  # NaN fails too
+        parser.error(f"--contamination must be a number in (0, 0.5] (the share of clean scans the audit may flag), got {args.contamination}")
     if args.from_table is not None:
         given = [f for f, v in (("--data", args.data), ("--manifest", args.manifest), ("--weights", args.weights),
                                 ("--targets", args.targets), ("--mapping-file", args.mapping_file)) if v]
@@ -119,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"agg2exp-audit: error: {err}", file=sys.stderr)
         return 2
-    common = dict(overwrite=args.overwrite, random_state=args.random_state, n_dependencies=args.dependencies,
+    common = dict(overwrite=args.overwrite, random_state=args.random_state, n_dependencies=args.dependencies, contamination=args.contamination,
                   wandb=args.wandb, wandb_project=args.wandb_project)
     try:
         if args.from_table is not None:
@@ -135,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             outputs = run_checkpoint_audit(
                 args.model, args.out, weights=args.weights, label_map=args.label_map, targets=args.targets,
                 mapping_file=args.mapping_file, data=args.data, manifest=args.manifest, method=args.method, method_options=options,
-                split=args.split, reference_split=args.reference_split, spacing=args.spacing, roi_size=args.roi_size,
+                split=args.split, reference_split=None if args.reference_split == "none" else args.reference_split, spacing=args.spacing, roi_size=args.roi_size,
                 accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_workers=args.num_workers,
                 save_maps=args.save_maps, figures_for=args.figures_for, wandb_model_artifact=args.wandb_model_artifact, **common,
             )

@@ -99,5 +99,13 @@ def write_audit_outputs(
     n_sig = sum(1 for v in summary["per_class"].values() if v["q"] is not None and v["q"] < 0.05)
     log.info("%d scans, %d outlier scans, %d classes with anomaly~Dice q<0.05",
              summary["n_scans"], summary["anomaly"]["n_outlier_scans"], n_sig)
+    scan = summary.get("scan_anomaly", {})
+    if "n_flagged" in scan:
+        held = scan.get("any_class_outlier_rate_held_out")
+        log.info("scan-level score: %d of %d scans flagged at contamination %g (expected false-positive rate on clean scans %.1f%%, "
+                 "%d reference scans); the per-class rule 'outlier for any class' flags %d%s",
+                 scan["n_flagged"], summary["n_scans"], scan["contamination"], 100 * scan["expected_false_positive_rate"],
+                 scan["n_reference"], summary["anomaly"]["n_outlier_scans"],
+                 "" if held is None else f" and {100 * held:.0f}% of held-out reference scans")
     return AuditOutputs(out_dir=out, summary=summary, summary_json=summary_json, per_scan_csv=per_scan, report_html=report, figures=paths,
                         analysis=analysis)

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE
+from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
 from agg2exp_lightning.analysis.cohort import CohortAnalysis, analyze_cohort
 from agg2exp_lightning.analysis.figures import case_grid, figure_png
 from agg2exp_lightning.audit.output_folder import open_output_folder
@@ -107,6 +107,7 @@ def run_scan_audit(
     trainer_kwargs: Mapping[str, Any] | None = None,
     num_workers: int = 0,
     random_state: int = DEFAULT_RANDOM_STATE,
+    contamination: float = DEFAULT_CONTAMINATION,
     n_dependencies: int = 12,
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
@@ -132,6 +133,7 @@ def run_scan_audit(
         trainer_kwargs: ``accelerator``, ``devices``, ``strategy`` ... for ``lightning.Trainer``.
         num_workers: DataLoader workers.
         random_state: seed of the Isolation Forests.
+        contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``.
         n_dependencies: how many region -> class dependencies to report.
         wandb: also log tables and figures to one W&B run.
         wandb_project: the W&B project.
@@ -196,7 +198,8 @@ def run_scan_audit(
         if not done:
             raise DataError(f"no {s} scan finished; failures are listed in {out / 'failed_scans.json'}")
     tables = {s: records_to_table(done, meta, source=f"{s} scans in {out / SET_FOLDERS[s]}") for s, done in finished.items()}
-    analysis = analyze_cohort(tables["audited"], tables.get("reference"), random_state=random_state, n_dependencies=n_dependencies)
+    analysis = analyze_cohort(tables["audited"], tables.get("reference"), random_state=random_state, n_dependencies=n_dependencies,
+                              contamination=contamination)
     rows = {
         **dict(inputs or {}),
         "spacing (mm)": ", ".join(f"{v:g}" for v in spacing),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE
+from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
 from agg2exp_lightning.analysis.cohort import analyze_cohort
 from agg2exp_lightning.analysis.tables import read_explanation_table
 from agg2exp_lightning.audit.output_folder import open_output_folder
@@ -23,6 +23,7 @@ def run_table_audit(
     label_map: str | Path | None = None,
     overwrite: bool = False,
     random_state: int = DEFAULT_RANDOM_STATE,
+    contamination: float = DEFAULT_CONTAMINATION,
     n_dependencies: int = 12,
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
@@ -39,6 +40,7 @@ def run_table_audit(
             published thorax one; default: the 17 thorax labels and their published spellings.
         overwrite: replace another audit's results in ``out_dir``.
         random_state: seed of the Isolation Forests.
+        contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``.
         n_dependencies: how many region -> class dependencies to report.
         wandb: also log tables and figures to one W&B run.
         wandb_project: the W&B project.
@@ -74,7 +76,7 @@ def run_table_audit(
     reference = read_explanation_table(reference_table, classes) if reference_table is not None else None
     open_output_folder(out_dir, config, overwrite=overwrite)
     log.info("auditing %d scans from %s%s", len(cohort), table, f" (forests fitted on {len(reference)} reference scans)" if reference else "")
-    analysis = analyze_cohort(cohort, reference, random_state=random_state, n_dependencies=n_dependencies)
+    analysis = analyze_cohort(cohort, reference, random_state=random_state, n_dependencies=n_dependencies, contamination=contamination)
     inputs = {
         "table": str(table),
         "metadata": str(metadata) if metadata is not None else "none",

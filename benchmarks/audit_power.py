@@ -1,0 +1,264 @@
+"""Does the audit find what is wrong? Planted faults and a degraded scanner through a trained model, measured.
+
+A pool of synthetic subjects (a seed the model never saw) is generated with every planted condition of
+the generator (``--condition`` list) in a share of the subjects and one scanner degraded
+(``--degraded-scanner``). Every pool scan is explained once through the model (``run_checkpoint_audit``
+per split of the pool, vanilla gradient by default; the per-scan records are cached in ``--out``, so a
+rerun or another cohort seed reuses them). Then, for each cohort seed, a reference set of clean scans
+(no condition, not from the degraded scanner) and a separate audited cohort of at least 60 scans are
+drawn from the pool and audited with :func:`~agg2exp_lightning.analysis.cohort.analyze_cohort` (the
+audit's own analysis: per-class forests fitted on the reference, the calibrated scan-level score, the
+bias tests). Reported:
+
+- per planted condition, the ROC AUC of the scan-level score (planted scans vs clean scans of the
+  cohort) and the sensitivity of the scan-level flag at the default contamination;
+- the false-positive rate of the flag on clean scans (and that of the paper's "outlier for any class");
+- the bias q-value of the degraded scanner (``scanner_model`` column, rank test of the scan-level score;
+  Benjamini-Hochberg over all the audit's bias tests) per seed;
+- the false-alarm rate of the bias tests under the null: the metadata of the first cohort shuffled
+  across its scans (``--permutations`` times); an alarm is any q < 0.05 in the whole family.
+
+The truth columns of the generator (``planted_condition``, ``degraded``, ``pathology``,
+``pathology_location``) are kept out of the audit's metadata; they are only used for scoring.
+
+    python benchmarks/audit_power.py --checkpoint runs/demo/checkpoints/best-*.ckpt --out runs/audit_power
+
+Tiny settings to try the script: ``--n-pool 24 --n-reference 10 --n-audited 12 --cohort-seeds 2
+--permutations 5 --targets heart trachea``.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The paper's seven target classes (the demo's explanation monitor explains the same).
+PAPER_TARGETS = ("background", "aorta", "lung_lower_lobe_left", "lung_lower_lobe_right", "trachea", "heart", "ribs")
+#: Generator columns that hold the truth: used for scoring, never given to the audit.
+TRUTH_COLUMNS = ("planted_condition", "degraded", "pathology", "pathology_location")
+#: Columns that identify the degraded scanner (confounded by design: one model, one maker, one institute).
+SCANNER_COLUMNS = ("scanner_model", "manufacturer", "institute")
+
+log = logging.getLogger("audit_power")
+
+
+def _pool_meta(pool: Path) -> pd.DataFrame:
+    return pd.read_csv(pool / "meta.csv", sep=";", encoding="utf-8-sig", dtype=str, keep_default_na=False)
+
+
+def explain_pool(checkpoint: str, pool: Path, out: Path, *, method: str, targets: list[str] | None) -> None:
+    """Explain every pool scan once (cached per split in ``out/explained/<split>``; a rerun reuses them)."""
+    from agg2exp_lightning.audit.checkpoint_audit import run_checkpoint_audit
+
+    meta = _pool_meta(pool)
+    for split in ("test", "val", "train"):  # small splits first: a partial run still covers the pool evenly
+        n = int((meta["split"] == split).sum())
+        if not n:
+            continue
+        t0 = time.perf_counter()
+        run_checkpoint_audit(checkpoint, out / "explained" / split, data=str(pool), split=split, method=method, targets=targets,
+                             reference_split=None, accelerator="cpu")
+        log.info("split %s: %d scans explained or reused in %.0f s", split, n, time.perf_counter() - t0)
+
+
+def load_pool(pool: Path, out: Path) -> pd.DataFrame:
+    """Every pool scan explained so far (records in ``out/explained/<split>/scans``) with its metadata, one frame."""
+    from agg2exp_lightning.audit.scan_records import load_records, records_to_frame
+
+    meta = _pool_meta(pool)
+    frames = []
+    for split in ("test", "val", "train"):
+        ids = meta.loc[meta["split"] == split, "image_id"].tolist()
+        folder = out / "explained" / split
+        if not ids or not (folder / "scans").is_dir():
+            continue
+        done, failed = load_records(folder / "scans", ids)
+        for sid, err in failed.items():
+            log.warning("pool scan %s failed: %s", sid, err)
+        if done:
+            frames.append(records_to_frame(done))
+    if not frames:
+        raise SystemExit(f"no explained pool scan under {out / 'explained'}")
+    frame = pd.concat(frames, ignore_index=True)
+    keep = [c for c in meta.columns if c not in ("split",)]
+    return frame.merge(meta[keep], left_on="patient", right_on="image_id", how="left").drop(columns=["image_id"])
+
+
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if len(positive) == 0 or len(negative) == 0:
+        return float("nan")
+    s = np.concatenate([positive, negative])
+    s = np.where(np.isfinite(s), s, np.nanmin(s[np.isfinite(s)]) - 1 if np.isfinite(s).any() else 0.0)
+    return float(roc_auc_score(np.r_[np.ones(len(positive)), np.zeros(len(negative))], s))
+
+
+def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int, classes: list[str]) -> tuple[dict, object, pd.DataFrame]:
+    """Draw one reference set and one audited cohort from the explained pool and audit it."""
+    from agg2exp_lightning.analysis.cohort import analyze_cohort
+    from agg2exp_lightning.analysis.tables import parse_explanation_table
+
+    rng = np.random.default_rng(seed)
+    clean = pool.index[(pool["planted_condition"] == "none") & (pool["degraded"].astype(str) != "1")].to_numpy()
+    reference = rng.choice(clean, size=min(n_reference, len(clean)), replace=False)
+    rest = np.setdiff1d(pool.index.to_numpy(), reference)
+    audited = rng.choice(rest, size=min(n_audited, len(rest)), replace=False)
+    truth = pool.loc[audited, ["patient", *TRUTH_COLUMNS]].reset_index(drop=True)
+    ref_table = parse_explanation_table(pool.loc[reference].drop(columns=list(TRUTH_COLUMNS)), classes)
+    aud_table = parse_explanation_table(pool.loc[audited].drop(columns=list(TRUTH_COLUMNS)), classes)
+    analysis = analyze_cohort(aud_table, ref_table, n_bootstrap=0, seed=seed)
+    scan = analysis.scan
+    score, flagged = scan.score, scan.flagged
+    cond = truth["planted_condition"].to_numpy()
+    degraded = truth["degraded"].astype(str).to_numpy() == "1"
+    is_clean = (cond == "none") & ~degraded
+    result: dict = {"seed": seed, "n_reference": int(len(reference)), "n_audited": int(len(audited)),
+                    "n_clean": int(is_clean.sum()), "expected_fpr": scan.expected_fpr,
+                    "fpr_flag": float(flagged[is_clean].mean()) if is_clean.any() else float("nan"),
+                    "fpr_any_class_outlier": float(analysis.anomaly.any_outlier[is_clean].mean()) if is_clean.any() else float("nan"),
+                    "heldout_any_class_outlier_rate": scan.heldout_class_fpr, "conditions": {}}
+    for name in sorted(set(cond) - {"none"}) + ["degraded_scanner"]:
+        hit = degraded & (cond == "none") if name == "degraded_scanner" else cond == name
+        result["conditions"][name] = {"n": int(hit.sum()), "auc": _auc(score[hit], score[is_clean]),
+                                      "sensitivity": float(flagged[hit].mean()) if hit.any() else float("nan")}
+    tests = pd.concat([analysis.bias.tests.assign(family="outliers"), analysis.score_bias.tests.assign(family="score")], ignore_index=True)
+    scanner = tests[(tests["family"] == "score") & (tests["column"] == "scanner_model")]
+    result["scanner_q"] = float(scanner["q"].iloc[0]) if len(scanner) else float("nan")
+    result["scanner_p"] = float(scanner["p"].iloc[0]) if len(scanner) else float("nan")
+    result["scanner_detail"] = str(scanner["detail"].iloc[0]) if len(scanner) else ""
+    confounded = tests[tests["column"].isin(SCANNER_COLUMNS)]
+    result["best_scanner_column_q"] = float(confounded["q"].min()) if len(confounded) else float("nan")
+    result["n_bias_tests"] = int(len(tests))
+    result["bias_alarms_elsewhere"] = sorted(set(tests.loc[(tests["q"] < 0.05) & ~tests["column"].isin(SCANNER_COLUMNS), "column"]))
+    return result, analysis, truth
+
+
+def null_false_alarms(analysis, n_permutations: int, seed: int) -> dict:
+    """Shuffle the metadata across the cohort's scans and rerun every bias test (BH over all of them)."""
+    from agg2exp_lightning.analysis.bias import bias_tests, joint_q, score_tests
+    from agg2exp_lightning.analysis.cohort import ANY_CLASS
+
+    anomaly, scan = analysis.anomaly, analysis.scan
+    groups = {ANY_CLASS: pd.Series(anomaly.any_outlier)}
+    for i, a in enumerate(analysis.table.classes):
+        flags = pd.Series(anomaly.outliers[:, i], dtype="boolean")
+        flags[np.isnan(anomaly.scores[:, i])] = pd.NA
+        groups[a] = flags
+    meta = analysis.table.metadata.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    alarms = score_alarms = 0
+    for k in range(n_permutations):
+        shuffled = meta.iloc[rng.permutation(len(meta))].reset_index(drop=True)
+        out = bias_tests(shuffled, groups, seed=k).tests
+        sc = score_tests(shuffled, scan.score, n_bootstrap=0).tests
+        joint = pd.concat(joint_q(out, sc))
+        alarms += bool((joint["q"] < 0.05).any())
+        score_alarms += bool((sc["q"] < 0.05).any())
+    return {"permutations": n_permutations, "false_alarm_rate": alarms / n_permutations,
+            "false_alarm_rate_score_tests_alone": score_alarms / n_permutations}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="trained checkpoint (a glob is expanded)")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "audit_power"))
+    parser.add_argument("--n-pool", type=int, default=120, help="subjects in the pool (default %(default)s)")
+    parser.add_argument("--pool-seed", type=int, default=202)
+    parser.add_argument("--condition-fraction", type=float, default=0.1, help="share of the pool per planted condition")
+    parser.add_argument("--degraded-scanner", default="Aquilion ONE")
+    parser.add_argument("--shape", type=int, default=80)
+    parser.add_argument("--spacing", type=float, default=4.0)
+    parser.add_argument("--n-reference", type=int, default=24)
+    parser.add_argument("--n-audited", type=int, default=60)
+    parser.add_argument("--cohort-seeds", type=int, default=5)
+    parser.add_argument("--permutations", type=int, default=200)
+    parser.add_argument("--method", default="vanilla_gradient")
+    parser.add_argument("--targets", nargs="+", default=list(PAPER_TARGETS), help="classes to explain ('all': every class; default: the paper's seven)")
+    parser.add_argument("--analyse-only", action="store_true", help="skip explaining: analyse the pool scans explained so far")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "agg2exp_lightning.audit.scan_prediction"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from agg2exp_lightning.data.phantom import PLANTED_CONDITIONS
+    from agg2exp_lightning.data.synthetic import generate_cohort
+
+    matches = sorted(glob.glob(args.checkpoint))
+    if len(matches) != 1:
+        print(f"--checkpoint {args.checkpoint!r}: expected exactly one file, found {matches}", file=sys.stderr)
+        return 2
+    targets = None if args.targets == ["all"] else list(args.targets)
+    out = Path(args.out)
+    t_start = time.perf_counter()
+    conditions = {c: args.condition_fraction for c in PLANTED_CONDITIONS if c != "none"}
+    pool_dir = generate_cohort(out / "pool", args.n_pool, seed=args.pool_seed, shape=(args.shape,) * 3, spacing=args.spacing,
+                               conditions=conditions, degraded_scanner=args.degraded_scanner, progress=False)
+    t_gen = time.perf_counter()
+    if not args.analyse_only:
+        explain_pool(matches[0], pool_dir, out, method=args.method, targets=targets)
+    pool = load_pool(pool_dir, out)
+    t_explain = time.perf_counter()
+    classes = sorted({c.split("_explanation_in_")[0] for c in pool.columns if c.endswith("_mass")}, key=lambda c: c)
+    from agg2exp_lightning.labels import THORAX_CLASSES
+
+    known = list(THORAX_CLASSES)
+    log.info("pool: %d scans explained (%s)", len(pool), ", ".join(f"{k} {v}" for k, v in pool["planted_condition"].value_counts().items()))
+    per_seed, first = [], None
+    for seed in range(args.cohort_seeds):
+        res, analysis, _ = audit_cohort(pool, seed, args.n_reference, args.n_audited, known)
+        per_seed.append(res)
+        first = first or analysis
+        log.info("seed %d: %s", seed, json.dumps(res))
+    t_audit = time.perf_counter()
+    null = null_false_alarms(first, args.permutations, seed=12345)
+    t_null = time.perf_counter()
+    summary = {
+        "command": " ".join(sys.argv if argv is None else ["benchmarks/audit_power.py", *argv]),
+        "checkpoint": matches[0], "method": args.method, "targets": targets or "all", "n_pool": int(len(pool)),
+        "classes": classes, "per_seed": per_seed, "null": null,
+        "seconds": {"generate": t_gen - t_start, "explain": t_explain - t_gen, "audit_cohorts": t_audit - t_explain,
+                    "null_permutations": t_null - t_audit, "total": t_null - t_start},
+    }
+    conds = per_seed[0]["conditions"].keys()
+    agg = {c: {"auc_mean": float(np.nanmean([s["conditions"][c]["auc"] for s in per_seed])),
+               "auc_min": float(np.nanmin([s["conditions"][c]["auc"] for s in per_seed])),
+               "sensitivity_mean": float(np.nanmean([s["conditions"][c]["sensitivity"] for s in per_seed])),
+               "n_mean": float(np.mean([s["conditions"][c]["n"] for s in per_seed]))} for c in conds}
+    summary["aggregate"] = {
+        "conditions": agg,
+        "fpr_flag_mean": float(np.nanmean([s["fpr_flag"] for s in per_seed])),
+        "fpr_any_class_outlier_mean": float(np.nanmean([s["fpr_any_class_outlier"] for s in per_seed])),
+        "expected_fpr": per_seed[0]["expected_fpr"],
+        "scanner_found": int(sum(s["scanner_q"] < 0.05 for s in per_seed)),
+        "scanner_q": [s["scanner_q"] for s in per_seed],
+        "seeds": len(per_seed),
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=1, default=float))
+    lines = [f"pool {len(pool)} scans; {args.cohort_seeds} cohorts of {per_seed[0]['n_audited']} audited + {per_seed[0]['n_reference']} reference scans; "
+             f"method {args.method}; targets {targets or 'all'}",
+             "| condition | scans per cohort | ROC AUC mean (min) | sensitivity at default threshold |", "|---|---:|---:|---:|"]
+    for c, v in agg.items():
+        lines.append(f"| {c} | {v['n_mean']:.1f} | {v['auc_mean']:.3f} ({v['auc_min']:.3f}) | {v['sensitivity_mean']:.2f} |")
+    a = summary["aggregate"]
+    lines += [f"clean scans flagged: {a['fpr_flag_mean']:.3f} (expected {a['expected_fpr']:.3f}); paper's any-class outliers among clean scans: {a['fpr_any_class_outlier_mean']:.3f}",
+              f"degraded scanner found (scanner_model q < 0.05) in {a['scanner_found']} of {a['seeds']} seeds; q = " + ", ".join(f"{q:.3g}" for q in a["scanner_q"]),
+              f"bias false alarms under shuffled metadata: {null['false_alarm_rate']:.3f} of {null['permutations']} (score tests alone {null['false_alarm_rate_score_tests_alone']:.3f})",
+              "seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items())]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
