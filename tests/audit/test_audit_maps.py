@@ -168,6 +168,15 @@ def test_a_scan_whose_maps_cannot_be_written_is_named_and_the_others_are_written
     assert outputs.summary["n_scans"] == 3  # the audit itself kept every scan
     assert "without maps: s1" in outputs.report_html.read_text()
 
+    # the same command again: only the scan without maps is explained again, and now gets them
+    monkeypatch.setattr(maps_module, "to_original_grid", real)
+    caplog.clear()
+    outputs = _audit(lps_cohort, tmp_path / "out")
+    assert "1 of 3 scans to explain (2 finished earlier)" in caplog.text
+    assert map_paths(tmp_path / "out" / "maps", "s1", [])["prediction"].is_file()
+    assert not (tmp_path / "out" / "maps" / "s1.maps_failed.json").exists()
+    assert "without maps" not in outputs.report_html.read_text()
+
 
 def test_three_view_figures_are_drawn_from_the_maps_and_linked_to_them(audited, lps_cohort, caplog):
     from agg2exp_lightning.audit.scan_figures import scan_figures_for_audit
