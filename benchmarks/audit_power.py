@@ -143,10 +143,13 @@ def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int
     return result, analysis, truth
 
 
-def null_false_alarms(analysis, n_permutations: int, seed: int) -> dict:
+def null_false_alarms(analysis, n_permutations: int, seed: int, null_chi2_permutations: int = 999) -> dict:
     """Shuffle the metadata across the cohort's scans and rerun every bias test (BH over all of them)."""
+    from agg2exp_lightning.analysis import bias
     from agg2exp_lightning.analysis.bias import bias_tests, joint_q, score_tests
     from agg2exp_lightning.analysis.cohort import ANY_CLASS
+
+    bias.N_PERMUTATIONS = null_chi2_permutations  # the chi-square permutation tests inside each shuffle (time)
 
     anomaly, scan = analysis.anomaly, analysis.scan
     groups = {ANY_CLASS: pd.Series(anomaly.any_outlier)}
@@ -164,7 +167,7 @@ def null_false_alarms(analysis, n_permutations: int, seed: int) -> dict:
         joint = pd.concat(joint_q(out, sc))
         alarms += bool((joint["q"] < 0.05).any())
         score_alarms += bool((sc["q"] < 0.05).any())
-    return {"permutations": n_permutations, "false_alarm_rate": alarms / n_permutations,
+    return {"permutations": n_permutations, "chi2_permutations": null_chi2_permutations, "false_alarm_rate": alarms / n_permutations,
             "false_alarm_rate_score_tests_alone": score_alarms / n_permutations}
 
 
