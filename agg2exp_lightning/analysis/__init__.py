@@ -1,8 +1,15 @@
 """Cohort analysis of aggregated explanations: pure functions over tables of RoI shares."""
 from __future__ import annotations
 
-from agg2exp_lightning.analysis.anomaly import AnomalyResult, class_anomaly_scores, extreme_cases
-from agg2exp_lightning.analysis.bias import BiasResult, bias_tests, classify_metadata
+from agg2exp_lightning.analysis.anomaly import (
+    AnomalyResult,
+    ScanAnomalyResult,
+    anomaly_worklist,
+    class_anomaly_scores,
+    extreme_cases,
+    scan_anomaly_scores,
+)
+from agg2exp_lightning.analysis.bias import BiasResult, bias_tests, classify_metadata, joint_q, score_tests
 from agg2exp_lightning.analysis.cohort import CohortAnalysis, analyze_cohort
 from agg2exp_lightning.analysis.correlation import anomaly_dice_correlation, benjamini_hochberg
 from agg2exp_lightning.analysis.importance import (
@@ -24,8 +31,10 @@ __all__ = [
     "BiasResult",
     "CohortAnalysis",
     "ExplanationTable",
+    "ScanAnomalyResult",
     "analyze_cohort",
     "anomaly_dice_correlation",
+    "anomaly_worklist",
     "benjamini_hochberg",
     "bias_tests",
     "class_anomaly_scores",
@@ -33,10 +42,13 @@ __all__ = [
     "context_reliance",
     "extreme_cases",
     "global_roi_importance",
+    "joint_q",
     "own_region_share",
     "parse_explanation_table",
     "read_explanation_table",
     "render_report",
+    "scan_anomaly_scores",
+    "score_tests",
     "strongest_dependencies",
     "to_published_frame",
 ]
