@@ -425,7 +425,7 @@ CONFIG_CASES = {
     "negative_epochs": ("trainer:\n  max_epochs: -5\n", ["invalid configuration", "max_epochs", "non-negative integer or -1"]),
     "bad_feature_size": ("model:\n  feature_size: 10\n", ["invalid configuration", "`feature_size`", "positive multiple of 12"]),
     "zero_batch": ("data:\n  batch_size: 0\n", ["invalid configuration", "`batch_size`", "positive integer"]),
-    "unknown_top_level_key": ("modle:\n  lr: 0.1\n", ["modle.lr", "not accepted"]),
+    "unknown_top_level_key": ("modle:\n  lr: 0.1\n", ["modle.lr", "does not accept option"]),  # LightningCLI subcommand fit
     "unknown_nested_key": ("model:\n  feature_sise: 12\n", ["feature_sise"]),
     "not_a_mapping": ("- 1\n- 2\n", ["{path}", "expected a YAML mapping of sections", "holds a list"]),
     "not_yaml": ("model: [1, 2\n", ["config file {path} cannot be read as YAML", "line"]),
