@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agg2exp_lightning.run_files import run_folder, wandb_loggers
+from agg2exp_lightning.run_files import log_folder, run_folder, wandb_loggers
 
 __all__ = ["where_things_are"]
 
@@ -15,8 +15,9 @@ def where_things_are(run_dir: Path, trainer: Any) -> str:
     places = [("checkpoints", Path(cb.dirpath)) for cb in trainer.checkpoint_callbacks if cb.dirpath]
     places += [("Dice table", run_dir / "dice_table.md"), ("explanation figures", monitors / "figures"),
                ("explanation tables", monitors / "tables")]
-    if trainer.log_dir:
-        places.append(("logs", Path(trainer.log_dir)))
+    logs = log_folder(trainer)  # never trainer.log_dir here: a collective, and this runs on rank zero only
+    if logs:
+        places.append(("logs", Path(logs)))
     for logger in wandb_loggers(trainer):
         experiment = getattr(logger, "_experiment", None)  # never start a W&B run just to print its folder
         if getattr(experiment, "dir", None):
