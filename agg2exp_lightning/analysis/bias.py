@@ -8,13 +8,15 @@ How metadata values are read (:func:`classify_metadata`):
   case-sensitive, and markup such as ``<script>`` is ordinary text (reports escape it).
 - **numeric**: every value parses as a finite number and there are at least 3 distinct values;
   tested with a two-sided Mann-Whitney U, effect size the rank-biserial correlation
-  ``2 U_out / (n_out n_in) - 1`` (positive: outliers tend to have higher values).
+  ``2 U_out / (n_out n_in) - 1`` (positive: outliers tend to have higher values); Student's t-test
+  (``t_statistic``, ``t_p``), which the paper reported beside it for age, is given too.
 - **categorical**: everything else, including numbers with at most 2 distinct values (codes) and
   columns mixing numbers and text (compared as text). A 2-level column is tested with Fisher's
   exact test (effect: the sample odds ratio of being an outlier at the first level, in sorted
   order, vs the second); more levels with a chi-square test of independence (effect: Cramer's V),
   replaced by a seeded permutation test of the same statistic when an expected count is below 5.
-  ``detail`` names the level with the highest outlier rate.
+  ``detail`` names the level with the highest outlier rate; ``proportions`` gives each level's share
+  among outliers and among inliers (what the paper reported for sex).
 - **skipped** (with the reason recorded): fewer than 2 distinct values, or text with every value
   distinct (ids, free text); a comparison where outliers or inliers have no value.
 
@@ -29,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy.stats import chi2_contingency, fisher_exact, mannwhitneyu
+from scipy.stats import chi2_contingency, fisher_exact, mannwhitneyu, ttest_ind
 
 from agg2exp_lightning.analysis.correlation import benjamini_hochberg
 
@@ -38,7 +40,8 @@ MetadataKind = Literal["numeric", "categorical"]
 _MISSING = frozenset({"", "nan", "na", "n/a", "none", "null"})
 #: Permutations of the chi-square permutation test.
 N_PERMUTATIONS = 9999
-_TEST_COLUMNS = ["group", "column", "kind", "test", "n_outliers", "n_inliers", "statistic", "p", "effect", "effect_size", "detail"]
+_TEST_COLUMNS = ["group", "column", "kind", "test", "n_outliers", "n_inliers", "statistic", "p", "effect", "effect_size", "detail",
+                 "t_statistic", "t_p", "proportions"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ class BiasResult:
     Attributes:
         tests: one row per (group, column) test; columns ``group``, ``column``, ``kind``,
             ``test``, ``n_outliers``, ``n_inliers``, ``statistic``, ``p``, ``effect``,
-            ``effect_size``, ``detail``, ``q`` (BH over all rows).
+            ``effect_size``, ``detail``, ``t_statistic`` / ``t_p`` (Student's t-test, numeric columns),
+            ``proportions`` (categorical columns), ``q`` (BH over the main tests' ``p``).
         skipped: ``group`` (``"*"`` for all groups), ``column`` (``"*"`` for all columns), ``reason``.
     """
 
@@ -142,6 +146,24 @@ def _numeric_test(is_out: np.ndarray, values: np.ndarray) -> tuple[str, float, f
     return "mannwhitneyu", float(res.statistic), float(res.pvalue), "rank_biserial", r, f"median {np.median(x):.4g} (outliers) vs {np.median(y):.4g} (inliers)"
 
 
+def _paper_companions(kind: str, is_out: np.ndarray, values: np.ndarray) -> tuple[float, float, str]:
+    """What the paper reported beside the main test: Student's t-test for numbers (``t_statistic``,
+    ``t_p``; NaN for categories) and, for categories, the proportions of each level among outliers and
+    among inliers (``"outliers: F 40%, M 60%; inliers: ..."``)."""
+    if kind == "numeric":
+        x, y = values[is_out].astype(float), values[~is_out].astype(float)
+        if len(x) < 2 or len(y) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
+            return float("nan"), float("nan"), ""
+        res = ttest_ind(x, y)
+        return float(res.statistic), float(res.pvalue), ""
+    vals = values.astype(str)
+    levels = sorted(set(vals))
+
+    def shares(mask: np.ndarray) -> str:
+        return ", ".join(f"{lv} {np.mean(vals[mask] == lv):.0%}" for lv in levels)
+    return float("nan"), float("nan"), f"outliers: {shares(is_out)}; inliers: {shares(~is_out)}"
+
+
 def bias_tests(metadata: pd.DataFrame, groups: Mapping[str, pd.Series | np.ndarray], *, seed: int = 0) -> BiasResult:
     """Test every metadata column for a difference between outliers and inliers, per group.
 
@@ -192,7 +214,9 @@ def bias_tests(metadata: pd.DataFrame, groups: Mapping[str, pd.Series | np.ndarr
             test, stat, p, effect, size, detail = result
             if note:
                 detail = f"{detail}; {note}"
-            rows.append((str(name), str(col), kind, test, int(is_out.sum()), int((~is_out).sum()), stat, p, effect, size, detail))
+            t_stat, t_p, proportions = _paper_companions(kind, is_out, vals)
+            rows.append((str(name), str(col), kind, test, int(is_out.sum()), int((~is_out).sum()), stat, p, effect, size, detail,
+                         t_stat, t_p, proportions))
     tests = pd.DataFrame(rows, columns=_TEST_COLUMNS)
     tests["q"] = benjamini_hochberg(tests["p"].to_numpy(dtype=float)) if len(tests) else pd.Series(dtype=float)
     return BiasResult(tests=tests, skipped=pd.DataFrame(skipped, columns=["group", "column", "reason"]))

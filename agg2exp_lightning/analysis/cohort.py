@@ -26,6 +26,12 @@
                       "n_outliers": int, "n_inliers": int, "statistic": float, "p": float,
                       "q": float, "effect": str, "effect_size": float, "detail": str}],
       "bias_skipped": [{"group": str, "column": str, "reason": str}],
+      "protocol": {"name": str, "label": str, "overridden": [str], "settings": {...}},   # agg2exp_lightning.protocols
+      "merged_regions": {region: [member regions]},
+      "dependency_graph": {"rule": str, "cumulative_share": float, "top_k": int,
+                           "edges": [{"region", "class", "share", "cumulative_share", "width", "self"}]},
+      "clustering": null | {"rule", "method", "labels", "order", "linkage", "cophenetic_correlation"},
+      "mean_anomaly_vs_mean_dice": {"rho": float|null, "p": float|null, "n": int},
       "scan_anomaly": {"method": str, "notes": [str],     # calibrated scan-level score (analysis.anomaly)
                        "reference": str, "n_reference": int, "n_folds": int, "contamination": float,
                        "threshold": float|null, "flag": str, "expected_false_positive_rate": float,
@@ -42,6 +48,9 @@
 With a scan-level score, ``q`` of ``bias_tests`` and ``score_tests`` is Benjamini-Hochberg over both
 lists together (one family).
 
+Bias-test rows also hold ``t_statistic``/``t_p`` (Student's t-test beside Mann-Whitney, numeric
+columns) and ``proportions`` (categorical columns), as the paper reported them.
+
 ``rho``/``p``/``q`` are ``null`` when the table has no Dice for the class.
 """
 from __future__ import annotations
@@ -49,29 +58,35 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE, AnomalyResult, class_anomaly_scores, extreme_cases
 from agg2exp_lightning.analysis.anomaly import (
     DEFAULT_CONTAMINATION,
     DEFAULT_FOLDS,
+    DEFAULT_RANDOM_STATE,
     MIN_REFERENCE_SCANS,
     SCAN_SCORE_DESCRIPTION,
+    AnomalyResult,
     ScanAnomalyResult,
     anomaly_worklist,
+    class_anomaly_scores,
     describe_worklist_row,
+    extreme_cases,
     scan_anomaly_scores,
 )
-from agg2exp_lightning.analysis.bias import BiasResult, bias_tests
-from agg2exp_lightning.analysis.bias import joint_q, score_tests
-from agg2exp_lightning.analysis.correlation import anomaly_dice_correlation
+from agg2exp_lightning.analysis.bias import BiasResult, bias_tests, joint_q, score_tests
+from agg2exp_lightning.analysis.correlation import anomaly_dice_correlation, mean_score_dice_correlation
+from agg2exp_lightning.analysis.graph import ClassClustering, class_clustering, dependency_edges
 from agg2exp_lightning.analysis.importance import context_reliance, global_roi_importance, strongest_dependencies
+from agg2exp_lightning.analysis.regions import apply_empty_regions, merge_table_regions
 from agg2exp_lightning.analysis.tables import PUBLISHED_SPELLING, ExplanationTable, to_published_frame
 from agg2exp_lightning.errors import DataError
+from agg2exp_lightning.protocols import Protocol, ProtocolLike, resolve_protocol
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +109,11 @@ class CohortAnalysis:
     extremes: pd.DataFrame
     fitted_on_reference: bool
     random_state: int
+    protocol: Protocol = field(default_factory=resolve_protocol)
+    graph: pd.DataFrame = field(default_factory=pd.DataFrame)
+    clustering: ClassClustering | None = None
+    mean_correlation: dict[str, Any] = field(default_factory=dict)
+    merges: dict[str, tuple[str, ...]] = field(default_factory=dict)
     scan: ScanAnomalyResult | None = None
     score_bias: BiasResult | None = None
     worklist: list[dict[str, Any]] = field(default_factory=list)
@@ -155,6 +175,7 @@ class CohortAnalysis:
             "extreme_cases": extremes,
             "bias_tests": [{k: _num(v) if isinstance(v, float) else v for k, v in row.items()} for row in self.bias.tests.to_dict("records")],
             "bias_skipped": self.bias.skipped.to_dict("records"),
+            **self._paper_summary(),
             **self._scan_summary(),
         }
 
@@ -210,6 +231,8 @@ def analyze_cohort(
     n_dependencies: int = 12,
     n_extremes: int = 3,
     seed: int = 0,
+    protocol: ProtocolLike = None,
+    merges: Mapping[str, Sequence[str]] | None = None,
     contamination: float = DEFAULT_CONTAMINATION,
     n_bootstrap: int | None = None,
 ) -> CohortAnalysis:
@@ -223,6 +246,10 @@ def analyze_cohort(
         n_dependencies: how many region -> class dependencies to report.
         n_extremes: how many most/least anomalous scans to report per class.
         seed: seed of the permutation bias tests.
+        protocol: ``"corrected"`` (default) or ``"paper"`` (:mod:`agg2exp_lightning.protocols`): the
+            share of a region absent from a scan, the dependency-graph rule and the clustering rule.
+        merges: ``{new region: member regions}`` joined before the analysis (e.g. the five lobes into
+            ``lung``; see :func:`~agg2exp_lightning.analysis.regions.merge_table_regions`).
         contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``
             (:func:`~agg2exp_lightning.analysis.anomaly.scan_anomaly_scores`; the per-class
             outliers stay the paper's ``predict == -1``).
@@ -234,7 +261,12 @@ def analyze_cohort(
 
     Raises:
         DataError: the reference table has other classes or regions than ``table``.
+        ValueError: an unknown protocol, or a merge naming a region the table does not have.
     """
+    protocol = resolve_protocol(protocol)
+    merges = {str(k): tuple(v) for k, v in (merges or {}).items()}
+    table = _prepare(table, protocol, merges)
+    reference = None if reference is None else _prepare(reference, protocol, merges)
     if reference is not None and (reference.classes != table.classes or reference.regions != table.regions):
         raise DataError(
             f"reference table must have the audited classes and regions; got classes {list(reference.classes)} "
@@ -264,6 +296,8 @@ def analyze_cohort(
         bias, score_bias = dataclasses.replace(bias, tests=joint_bias), dataclasses.replace(score_bias, tests=joint_score)
         for row in score_bias.skipped.itertuples(index=False):
             log.warning("metadata column %r not tested against the scan-level score: %s", row.column, row.reason)
+    graph = dependency_edges(importance, classes, regions, rule=protocol.graph_rule,
+                             cumulative_share=protocol.graph_cumulative_share, top_k=protocol.graph_top_k)
     return CohortAnalysis(
         table=table,
         importance=importance,
@@ -275,6 +309,11 @@ def analyze_cohort(
         extremes=extreme_cases(anomaly.scores, table.ids, classes, k=n_extremes),
         fitted_on_reference=reference is not None,
         random_state=random_state,
+        protocol=protocol,
+        graph=graph,
+        clustering=class_clustering(importance, classes, regions, rule=protocol.clustering),
+        mean_correlation=mean_score_dice_correlation(anomaly.scores, dice),
+        merges=merges,
         scan=scan,
         score_bias=score_bias,
         worklist=worklist,
@@ -308,3 +347,10 @@ def _scan_level(table: ExplanationTable, reference: ExplanationTable | None, con
     for note in notes:
         log.warning("%s", note)
     return scan, anomaly_worklist(scan, table.ids, table.mass, ref_mass, table.regions), notes
+
+
+def _prepare(table: ExplanationTable, protocol: Protocol, merges: Mapping[str, Sequence[str]]) -> ExplanationTable:
+    """The table with regions merged and the protocol's share for absent regions."""
+    if merges:
+        table = merge_table_regions(table, merges)
+    return dataclasses.replace(table, mass=apply_empty_regions(table.mass, protocol.empty_regions))

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
-from agg2exp_lightning.audit.output_folder import file_sha256
+from agg2exp_lightning.analysis.regions import resolve_merges
 from agg2exp_lightning.audit.outputs import AuditOutputs
 from agg2exp_lightning.audit.scan_prediction import Explainer
 from agg2exp_lightning.errors import DataError
+from agg2exp_lightning.protocols import ProtocolLike, resolve_protocol
+from agg2exp_lightning.utils.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,9 @@ def run_checkpoint_audit(
     save_maps: bool = False,
     figures_for: Sequence[str] = (),
     wandb_model_artifact: str | None = None,
+    protocol: ProtocolLike = None,
+    merges: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    extra_masks: str | Path | None = None,
 ) -> AuditOutputs | None:
     """Explain every scan of a split with a model and audit the cohort.
 
@@ -146,6 +151,14 @@ def run_checkpoint_audit(
         figures_for: scan ids drawn in three views besides the worklist's (needs ``save_maps``).
         wandb_model_artifact: the W&B artifact of the checkpoint (e.g. ``model-<run id>:best`` from training with
             ``log_model``): the audit run uses it, so W&B shows the lineage model -> audit (online).
+        protocol: ``"corrected"`` (default) or ``"paper"`` (:mod:`agg2exp_lightning.protocols`): the
+            explanations' KernelSHAP spread, IG rule and empty-region share, the crop to the body, and the
+            analysis' graph and clustering rules.
+        merges: regions to join before the analysis (``--merge`` specs or a mapping), checked against
+            the model's classes (and the extra masks) before anything is written.
+        extra_masks: a folder ``DIR/<subject id>/<name>.nii.gz`` of per-scan masks added as regions
+            (:mod:`agg2exp_lightning.audit.extra_masks`); every file is checked against its scan's grid
+            before anything is written.
 
     Returns:
         The written outputs (with the analysis) on rank 0; ``None`` on other ranks.
@@ -185,6 +198,16 @@ def run_checkpoint_audit(
         log.info("reference scans: %s", f"split {reference_split!r}" if reference_split else "none (the audited scans are their own reference)")
     if reference_split is not None:
         sets["reference"] = select_split(records, reference_split, source=source)
+    masks = None
+    if extra_masks is not None:
+        from agg2exp_lightning.audit.extra_masks import find_extra_masks
+
+        masks = find_extra_masks(extra_masks, [r for recs in sets.values() for r in recs], loaded.class_names)
+    try:
+        chosen = resolve_protocol(protocol)
+        merged = resolve_merges(merges, [*loaded.class_names, *(masks[0] if masks else [])])
+    except ValueError as err:
+        raise DataError(str(err)) from err
     config = {
         "mode": "checkpoint" if loaded.kind == "checkpoint" else loaded.kind, **loaded.identity,
         "data": str(Path(source).resolve()),
@@ -194,18 +217,22 @@ def run_checkpoint_audit(
         "n_dependencies": n_dependencies, "mapping_sha256": file_sha256(mapping_file) if mapping_file else None,
         **({"targets": target_ids} if target_ids is not None else {}),
         **({"sliding_window": {k: v for k, v in window.items() if k != "roi_size"}} if roi is not None else {}),
+        "protocol": chosen.as_dict(), "merges": {k: list(v) for k, v in merged.items()},
+        **({"extra_masks": {sid: {n: file_sha256(p) for n, p in f.items()} for sid, f in masks[1].items()}} if masks else {}),
     }
     inputs = {"model": f"{loaded.source} ({loaded.kind})", "classes": ", ".join(loaded.class_names), "data": str(source),
               "split": split, "method": method, "method options": json.dumps(dict(method_options or {})),
-              "sliding window": "x".join(map(str, roi)) if roi is not None else "none (whole volumes)"}
+              "sliding window": "x".join(map(str, roi)) if roi is not None else "none (whole volumes)", "protocol": chosen.label}
     if target_ids is not None:
         inputs["explained classes"] = ", ".join(loaded.class_names[i] for i in target_ids)
     return run_scan_audit(
         loaded.model, loaded.class_names, sets, out_dir,
-        explainer=explainer if explainer is not None else default_explainer(method, method_options, roi, targets=target_ids, window=window),
+        explainer=explainer if explainer is not None else default_explainer(method, {**dict(method_options or {}), "protocol": chosen}, roi,
+                                                                            targets=target_ids, window=window),
         config=config, spacing=spacing, mapping=mapping, inputs=inputs, overwrite=overwrite,
         trainer_kwargs={"accelerator": accelerator, "devices": devices, "strategy": strategy}, num_workers=num_workers,
         random_state=random_state, n_dependencies=n_dependencies, contamination=contamination, wandb=wandb, wandb_project=wandb_project,
         save_maps=save_maps, figures_for=figures_for, wandb_model_artifact=wandb_model_artifact,
         model_file=loaded.source if loaded.kind == "checkpoint" else None,
+        protocol=chosen, merges=merged, extra_masks=masks,
     )

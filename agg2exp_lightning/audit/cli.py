@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
+from agg2exp_lightning.analysis.regions import PRESET_MERGES
 from agg2exp_lightning.cli_common import (
     METHOD_OPTION_HELP,
     METHOD_OPTION_SYNTAX,
@@ -35,6 +36,7 @@ from agg2exp_lightning.cli_common import (
     parse_method_options,
 )
 from agg2exp_lightning.errors import DataError
+from agg2exp_lightning.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contamination", type=float, default=DEFAULT_CONTAMINATION, metavar="C",
                    help="share of clean scans the scan-level flag may raise, in (0, 0.5] (default %(default)s)")
     p.add_argument("--dependencies", type=int, default=12, metavar="K", help="strongest region->class dependencies to report (default %(default)s)")
+    p.add_argument("--protocol", default=DEFAULT_PROTOCOL, metavar="NAME",
+                   help=f"bundle of choices, one of {', '.join(PROTOCOLS)} (default %(default)s; paper = as published: "
+                        "absent regions count as share 0, the cumulative-share graph rule, uncropped volumes, ...)")
+    c.add_argument("--extra-masks", metavar="DIR",
+                   help="per-scan masks added as regions (e.g. a pathology): DIR/<subject id>/<name>.nii.gz on the CT's grid")
+    p.add_argument("--merge", action="append", default=[], metavar="NAME[=REGION,...]",
+                   help=f"join regions into one before the analysis, repeatable: a preset ({', '.join(PRESET_MERGES)}) "
+                        "or NAME=REGION,REGION,... (e.g. lung=lung_upper_lobe_left,lung_lower_lobe_left)")
     p.add_argument("--wandb", action="store_true", help="also log to one W&B run (WANDB_MODE, default offline)")
     p.add_argument("--wandb-project", default="agg2exp-audit", help="W&B project (default %(default)s)")
     c.add_argument("--save-maps", action="store_true",
@@ -114,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.contamination <= 0.5:  # NaN fails too
         parser.error(f"--contamination must be a number in (0, 0.5] (the share of clean scans the audit may flag), got {args.contamination}")
     if args.from_table is not None:
-        given = [f for f, v in (("--data", args.data), ("--manifest", args.manifest), ("--weights", args.weights),
+        given = [f for f, v in (("--data", args.data), ("--manifest", args.manifest), ("--weights", args.weights), ("--extra-masks", args.extra_masks),
                                 ("--targets", args.targets), ("--mapping-file", args.mapping_file)) if v]
         if given:
             parser.error(f"{'/'.join(given)} belong to --model audits, not --from-table")
@@ -122,11 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--metadata/--reference-table belong to --from-table audits (model audits read metadata from the data)")
     try:
         options, devices = _method_options(args.method, args.method_option), parse_devices(args.devices)
+        get_protocol(args.protocol)  # an unknown name stops here, before anything is written
     except ValueError as err:
         print(f"agg2exp-audit: error: {err}", file=sys.stderr)
         return 2
     common = dict(overwrite=args.overwrite, random_state=args.random_state, n_dependencies=args.dependencies, contamination=args.contamination,
-                  wandb=args.wandb, wandb_project=args.wandb_project)
+                  wandb=args.wandb, wandb_project=args.wandb_project, protocol=args.protocol, merges=args.merge)
     try:
         if args.from_table is not None:
             from agg2exp_lightning.audit.table_audit import run_table_audit
@@ -143,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mapping_file=args.mapping_file, data=args.data, manifest=args.manifest, method=args.method, method_options=options,
                 split=args.split, reference_split=None if args.reference_split == "none" else args.reference_split, spacing=args.spacing, roi_size=args.roi_size,
                 accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_workers=args.num_workers,
-                save_maps=args.save_maps, figures_for=args.figures_for, wandb_model_artifact=args.wandb_model_artifact, **common,
+                save_maps=args.save_maps, figures_for=args.figures_for, wandb_model_artifact=args.wandb_model_artifact, extra_masks=args.extra_masks, **common,
             )
     except DataError as err:
         print(f"agg2exp-audit: error: {err}", file=sys.stderr)

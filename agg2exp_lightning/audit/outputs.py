@@ -60,7 +60,26 @@ def cohort_figures(analysis: CohortAnalysis) -> dict[str, bytes]:
         figs["share_distributions"] = share_distributions(own, bg, own_classes)
     if t.dice is not None:
         figs["anomaly_vs_dice"] = anomaly_vs_dice(analysis.anomaly.scores, t.dice, analysis.anomaly.outliers, t.classes, analysis.correlation)
+    figs.update(paper_figures(analysis))
     return {k: figure_png(f) for k, f in figs.items()}
+
+
+def paper_figures(analysis: CohortAnalysis) -> dict[str, Any]:
+    """The figures of the paper's analyses (graph by the protocol's rule, per-class boxplots, clustering,
+    mean anomaly score vs mean Dice), keyed as in :data:`~agg2exp_lightning.analysis.report.FIGURE_CAPTIONS`."""
+    from agg2exp_lightning.analysis import paper_figures as pf
+
+    t = analysis.table
+    figs: dict[str, Any] = {
+        "published_dependency_graph": pf.published_dependency_graph(analysis.graph, t.classes),
+        "class_boxplots": pf.class_share_boxplots(t.mass, t.classes, t.regions),
+    }
+    if analysis.clustering is not None:
+        figs["class_clustering"] = pf.clustering_dendrogram(analysis.clustering)
+    mean = analysis.mean_correlation
+    if mean.get("n", 0) >= 3:
+        figs["mean_anomaly_vs_mean_dice"] = pf.mean_anomaly_vs_mean_dice(mean["mean_score"], mean["mean_dice"], mean["rho"], mean["p"])
+    return figs
 
 
 def write_audit_outputs(

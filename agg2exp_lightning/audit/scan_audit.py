@@ -26,6 +26,7 @@ from agg2exp_lightning.audit.scan_prediction import Explainer
 from agg2exp_lightning.audit.scan_records import is_finished, load_records, read_slices, record_stem, records_to_table
 from agg2exp_lightning.data.subjects import SubjectRecord
 from agg2exp_lightning.errors import DataError
+from agg2exp_lightning.protocols import ProtocolLike, resolve_protocol
 from agg2exp_lightning.utils.files import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,20 @@ class PerScanTransform:
     """The data module's deterministic preprocessing, with labels for scans that have them."""
 
     def __init__(self, mapping: Mapping[str, Sequence[str]], num_classes: int, spacing: Sequence[float],
-                 class_names: Sequence[str] | None = None) -> None:
+                 class_names: Sequence[str] | None = None, crop_to_body: bool = True,
+                 extra_masks: tuple[Sequence[str], Mapping[str, Mapping[str, Path]]] | None = None) -> None:
         from monai.transforms import Compose
 
+        from agg2exp_lightning.audit.extra_masks import EXTRA_MASKS_KEY, LoadExtraMasksd
         from agg2exp_lightning.data.transforms import preprocessing
 
-        self.with_labels = Compose(preprocessing(mapping, num_classes, spacing, with_labels=True, class_names=class_names))
-        self.without = Compose(preprocessing(mapping, num_classes, spacing, with_labels=False, class_names=class_names))
+        kw = dict(class_names=class_names, crop_to_body=crop_to_body, extra_keys=(EXTRA_MASKS_KEY,) if extra_masks else ())
+        steps = {labels: preprocessing(mapping, num_classes, spacing, with_labels=labels, **kw) for labels in (True, False)}
+        if extra_masks:  # loaded right after the scan, then through the same spatial transforms
+            for chain in steps.values():
+                chain.insert(1, LoadExtraMasksd(*extra_masks))
+        self.with_labels = Compose(steps[True])
+        self.without = Compose(steps[False])
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         return (self.with_labels if item.get("labels") else self.without)(item)
@@ -115,6 +123,9 @@ def run_scan_audit(
     figures_for: Sequence[str] = (),
     model_file: str | Path | None = None,
     wandb_model_artifact: str | None = None,
+    protocol: ProtocolLike = None,
+    merges: Mapping[str, Sequence[str]] | None = None,
+    extra_masks: tuple[Sequence[str], Mapping[str, Mapping[str, Path]]] | None = None,
 ) -> AuditOutputs | None:
     """Explain the scans of ``sets`` with ``model`` and audit the ``"audited"`` set.
 
@@ -144,6 +155,10 @@ def run_scan_audit(
         model_file: the audited checkpoint, named as the W&B audit's input (see
             :func:`~agg2exp_lightning.audit.wandb_logging.log_audit_to_wandb`).
         wandb_model_artifact: the W&B artifact of the audited model (e.g. ``model-<run id>:best``).
+        protocol: :mod:`agg2exp_lightning.protocols` name or protocol: the crop to the body and the analysis' rules.
+        merges: ``{region: members}`` joined before the analysis.
+        extra_masks: ``(names, {subject id: {name: path}})`` from
+            :func:`~agg2exp_lightning.audit.extra_masks.find_extra_masks`: regions after the classes.
 
     Returns:
         The written outputs on rank 0; ``None`` on other DDP ranks.
@@ -181,8 +196,10 @@ def run_scan_audit(
     n_all = sum(len(v) for v in sets.values())
     log.info("%d of %d scans to explain (%d finished earlier)", len(pending), n_all, n_all - len(pending))
     if pending:
-        module = ScanAuditModule(model, explainer, class_names, map_writer=map_writer)
-        transform = PerScanTransform(mapping, len(class_names), spacing, class_names)
+        module = ScanAuditModule(model, explainer, class_names, map_writer=map_writer,
+                                 extra_mask_names=list(extra_masks[0]) if extra_masks else ())
+        transform = PerScanTransform(mapping, len(class_names), spacing, class_names, crop_to_body=resolve_protocol(protocol).crop_to_body,
+                                     extra_masks=extra_masks)
         if _predict(module, pending, out, transform, dict(trainer_kwargs or {}), num_workers) != 0:
             return None
 
@@ -199,7 +216,7 @@ def run_scan_audit(
             raise DataError(f"no {s} scan finished; failures are listed in {out / 'failed_scans.json'}")
     tables = {s: records_to_table(done, meta, source=f"{s} scans in {out / SET_FOLDERS[s]}") for s, done in finished.items()}
     analysis = analyze_cohort(tables["audited"], tables.get("reference"), random_state=random_state, n_dependencies=n_dependencies,
-                              contamination=contamination)
+                              contamination=contamination, protocol=protocol, merges=merges)
     rows = {
         **dict(inputs or {}),
         "spacing (mm)": ", ".join(f"{v:g}" for v in spacing),

@@ -200,3 +200,4 @@ class ScanRecordWriter(BasePredictionWriter):
             left = "" if eta is None else f", about {_duration(eta)} left"
             log.info("scan %s written (rank %d: %d of %d scans%s; %d in this run over all ranks)", sid, trainer.global_rank,
                      self.done, self._mine or self.total, left, self.total)
+

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
 from agg2exp_lightning.analysis.cohort import analyze_cohort
+from agg2exp_lightning.analysis.regions import resolve_merges
 from agg2exp_lightning.analysis.tables import read_explanation_table
 from agg2exp_lightning.audit.output_folder import open_output_folder
 from agg2exp_lightning.audit.outputs import AuditOutputs, write_audit_outputs
+from agg2exp_lightning.errors import DataError
+from agg2exp_lightning.protocols import ProtocolLike, resolve_protocol
 from agg2exp_lightning.utils.files import file_sha256
 
 log = logging.getLogger(__name__)
@@ -27,6 +32,8 @@ def run_table_audit(
     n_dependencies: int = 12,
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
+    protocol: ProtocolLike = None,
+    merges: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
 ) -> AuditOutputs:
     """Read a table in the published column format, analyse the cohort, write the audit folder.
 
@@ -44,6 +51,8 @@ def run_table_audit(
         n_dependencies: how many region -> class dependencies to report.
         wandb: also log tables and figures to one W&B run.
         wandb_project: the W&B project.
+        protocol: ``"corrected"`` (default) or ``"paper"`` (:mod:`agg2exp_lightning.protocols`).
+        merges: regions to join (``--merge`` specs such as ``"lung"`` or ``"name=a,b"``, or a mapping).
 
     Returns:
         The written outputs and summary.
@@ -65,6 +74,7 @@ def run_table_audit(
         "n_dependencies": n_dependencies,
     }
     # Read and validate first, so a bad input leaves the output folder untouched.
+    protocol = _checked(resolve_protocol, protocol)
     if label_map is not None:
         from agg2exp_lightning.model_loading import read_label_map
 
@@ -74,9 +84,12 @@ def run_table_audit(
         from agg2exp_lightning.labels import THORAX_CLASSES as classes
     cohort = read_explanation_table(table, classes, metadata=metadata)
     reference = read_explanation_table(reference_table, classes) if reference_table is not None else None
+    merged = _checked(resolve_merges, merges, cohort.regions)
+    config.update(protocol=protocol.as_dict(), merges={k: list(v) for k, v in merged.items()})
     open_output_folder(out_dir, config, overwrite=overwrite)
     log.info("auditing %d scans from %s%s", len(cohort), table, f" (forests fitted on {len(reference)} reference scans)" if reference else "")
-    analysis = analyze_cohort(cohort, reference, random_state=random_state, n_dependencies=n_dependencies, contamination=contamination)
+    analysis = analyze_cohort(cohort, reference, random_state=random_state, n_dependencies=n_dependencies, contamination=contamination,
+                              protocol=protocol, merges=merged)
     inputs = {
         "table": str(table),
         "metadata": str(metadata) if metadata is not None else "none",
@@ -85,6 +98,7 @@ def run_table_audit(
         "explained classes": len(cohort.classes),
         "regions": len(cohort.regions),
         "metadata columns": ", ".join(map(str, cohort.metadata.columns)) or "none",
+        "protocol": protocol.label,
     }
     outputs = write_audit_outputs(analysis, out_dir, inputs=inputs)
     if wandb:
@@ -92,3 +106,11 @@ def run_table_audit(
 
         log_audit_to_wandb(outputs, project=wandb_project, config=config)
     return outputs
+
+
+def _checked(fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, a ValueError (bad protocol or merge) re-raised as the audit's DataError."""
+    try:
+        return fn(*args)
+    except ValueError as err:
+        raise DataError(str(err)) from err
