@@ -117,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.quiet:  # Lightning's own logger has its own level; -q silences its notes and every progress bar too
+    if args.quiet:  # Lightning sets its logger's level when imported: import it first, then silence its notes too
+        import lightning.pytorch  # noqa: F401
+
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if args.dependencies < 1:
         parser.error(f"--dependencies must be a positive integer, got {args.dependencies}")
