@@ -55,7 +55,7 @@ def _child(args: argparse.Namespace) -> dict:
     from agg2exp_lightning.explain import explain
 
     image = torch.rand(1, size, size, size, generator=torch.Generator().manual_seed(0)).to(args.device)
-    opts = {"n_samples": 2} if method in ("sg", "ks_semantic") else {"n_steps": 2} if method == "ig" else {}
+    opts = {"n_samples": 2} if method == "sg" else {"n_samples": 20} if method == "ks_semantic" else {"n_steps": 2} if method == "ig" else {}
     window = {"roi_size": (roi,) * 3, "sw_batch_size": 1} if roi else {}
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -87,10 +87,18 @@ def main() -> None:
     rows = []
     for case in args.cases:
         method, size, roi = _parse(case)
-        run = lambda *extra: json.loads(subprocess.run([*base, "--case", case, *extra], capture_output=True, text=True,  # noqa: E731
-                                                       check=True).stdout.strip().splitlines()[-1])
-        probe = run("--stage", "probe")
-        measured = run("--stage", "explain", "--bytes-per-voxel", str(probe["bytes_per_voxel"]))["peak_bytes"]
+        def run(*extra: str, case: str = case) -> dict:
+            out = subprocess.run([*base, "--case", case, *extra], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise RuntimeError((out.stderr.strip().splitlines() or ["?"])[-1])
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        try:
+            probe = run("--stage", "probe")
+            measured = run("--stage", "explain", "--bytes-per-voxel", str(probe["bytes_per_voxel"]))["peak_bytes"]
+        except RuntimeError as err:  # report the case and go on
+            print(f"{case}: failed: {err}", flush=True)
+            continue
         n_targets = 17
         est = explain_memory_estimate((size,) * 3, METHODS[method], num_classes=17, num_targets=n_targets,
                                       roi_size=(roi,) * 3 if roi else None, sw_batch_size=1, batch_size=1,
