@@ -10,7 +10,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from audit_scan_helpers import POINTS, TinyConvNet  # noqa: I001 - beside this file
 
 from agg2exp_lightning import THORAX_CLASSES
 from agg2exp_lightning.audit import maps as maps_module
@@ -18,6 +17,8 @@ from agg2exp_lightning.audit.checkpoint_audit import default_explainer
 from agg2exp_lightning.audit.maps import ScanGeometry, check_room_for_maps, estimate_map_bytes, map_paths, to_original_grid
 from agg2exp_lightning.data.subjects import manifest_records
 from agg2exp_lightning.errors import DataError
+
+from audit_scan_helpers import POINTS, TinyConvNet  # noqa: I001 - beside this file
 
 #: Model grid of these tests (mm); the files' own voxels are 2 x 3 x 4 mm in LPS order.
 SPACING = (3.0, 3.0, 3.0)

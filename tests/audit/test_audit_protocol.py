@@ -58,11 +58,11 @@ def test_model_audit_under_the_paper_protocol_explains_uncropped_volumes_and_mer
     import numpy as np
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from audit_scan_helpers import PointwiseNet
-
     from agg2exp_lightning import THORAX_CLASSES
     from agg2exp_lightning.audit.checkpoint_audit import run_checkpoint_audit
     from agg2exp_lightning.errors import DataError
+
+    from audit_scan_helpers import PointwiseNet
 
     shapes = {}
     for protocol in ("paper", "corrected"):
@@ -102,14 +102,14 @@ def test_extra_masks_become_regions_with_the_shares_a_numpy_count_gives(tmp_path
     import numpy as np
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from audit_scan_helpers import SPACING, PointwiseNet
-
     from agg2exp_lightning import THORAX_CLASSES
     from agg2exp_lightning.audit.checkpoint_audit import run_checkpoint_audit
     from agg2exp_lightning.audit.extra_masks import find_extra_masks
     from agg2exp_lightning.audit.scan_audit import PerScanTransform
     from agg2exp_lightning.data.subjects import discover_records, select_split
     from agg2exp_lightning.labels import load_structure_mapping
+
+    from audit_scan_helpers import SPACING, PointwiseNet
 
     record = select_split(discover_records(scan_cohort), "test")[0]
     masks = _mask_folder(tmp_path / "masks", scan_cohort, record.subject_id)

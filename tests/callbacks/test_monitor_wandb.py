@@ -47,7 +47,9 @@ def test_epoch_axis_best_dice_and_masked_overlays_are_in_the_offline_run(offline
     steps = {m["name"]: m["step_metric"] for m in run["metrics"]}
     steps = {m["name"]: m["step_metric"] for m in run["metrics"]}
     from collections import Counter
+
     from wandb.proto import wandb_internal_pb2 as pb
+
     from agg2exp_lightning.wandb_files import _raw_records
     c = Counter()
     for d in _raw_records(path):

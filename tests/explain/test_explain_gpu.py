@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from agg2exp_lightning.explain import explain
+
 from explain_models import SmoothConvNet  # noqa: I001 - beside this file
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

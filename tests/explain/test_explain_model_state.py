@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from agg2exp_lightning.explain import METHODS, explain, explanation_mode
+
 from explain_models import SmoothConvNet  # noqa: I001 - beside this file
 
 

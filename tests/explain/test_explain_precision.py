@@ -6,6 +6,7 @@ import torch
 
 from agg2exp_lightning.explain import explain
 from agg2exp_lightning.explain.precision import AutocastModel, cpu_supports_bf16, resolve_precision, with_precision
+
 from explain_models import SmoothConvNet  # noqa: I001 - beside this file
 
 

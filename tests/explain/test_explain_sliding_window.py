@@ -7,6 +7,7 @@ from captum.attr import InputXGradient, Saliency
 from monai.inferers import sliding_window_inference
 
 from agg2exp_lightning.explain import blended_logits, cube_feature_mask, explain, proxy_output, window_plan
+
 from explain_models import SmoothConvNet  # noqa: I001 - beside this file
 
 ROI = (8, 8, 8)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from agg2exp_lightning.explain import explain, resolve_method_name
+
 from explain_models import SmoothConvNet  # noqa: I001 - beside this file
 
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from explain_models import RegionNet
 from torch import nn
 
 from agg2exp_lightning.explain import explain, integration_points, roi_importance
 from agg2exp_lightning.protocols import PROTOCOLS, get_protocol, resolve_protocol
+
+from explain_models import RegionNet
 
 
 def test_unknown_protocol_names_the_value_and_lists_the_valid_ones():
