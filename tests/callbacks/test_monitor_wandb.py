@@ -45,16 +45,6 @@ def test_epoch_axis_best_dice_and_masked_overlays_are_in_the_offline_run(offline
     run = read_offline_run(path)
 
     steps = {m["name"]: m["step_metric"] for m in run["metrics"]}
-    steps = {m["name"]: m["step_metric"] for m in run["metrics"]}
-    from collections import Counter
-
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    from agg2exp_lightning.wandb_files import _raw_records
-    c = Counter()
-    for d in _raw_records(path):
-        r = pb.Record(); r.ParseFromString(d); c[r.WhichOneof("record_type")] += 1
-    print(c, path, path.stat().st_size, path.read_bytes()[:20])
     assert steps["val/*"] == "epoch" and steps["agg2exp/*"] == "epoch" and steps["val/mean_dice_fg"] == "epoch"
     dice_rows = [r for r in run["history"] if "val/mean_dice_fg" in r]
     assert [r["epoch"] for r in dice_rows] == [0, 1, 2]
