@@ -84,6 +84,7 @@ def broadcast_object(obj: Any) -> Any:
         return box[0]
     return obj
 
+
 def log_masked_images(trainer: pl.Trainer, key: str, images: list[Any], masks: list[dict[str, Any]], captions: list[str]) -> None:
     """Log slices as ``wandb.Image`` with masks the W&B UI can toggle (each logger that is a W&B one, rank zero).
 

@@ -126,7 +126,8 @@ class ExplanationMonitor(Callback):
         self._target_ids = resolve_targets(self.targets, names)
         if self.overlay_classes is None:
             self.overlay_classes = tuple(names[t] for t in self._target_ids if t != 0)[:1]
-        resolve_targets(self.overlay_classes, names, argument="overlay_classes")
+        if self.overlay_classes:  # an empty list draws no overlay
+            resolve_targets(self.overlay_classes, names, argument="overlay_classes")
         if stage == "fit":
             self._check_data(trainer)
 
