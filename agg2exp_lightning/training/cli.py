@@ -11,6 +11,7 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
+from agg2exp_lightning import __version__
 from agg2exp_lightning.data.datamodule import ThoraxDataModule
 from agg2exp_lightning.errors import DataError
 from agg2exp_lightning.loggers import SaveConfigToWandb
@@ -111,6 +112,7 @@ def build_cli(args: list[str]) -> TrainCLI:
         subclass_mode_data=False,
         parser_kwargs={
             "description": DESCRIPTION.format(names=", ".join(named_configs())),
+            "version": f"agg2exp-train {__version__}",
             **{name: {"description": text} for name, text in SUBCOMMAND_HELP.items()},
         },
     )
@@ -122,9 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0, or 2 after a one-line message for bad data, configuration, checkpoint or run folder.
     """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--version"]:
+        print(f"agg2exp-train {__version__}")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run.train(sys.argv[1:] if argv is None else argv)
+        run.train(argv)
     except Exception as err:  # bad data, config, checkpoint or run folder: a message naming it, no traceback
         from agg2exp_lightning.errors import find_data_error
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import errno
 
+from agg2exp_lightning.errors import find_in_chain
+
 __all__ = ["DISK_ERRNOS", "TrainingError", "disk_error_in_chain", "errno_text"]
 
 #: File-system errors that stop a run for a reason outside the program: a full, read-only or failing disk.
@@ -24,11 +26,5 @@ def errno_text(err: OSError) -> str:
 
 def disk_error_in_chain(err: BaseException) -> OSError | None:
     """The first disk failure (:data:`DISK_ERRNOS`) in ``err``'s chain of causes, or None."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        if isinstance(current, OSError) and current.errno in DISK_ERRNOS:
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    found = find_in_chain(err, lambda e: isinstance(e, OSError) and e.errno in DISK_ERRNOS)
+    return found if isinstance(found, OSError) else None

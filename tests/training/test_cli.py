@@ -81,3 +81,11 @@ def test_unreadable_ckpt_path_is_refused_by_name(tmp_path, capsys):
     torch.save({"net.weight": torch.zeros(1)}, bare)
     assert main(["test", "--config", "demo", f"--ckpt_path={bare}"]) == 2
     assert "lacks ['state_dict']" in capsys.readouterr().err
+
+
+def test_version_prints_the_package_version(capsys):
+    from agg2exp_lightning import __version__
+    from agg2exp_lightning.training.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"agg2exp-train {__version__}"
