@@ -104,7 +104,8 @@ def _chi2_statistic(table: np.ndarray) -> np.ndarray:
     return ((table - expected) ** 2 / expected).sum(axis=(-2, -1))
 
 
-def _permutation_chi2(is_out: np.ndarray, level_idx: np.ndarray, n_levels: int, seed: int) -> tuple[float, float]:
+def _permutation_chi2(is_out: np.ndarray, level_idx: np.ndarray, n_levels: int, seed: int,
+                      n_permutations: int = N_PERMUTATIONS) -> tuple[float, float]:
     """Chi-square statistic and its permutation p-value (margins fixed by shuffling the flags)."""
     def tables(flags: np.ndarray) -> np.ndarray:
         out = np.stack([np.bincount(level_idx, weights=f, minlength=n_levels) for f in np.atleast_2d(flags)])
@@ -112,13 +113,14 @@ def _permutation_chi2(is_out: np.ndarray, level_idx: np.ndarray, n_levels: int, 
         return np.stack([out, col - out], axis=1)
     observed = float(_chi2_statistic(tables(is_out.astype(float)))[0])
     rng = np.random.default_rng(seed)
-    perms = rng.permuted(np.tile(is_out.astype(float), (N_PERMUTATIONS, 1)), axis=1)
+    perms = rng.permuted(np.tile(is_out.astype(float), (n_permutations, 1)), axis=1)
     null = _chi2_statistic(tables(perms))
-    p = (1 + int((null >= observed - 1e-12).sum())) / (N_PERMUTATIONS + 1)
+    p = (1 + int((null >= observed - 1e-12).sum())) / (n_permutations + 1)
     return observed, p
 
 
-def _categorical_test(is_out: np.ndarray, values: np.ndarray, seed: int) -> tuple[str, float, float, str, float, str]:
+def _categorical_test(is_out: np.ndarray, values: np.ndarray, seed: int,
+                      n_permutations: int = N_PERMUTATIONS) -> tuple[str, float, float, str, float, str]:
     levels = sorted(set(values))
     idx = np.array([levels.index(v) for v in values])
     table = np.stack([np.bincount(idx[is_out], minlength=len(levels)), np.bincount(idx[~is_out], minlength=len(levels))])
@@ -131,7 +133,7 @@ def _categorical_test(is_out: np.ndarray, values: np.ndarray, seed: int) -> tupl
         return "fisher_exact", float(res.statistic), float(res.pvalue), "odds_ratio", float(res.statistic), detail + f"; odds ratio {levels[0]!s} vs {levels[1]!s}"
     expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / n
     if (expected < 5).any():
-        stat, p = _permutation_chi2(is_out, idx, len(levels), seed)
+        stat, p = _permutation_chi2(is_out, idx, len(levels), seed, n_permutations)
         test = "chi2_permutation"
     else:
         res = chi2_contingency(table, correction=False)
@@ -164,7 +166,8 @@ def _paper_companions(kind: str, is_out: np.ndarray, values: np.ndarray) -> tupl
     return float("nan"), float("nan"), f"outliers: {shares(is_out)}; inliers: {shares(~is_out)}"
 
 
-def bias_tests(metadata: pd.DataFrame, groups: Mapping[str, pd.Series | np.ndarray], *, seed: int = 0) -> BiasResult:
+def bias_tests(metadata: pd.DataFrame, groups: Mapping[str, pd.Series | np.ndarray], *, seed: int = 0,
+               n_permutations: int = N_PERMUTATIONS) -> BiasResult:
     """Test every metadata column for a difference between outliers and inliers, per group.
 
     Args:
@@ -172,6 +175,7 @@ def bias_tests(metadata: pd.DataFrame, groups: Mapping[str, pd.Series | np.ndarr
         groups: name -> per-scan outlier flag aligned with ``metadata`` rows: ``True`` outlier,
             ``False`` inlier, missing (``pd.NA``/NaN) for scans not scored in that group.
         seed: seed of the permutation tests.
+        n_permutations: permutations of the chi-square permutation test (used where an expected count is below 5).
 
     Returns:
         A :class:`BiasResult`; ``tests`` is empty when nothing could be tested.
@@ -210,7 +214,7 @@ def bias_tests(metadata: pd.DataFrame, groups: Mapping[str, pd.Series | np.ndarr
             if kind == "numeric":
                 result = _numeric_test(is_out, vals.astype(float))
             else:
-                result = _categorical_test(is_out, vals.astype(str), seed)
+                result = _categorical_test(is_out, vals.astype(str), seed, n_permutations)
             test, stat, p, effect, size, detail = result
             if note:
                 detail = f"{detail}; {note}"
