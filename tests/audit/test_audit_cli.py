@@ -37,8 +37,9 @@ def test_outputs_of_the_published_table(published_audit):
         assert v["n_outliers"] == int(per_scan[f"{col}_outlier"].sum())
     assert summary["anomaly"]["n_outlier_scans"] == int(per_scan["any_class_outlier"].sum())
     assert summary["global_roi_importance"]["heart"]["heart"] == pytest.approx(raw["heart_explanation_in_heart_mass"].mean())
-    assert sorted(p.name for p in (out / "figures").iterdir()) == [
-        "anomaly_vs_dice.png", "dependency_graph.png", "importance_heatmap.png", "share_distributions.png"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == [  # the toolkit's figures and the paper's (issue 12)
+        "anomaly_vs_dice.png", "class_boxplots.png", "class_clustering.png", "dependency_graph.png", "importance_heatmap.png",
+        "mean_anomaly_vs_mean_dice.png", "published_dependency_graph.png", "share_distributions.png"]
 
 
 def test_rerun_resumes_and_another_config_is_refused(published_audit, capsys):
