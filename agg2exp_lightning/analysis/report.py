@@ -70,6 +70,7 @@ def render_report(
     *,
     inputs: Mapping[str, Any],
     case_figures: Sequence[tuple[str, bytes]] = (),
+    links: Mapping[str, str] | None = None,
     title: str = "Agg2Exp model audit",
     alpha: float = 0.05,
 ) -> str:
@@ -80,6 +81,8 @@ def render_report(
         figures: PNG bytes by key (keys of :data:`FIGURE_CAPTIONS`; missing ones are left out).
         inputs: what was audited (source, options), shown as a key/value table.
         case_figures: ``(caption, png)`` slices of the most/least anomalous scans, if available.
+        links: label -> address relative to the report (e.g. the three-view figures' ``index.html``),
+            listed as links under the inputs table.
         title: page title.
         alpha: q-value threshold for highlighting rows.
 
@@ -96,6 +99,8 @@ def render_report(
 
     parts.append("<h2 id=\"inputs\">What was audited</h2>")
     parts.append(_table(["item", "value"], [(k, v) for k, v in inputs.items()]))
+    if links:
+        parts.append("<ul>" + "".join(f"<li><a href=\"{_e(href)}\">{_e(label)}</a></li>" for label, href in links.items()) + "</ul>")
 
     parts.append("<h2 id=\"findings\">Findings</h2><ul>")
     parts.append(f"<li>{summary['n_scans']} scans, {len(per_class)} explained classes; Isolation Forests fitted on the {_e(anomaly['fitted_on'])} (random_state={_e(anomaly['random_state'])}).</li>")

@@ -88,6 +88,7 @@ def write_audit_outputs(
     *,
     inputs: Mapping[str, Any],
     case_figures: Sequence[tuple[str, bytes]] = (),
+    links: Mapping[str, str] | None = None,
 ) -> AuditOutputs:
     """Write ``summary.json``, ``per_scan.csv``, the figures and ``report.html``, each atomically.
 
@@ -97,6 +98,7 @@ def write_audit_outputs(
             :func:`~agg2exp_lightning.audit.output_folder.open_output_folder` beforehand).
         inputs: what was audited, shown at the top of the report.
         case_figures: ``(caption, png)`` slices of anomalous cases (checkpoint mode).
+        links: label -> address relative to ``out_dir``, linked from the report (e.g. the three-view figures).
 
     Returns:
         The written paths and the summary.
@@ -112,7 +114,7 @@ def write_audit_outputs(
         stale.unlink()
     for k, (caption, png) in enumerate(case_figures):
         paths[f"case_{k:02d}"] = atomic_write_bytes(out / "figures" / "cases" / f"case_{k:02d}.png", png)
-    page = render_report(summary, pngs, inputs=inputs, case_figures=case_figures)
+    page = render_report(summary, pngs, inputs=inputs, case_figures=case_figures, links=links)
     report = atomic_write_text(out / "report.html", page)
     log.info("audit written to %s (report: %s)", out, report)
     n_sig = sum(1 for v in summary["per_class"].values() if v["q"] is not None and v["q"] < 0.05)

@@ -224,6 +224,7 @@ def run_scan_audit(
         "scans audited": f"{len(tables['audited'])} of {len(sets['audited'])}",
         "failed scans": ", ".join(failures) or "none",
     }
+    links: dict[str, str] = {}
     if save_maps:
         from agg2exp_lightning.audit.maps import maps_status
 
@@ -239,9 +240,11 @@ def run_scan_audit(
                                        class_names)
         if index is not None:
             rows["three-view figures (linked to the NIfTI maps)"] = str(index)
+            links["three-view figures of the worklist's scans, linked to their NIfTI maps"] = Path(index).relative_to(out).as_posix()
     elif figures_for:
         log.warning("--figures-for draws from the NIfTI maps: add --save-maps (no three-view figures drawn)")
-    outputs = write_audit_outputs(analysis, out, inputs=rows, case_figures=_case_figures(analysis, out / SET_FOLDERS["audited"]))
+    outputs = write_audit_outputs(analysis, out, inputs=rows, case_figures=_case_figures(analysis, out / SET_FOLDERS["audited"]),
+                                  links=links)
     if wandb:
         from agg2exp_lightning.audit.wandb_logging import log_audit_to_wandb
 

@@ -193,3 +193,11 @@ def test_three_view_figures_are_drawn_from_the_maps_and_linked_to_them(audited, 
         assert f'href="../../maps/s1/s1_attribution_{name}.nii.gz"' in page
     assert 'href="../../maps/s1/s1_prediction.nii.gz"' in page and (index.parent / "s1_profile.png").is_file()
     assert not list(index.parent.glob("s0_*.png"))
+
+
+def test_the_report_links_the_three_view_figures(lps_cohort, tmp_path):
+    out = tmp_path / "out"
+    outputs = _audit(lps_cohort, out, figures_for=["s1"])
+    page = outputs.report_html.read_text()
+    assert '<a href="figures/scans/index.html">' in page
+    assert (out / "figures" / "scans" / "index.html").is_file()
