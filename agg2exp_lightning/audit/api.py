@@ -69,7 +69,7 @@ def audit(
         overwrite: replace another audit's results in ``out``.
         random_state: seed of the Isolation Forests.
         n_dependencies: how many region -> class dependencies to report.
-        explainer: replaces :func:`~agg2exp_lightning.audit.checkpoint_audit.default_explainer`.
+        explainer: replaces :func:`~agg2exp_lightning.audit.checkpoint_audit.make_scan_explainer`.
         wandb, wandb_project: also log to one W&B run.
         **settings: further settings of
             :func:`~agg2exp_lightning.audit.checkpoint_audit.run_checkpoint_audit` (e.g. ``protocol``,

@@ -11,7 +11,7 @@ from typing import Any
 from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
 from agg2exp_lightning.analysis.regions import resolve_merges
 from agg2exp_lightning.audit.outputs import AuditOutputs
-from agg2exp_lightning.audit.scan_prediction import Explainer
+from agg2exp_lightning.audit.scan_prediction import ScanExplainer
 from agg2exp_lightning.errors import DataError
 from agg2exp_lightning.protocols import ProtocolLike, resolve_protocol
 from agg2exp_lightning.utils.files import file_sha256
@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SPACING = (1.5, 1.5, 1.5)
 
 
-def default_explainer(method: str, options: Mapping[str, Any] | None = None, roi_size: Sequence[int] | None = None, *,
-                      targets: Sequence[int] | None = None, window: Mapping[str, Any] | None = None) -> Explainer:
+def make_scan_explainer(method: str, options: Mapping[str, Any] | None = None, roi_size: Sequence[int] | None = None, *,
+                      targets: Sequence[int] | None = None, window: Mapping[str, Any] | None = None) -> ScanExplainer:
     """:func:`agg2exp_lightning.explain.explain` with the method and its options bound.
 
     Args:
@@ -106,7 +106,7 @@ def run_checkpoint_audit(
     random_state: int = DEFAULT_RANDOM_STATE,
     contamination: float = DEFAULT_CONTAMINATION,
     n_dependencies: int = 12,
-    explainer: Explainer | None = None,
+    explainer: ScanExplainer | None = None,
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
     save_maps: bool = False,
@@ -144,7 +144,7 @@ def run_checkpoint_audit(
         random_state: seed of the Isolation Forests.
         contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``.
         n_dependencies: how many region -> class dependencies to report.
-        explainer: overrides :func:`default_explainer` (same call signature).
+        explainer: overrides :func:`make_scan_explainer` (same call signature).
         wandb: also log tables and figures to one W&B run.
         wandb_project: the W&B project.
         save_maps: write each audited scan's maps as NIfTI in its own grid (see :mod:`~agg2exp_lightning.audit.maps`).
@@ -227,7 +227,7 @@ def run_checkpoint_audit(
         inputs["explained classes"] = ", ".join(loaded.class_names[i] for i in target_ids)
     return run_scan_audit(
         loaded.model, loaded.class_names, sets, out_dir,
-        explainer=explainer if explainer is not None else default_explainer(method, {**dict(method_options or {}), "protocol": chosen}, roi,
+        explainer=explainer if explainer is not None else make_scan_explainer(method, {**dict(method_options or {}), "protocol": chosen}, roi,
                                                                             targets=target_ids, window=window),
         config=config, spacing=spacing, mapping=mapping, inputs=inputs, overwrite=overwrite,
         trainer_kwargs={"accelerator": accelerator, "devices": devices, "strategy": strategy}, num_workers=num_workers,

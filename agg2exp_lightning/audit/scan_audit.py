@@ -22,7 +22,7 @@ from agg2exp_lightning.analysis.cohort import CohortAnalysis, analyze_cohort
 from agg2exp_lightning.analysis.figures import case_grid, figure_png
 from agg2exp_lightning.audit.output_folder import open_output_folder
 from agg2exp_lightning.audit.outputs import AuditOutputs, write_audit_outputs
-from agg2exp_lightning.audit.scan_prediction import Explainer
+from agg2exp_lightning.audit.scan_prediction import ScanExplainer
 from agg2exp_lightning.audit.scan_records import is_finished, load_records, read_slices, record_stem, records_to_table
 from agg2exp_lightning.data.subjects import SubjectRecord
 from agg2exp_lightning.errors import DataError
@@ -106,7 +106,7 @@ def run_scan_audit(
     sets: Mapping[str, Sequence[SubjectRecord]],
     out_dir: str | Path,
     *,
-    explainer: Explainer,
+    explainer: ScanExplainer,
     config: Mapping[str, Any],
     spacing: Sequence[float],
     mapping: Mapping[str, Sequence[str]],
@@ -135,7 +135,7 @@ def run_scan_audit(
         sets: ``"audited"`` records and, optionally, ``"reference"`` records to fit the
             Isolation Forests on.
         out_dir: output folder; resumed if it holds this audit (same ``config``).
-        explainer: see :data:`~agg2exp_lightning.audit.scan_prediction.Explainer`.
+        explainer: see :data:`~agg2exp_lightning.audit.scan_prediction.ScanExplainer`.
         config: JSON-serialisable description of the audit (its fingerprint names the folder's audit).
         spacing: resampling spacing in mm of the preprocessing.
         mapping: label -> TotalSegmentator structures (for the TotalSegmentator layout).

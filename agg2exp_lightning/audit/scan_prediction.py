@@ -27,10 +27,12 @@ from agg2exp_lightning.utils import atomic_write_bytes, atomic_write_json, plain
 
 log = logging.getLogger(__name__)
 
+#: The audit's explainer, its method and targets fixed when it is made (:func:`~agg2exp_lightning.audit.checkpoint_audit.make_scan_explainer`;
+#: the method comparison's :data:`~agg2exp_lightning.evaluation.compare.MethodAttributor` takes them per call and returns only maps):
 #: ``explainer(model, image [1, C_in, *S]) -> result`` with ``result.roi [T, R]``,
 #: ``result.roi_mean [T, R]``, ``result.prediction [*S]`` (or ``[1, *S]``) and optionally
 #: ``result.attribution [T, *S]``; the API of :func:`agg2exp_lightning.explain.explain`.
-Explainer = Callable[[nn.Module, Tensor], Any]
+ScanExplainer = Callable[[nn.Module, Tensor], Any]
 
 
 class ScanDataset(torch.utils.data.Dataset):
@@ -80,7 +82,7 @@ class ScanAuditModule(pl.LightningModule):
 
     Args:
         model: the segmentation model (``image -> logits``), in eval mode.
-        explainer: see :data:`Explainer`.
+        explainer: see :data:`ScanExplainer`.
         class_names: names of the model's classes (label-id order).
         save_slices: also return slices for the anomaly-case figures (when the explainer gives
             attribution maps).
@@ -88,7 +90,7 @@ class ScanAuditModule(pl.LightningModule):
             (:class:`~agg2exp_lightning.audit.maps.MapWriter`; ``None``: no maps).
     """
 
-    def __init__(self, model: nn.Module, explainer: Explainer, class_names: Sequence[str], *, save_slices: bool = True,
+    def __init__(self, model: nn.Module, explainer: ScanExplainer, class_names: Sequence[str], *, save_slices: bool = True,
                  map_writer: Callable[..., Any] | None = None, extra_mask_names: Sequence[str] = ()) -> None:
         super().__init__()
         self.model = model

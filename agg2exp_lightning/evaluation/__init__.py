@@ -6,7 +6,7 @@ class); :func:`compare_methods` runs them for several methods over a cohort and 
 from __future__ import annotations
 
 from agg2exp_lightning.evaluation._checks import UndefinedScoreWarning
-from agg2exp_lightning.evaluation.compare import METHODS, ComparisonSettings, compare_methods, default_explainer
+from agg2exp_lightning.evaluation.compare import METHODS, ComparisonSettings, compare_methods, make_method_attributor
 from agg2exp_lightning.evaluation.complexity import effective_complexity
 from agg2exp_lightning.evaluation.efficiency import EfficiencyResult, explanation_efficiency, timed
 from agg2exp_lightning.evaluation.faithfulness import (
@@ -29,7 +29,7 @@ __all__ = [
     "UndefinedScoreWarning",
     "attribution_sums",
     "compare_methods",
-    "default_explainer",
+    "make_method_attributor",
     "effective_complexity",
     "explanation_efficiency",
     "faithfulness_correlation",

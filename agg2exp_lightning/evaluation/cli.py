@@ -30,7 +30,7 @@ from agg2exp_lightning.cli_common import (
     single_device,
 )
 from agg2exp_lightning.errors import DataError
-from agg2exp_lightning.evaluation.compare import METHODS, ComparisonSettings, Explainer, compare_methods, default_explainer
+from agg2exp_lightning.evaluation.compare import METHODS, ComparisonSettings, MethodAttributor, compare_methods, make_method_attributor
 from agg2exp_lightning.evaluation.faithfulness import PAPER_SUBSET_SIZE
 from agg2exp_lightning.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def comparison_options(items: Sequence[str], methods: Sequence[str] = METHODS) -> dict[str, Any]:
-    """``--method-option`` items as :func:`~agg2exp_lightning.evaluation.compare.default_explainer` takes them.
+    """``--method-option`` items as :func:`~agg2exp_lightning.evaluation.compare.make_method_attributor` takes them.
 
     ``METHOD.KEY=VALUE`` goes to that method; an unprefixed ``KEY=VALUE`` goes to every compared method
     that takes ``KEY``, or to all of them when ``KEY`` is a keyword of
@@ -146,7 +146,7 @@ def run_comparison(
     device: Any = "auto",
     settings: ComparisonSettings | None = None,
     method_options: dict[str, dict[str, Any]] | None = None,
-    explainer: Explainer | None = None,
+    explainer: MethodAttributor | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Load the model and a split of the data, then :func:`compare_methods` (with the model's sliding windows).
@@ -197,7 +197,7 @@ def run_comparison(
     log.info("comparing %d methods on %d scans of %s (split %s, spacing %s mm)", len(methods), len(dataset), data, split, spacing)
     if explainer is None:
         sw = dict(roi_size=settings.roi_size, sw_batch_size=settings.sw_batch_size, overlap=settings.overlap, mode=settings.sw_mode)
-        explainer = default_explainer(protocol=settings.resolved_protocol(), sensitivity_draws=settings.sensitivity_draws,
+        explainer = make_method_attributor(protocol=settings.resolved_protocol(), sensitivity_draws=settings.sensitivity_draws,
                                       **(sw if settings.roi_size is not None else {}), **(method_options or {}))
     context = {**loaded.identity, "data": str(Path(data).resolve()), "split": split,
                "spacing": list(spacing), "method_options": method_options or {}}

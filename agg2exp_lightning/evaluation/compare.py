@@ -48,14 +48,16 @@ from agg2exp_lightning.utils.output_folder import OutputFolderKind, config_finge
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "METRIC_COLUMNS", "ComparisonSettings", "compare_methods", "default_explainer", "resolve_targets"]
+__all__ = ["METHODS", "METRIC_COLUMNS", "ComparisonSettings", "compare_methods", "make_method_attributor", "resolve_targets"]
 
 #: Per-(scan, method, target) columns of the long table.
 METRIC_COLUMNS: tuple[str, ...] = (
     "faithfulness", "sensitivity_avg", "sensitivity_max", "complexity", "seconds_one_class", "seconds_all_classes",
 )
-#: ``explainer(model, image [C, *S], method, targets) -> attributions [T, *S]``.
-Explainer = Callable[[nn.Module, Tensor, str, list[int]], Tensor]
+#: The method comparison's explainer: ``explainer(model, image [C, *S], method, targets) -> attributions [T, *S]``
+#: (method and targets per call, maps only; the audit's :data:`~agg2exp_lightning.audit.scan_prediction.ScanExplainer` returns
+#: the whole explanation of one scan).
+MethodAttributor = Callable[[nn.Module, Tensor, str, list[int]], Tensor]
 #: A scan: its tensor ``[C, *S]``, or a zero-argument callable loading it (not called for finished scans).
 ScanSource = Union[Tensor, Callable[[], Tensor]]
 #: A comparison's output folder: ``settings.json`` names its settings and context (resume or refuse).
@@ -83,7 +85,7 @@ class ComparisonSettings:
         time_one_class: also time an explanation of the first target alone.
         protocol: ``"corrected"`` or ``"paper"`` (:mod:`agg2exp_lightning.protocols`): gives ``mask``,
             ``sensitivity_draws`` and ``crop_to_body`` where they are ``None``, and the explainer's
-            KernelSHAP spread and IG rule (:func:`default_explainer`).
+            KernelSHAP spread and IG rule (:func:`make_method_attributor`).
         sensitivity_draws: ``"shared"`` (the noisy copies' SmoothGrad noise / KernelSHAP coalitions
             are those of the clean scan) or ``"independent"`` (drawn anew for every copy).
         crop_to_body: explain and score body-cropped volumes (read by
@@ -136,7 +138,7 @@ class ComparisonSettings:
 _PROTOCOL_FIELDS = {"mask": "faithfulness_mask", "sensitivity_draws": "sensitivity_draws", "crop_to_body": "crop_to_body"}
 
 
-def default_explainer(*, protocol: ProtocolLike = None, sensitivity_draws: str | None = None, **options: Any) -> Explainer:
+def make_method_attributor(*, protocol: ProtocolLike = None, sensitivity_draws: str | None = None, **options: Any) -> MethodAttributor:
     """:func:`agg2exp_lightning.explain.explain` returning the attribution maps, ``options`` passed on.
 
     ``options`` holds per-method dicts under the method's name (``{"smoothgrad": {"n_samples": 10}}``)
@@ -244,7 +246,7 @@ class _ScanContext:
         return uniform_noise(tuple(self.image.shape), self.s.noise_samples, self.s.radius, rng)
 
 
-def _evaluate_method(ctx: _ScanContext, method: str, explainer: Explainer, names: list[str]) -> pd.DataFrame:
+def _evaluate_method(ctx: _ScanContext, method: str, explainer: MethodAttributor, names: list[str]) -> pd.DataFrame:
     s, model, image, targets = ctx.s, ctx.model, ctx.image, ctx.targets
 
     def explain_targets(ts: Sequence[int]) -> Tensor:
@@ -290,7 +292,7 @@ def compare_methods(
                                           "trachea", "heart", "ribs"),
     out_dir: Union[str, Path] = "method_comparison",
     *,
-    explainer: Explainer | None = None,
+    explainer: MethodAttributor | None = None,
     settings: ComparisonSettings | None = None,
     class_names: Sequence[str] = THORAX_CLASSES,
     context: Mapping[str, Any] | None = None,
@@ -306,7 +308,7 @@ def compare_methods(
         targets: class names or ids to explain.
         out_dir: output folder (``scans/`` per-scan CSVs, ``settings.json``, ``results.csv``, summary
             CSV / Markdown / PNG from :func:`~agg2exp_lightning.evaluation.report.write_report`).
-        explainer: ``(model, image, method, targets) -> [T, *S]``; default :func:`default_explainer`.
+        explainer: ``(model, image, method, targets) -> [T, *S]``; default :func:`make_method_attributor`.
         settings: metric settings (paper defaults).
         class_names: names of the model's classes (rows are labelled with them).
         context: what else decides the numbers (checkpoint hash, data, method options...): stored in
@@ -329,7 +331,7 @@ def compare_methods(
     if explainer is None:
         window = {} if settings.roi_size is None else dict(roi_size=settings.roi_size, sw_batch_size=settings.sw_batch_size,
                                                            overlap=settings.overlap, mode=settings.sw_mode)
-        explainer = default_explainer(protocol=settings.resolved_protocol(), sensitivity_draws=settings.sensitivity_draws, **window)
+        explainer = make_method_attributor(protocol=settings.resolved_protocol(), sensitivity_draws=settings.sensitivity_draws, **window)
     out = Path(out_dir)
     fingerprint = _claim_output_folder(out, settings, dict(context or {}))
     frames, seen = [], set()

@@ -13,7 +13,7 @@ import torch
 
 from agg2exp_lightning import THORAX_CLASSES
 from agg2exp_lightning.audit import maps as maps_module
-from agg2exp_lightning.audit.checkpoint_audit import default_explainer
+from agg2exp_lightning.audit.checkpoint_audit import make_scan_explainer
 from agg2exp_lightning.audit.maps import ScanGeometry, check_room_for_maps, estimate_map_bytes, map_paths, to_original_grid
 from agg2exp_lightning.data.subjects import manifest_records
 from agg2exp_lightning.errors import DataError
@@ -67,7 +67,7 @@ def _audit(root: Path, out: Path, **kwargs):
     from agg2exp_lightning.labels import load_structure_mapping
 
     sets = {"audited": manifest_records(root / "manifest.csv")}
-    explainer = default_explainer("vanilla_gradient", targets=[BODY, A, B])
+    explainer = make_scan_explainer("vanilla_gradient", targets=[BODY, A, B])
     return run_scan_audit(NearlyPointwise(), THORAX_CLASSES, sets, out, explainer=explainer, config={"test": "maps"},
                           spacing=SPACING, mapping=load_structure_mapping(), save_maps=True,
                           trainer_kwargs={"accelerator": "cpu", "devices": 1}, **kwargs)

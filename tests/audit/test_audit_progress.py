@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from agg2exp_lightning.audit import scan_prediction
-from agg2exp_lightning.audit.checkpoint_audit import default_explainer
+from agg2exp_lightning.audit.checkpoint_audit import make_scan_explainer
 from agg2exp_lightning.audit.scan_prediction import ScanRecordWriter, _duration
 
 
@@ -15,10 +15,10 @@ def test_sample_bars_follow_the_log_level_and_an_explicit_option_wins():
     old = logger.level
     try:
         logger.setLevel(logging.INFO)
-        assert default_explainer("smoothgrad").keywords["progress"] is True
+        assert make_scan_explainer("smoothgrad").keywords["progress"] is True
         logger.setLevel(logging.WARNING)  # what -q sets
-        assert default_explainer("smoothgrad").keywords["progress"] is False
-        assert default_explainer("smoothgrad", {"progress": True}).keywords["progress"] is True
+        assert make_scan_explainer("smoothgrad").keywords["progress"] is False
+        assert make_scan_explainer("smoothgrad", {"progress": True}).keywords["progress"] is True
     finally:
         logger.setLevel(old)
 

@@ -169,9 +169,9 @@ def test_two_ddp_processes_give_the_results_of_one(tmp_path, scan_cohort, conv_a
 
 
 def test_explain_engine_agrees_with_the_reference_gradient(tmp_path, records, conv_audit):
-    from agg2exp_lightning.audit.checkpoint_audit import default_explainer
+    from agg2exp_lightning.audit.checkpoint_audit import make_scan_explainer
 
-    outputs = audit(tmp_path / "out", TinyConvNet(), {"audited": records[:4]}, explainer=default_explainer("vanilla_gradient"))
+    outputs = audit(tmp_path / "out", TinyConvNet(), {"audited": records[:4]}, explainer=make_scan_explainer("vanilla_gradient"))
     ours, reference = _per_scan(outputs.per_scan_csv), _per_scan(conv_audit[1].per_scan_csv)
     cols = [c for c in reference.columns if c.endswith(("_mass", "_mean", "_dice"))]
     ours_v, ref_v = ours[cols].to_numpy(float), reference[cols].to_numpy(float)

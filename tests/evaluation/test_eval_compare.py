@@ -19,7 +19,7 @@ def _scans(n=3):
     return [(f"s{i:03d}", torch.from_numpy(rng.random((1, 12, 12, 12), dtype=np.float32))) for i in range(n)]
 
 
-class Explainer:
+class MethodAttributor:
     """Two methods with known metric values on a linear model, and a call log."""
 
     def __init__(self):
@@ -36,7 +36,7 @@ class Explainer:
 
 
 def test_known_answers_flow_into_the_table_and_files(linear_net, tmp_path):
-    ex = Explainer()
+    ex = MethodAttributor()
     table = compare_methods(linear_net, _scans(), ["exact", "fixed_map"], ["background", "left", "right"], tmp_path,
                             explainer=ex, settings=SETTINGS, class_names=NAMES, progress=False)
     assert len(table) == 3 * 2 * 3 and set(table["target"]) == set(NAMES)
@@ -97,7 +97,7 @@ def test_an_interrupted_run_resumes_without_recomputing_finished_scans(linear_ne
     class Interrupt(Exception):
         pass
 
-    ex = Explainer()
+    ex = MethodAttributor()
 
     def failing(model, image, method, targets):
         if len(ex.calls) >= 5:  # scan s000 done (4 calls); dies inside s001
@@ -109,37 +109,37 @@ def test_an_interrupted_run_resumes_without_recomputing_finished_scans(linear_ne
                         class_names=NAMES, progress=False)
     assert (tmp_path / "scans" / "s000" / "exact.csv").is_file() and not (tmp_path / "scans" / "s001").exists()
     first = pd.read_csv(tmp_path / "scans" / "s000" / "exact.csv")
-    ex2, loads[:] = Explainer(), []
+    ex2, loads[:] = MethodAttributor(), []
     table = compare_methods(linear_net, sources(), ["exact"], NAMES, tmp_path, explainer=ex2, settings=SETTINGS,
                             class_names=NAMES, progress=False)
     assert loads == ["s001", "s002"]  # the finished scan is not even loaded
     assert len(ex2.calls) == 2 * 4 and len(table) == 9  # 4 calls per scan: all, one class, 2 noisy
     pd.testing.assert_frame_equal(table[table["subject_id"] == "s000"].reset_index(drop=True), first)
     # a third run recomputes nothing; a new method is computed for every scan
-    ex3 = Explainer()
+    ex3 = MethodAttributor()
     compare_methods(linear_net, sources(), ["exact", "fixed_map"], NAMES, tmp_path, explainer=ex3, settings=SETTINGS,
                     class_names=NAMES, progress=False)
     assert {m for m, _ in ex3.calls} == {"fixed_map"}
 
 
 def test_same_subsets_and_noise_for_every_method_and_run(linear_net, tmp_path):
-    t1 = compare_methods(linear_net, _scans(1), ["exact"], NAMES, tmp_path / "a", explainer=Explainer(),
+    t1 = compare_methods(linear_net, _scans(1), ["exact"], NAMES, tmp_path / "a", explainer=MethodAttributor(),
                          settings=SETTINGS, class_names=NAMES, progress=False)
-    t2 = compare_methods(linear_net, _scans(1), ["fixed_map", "exact"], NAMES, tmp_path / "b", explainer=Explainer(),
+    t2 = compare_methods(linear_net, _scans(1), ["fixed_map", "exact"], NAMES, tmp_path / "b", explainer=MethodAttributor(),
                          settings=SETTINGS, class_names=NAMES, progress=False)
     cols = ["faithfulness", "sensitivity_avg", "sensitivity_max", "complexity"]
     np.testing.assert_allclose(t1[cols].to_numpy(), t2[t2["method"] == "exact"][cols].to_numpy(), rtol=1e-12)
 
 
 def test_other_settings_in_the_output_folder_are_refused(linear_net, tmp_path):
-    compare_methods(linear_net, _scans(1), ["fixed_map"], NAMES, tmp_path, explainer=Explainer(), settings=SETTINGS,
+    compare_methods(linear_net, _scans(1), ["fixed_map"], NAMES, tmp_path, explainer=MethodAttributor(), settings=SETTINGS,
                     class_names=NAMES, progress=False)
     other = ComparisonSettings(n_runs=9, subset_size=100, noise_samples=2)
     with pytest.raises(ValueError, match=r"`out_dir`.*another comparison \(differs in: batch_size, n_runs\)"):
-        compare_methods(linear_net, _scans(1), ["fixed_map"], NAMES, tmp_path, explainer=Explainer(), settings=other,
+        compare_methods(linear_net, _scans(1), ["fixed_map"], NAMES, tmp_path, explainer=MethodAttributor(), settings=other,
                         class_names=NAMES, progress=False)
     with pytest.raises(ValueError, match=r"`out_dir`.*another comparison \(differs in: context\)"):  # e.g. another checkpoint
-        compare_methods(linear_net, _scans(1), ["fixed_map"], NAMES, tmp_path, explainer=Explainer(), settings=SETTINGS,
+        compare_methods(linear_net, _scans(1), ["fixed_map"], NAMES, tmp_path, explainer=MethodAttributor(), settings=SETTINGS,
                         class_names=NAMES, context={"checkpoint_sha256": "abc"}, progress=False)
 
 
@@ -150,10 +150,10 @@ def test_bad_targets_methods_and_explainer_output_are_refused(linear_net, tmp_pa
     with pytest.raises(ValueError, match="without repeats"):
         resolve_targets(["aorta", 1])
     with pytest.raises(ValueError, match="`methods`"):
-        compare_methods(linear_net, _scans(1), [], NAMES, tmp_path, explainer=Explainer(), settings=SETTINGS,
+        compare_methods(linear_net, _scans(1), [], NAMES, tmp_path, explainer=MethodAttributor(), settings=SETTINGS,
                         class_names=NAMES, progress=False)
     with pytest.raises(ValueError, match="unique subject ids"):
-        compare_methods(linear_net, _scans(1) * 2, ["fixed_map"], NAMES, tmp_path, explainer=Explainer(),
+        compare_methods(linear_net, _scans(1) * 2, ["fixed_map"], NAMES, tmp_path, explainer=MethodAttributor(),
                         settings=SETTINGS, class_names=NAMES, progress=False)
     with pytest.raises(ValueError, match="scan 's000', method 'bad'.*shape"):
         compare_methods(linear_net, _scans(1), ["bad"], NAMES, tmp_path / "x", settings=SETTINGS, class_names=NAMES,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from agg2exp_lightning.evaluation.compare import METHODS, ComparisonSettings, compare_methods, default_explainer
+from agg2exp_lightning.evaluation.compare import METHODS, ComparisonSettings, compare_methods, make_method_attributor
 from agg2exp_lightning.explain import engine  # noqa: F401 - imported, never skipped: a broken engine fails here
 
 NAMES = ("background", "left", "right")
@@ -29,7 +29,7 @@ def _scans():
 
 def test_five_methods_through_explain(linear_net, tmp_path):
     settings = ComparisonSettings(n_runs=10, subset_size=150, noise_samples=2, batch_size=5)
-    table = compare_methods(linear_net, _scans(), METHODS, NAMES, tmp_path, explainer=default_explainer(**OPTIONS),
+    table = compare_methods(linear_net, _scans(), METHODS, NAMES, tmp_path, explainer=make_method_attributor(**OPTIONS),
                             settings=settings, class_names=NAMES, progress=False)
     assert len(table) == 5 * 2 * 3
     assert table[["faithfulness", "sensitivity_avg", "sensitivity_max", "complexity"]].notna().all().all()
@@ -43,9 +43,9 @@ def test_five_methods_through_explain(linear_net, tmp_path):
 
 
 def test_sampling_methods_are_seeded_so_resumed_runs_reproduce(linear_net, tmp_path):
-    ex = default_explainer(**OPTIONS)
+    ex = make_method_attributor(**OPTIONS)
     image = _scans()[0][1]
     for method in ("smoothgrad", "kernelshap_cubes"):
         torch.testing.assert_close(ex(linear_net, image, method, [0, 1]), ex(linear_net, image, method, [0, 1]))
     with pytest.raises(ValueError, match="options of method 'smoothgrad' as a dict"):
-        default_explainer(smoothgrad=3)
+        make_method_attributor(smoothgrad=3)

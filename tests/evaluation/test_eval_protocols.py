@@ -8,7 +8,7 @@ import zlib
 import pytest
 import torch
 
-from agg2exp_lightning.evaluation import ComparisonSettings, UndefinedScoreWarning, compare_methods, default_explainer
+from agg2exp_lightning.evaluation import ComparisonSettings, UndefinedScoreWarning, compare_methods, make_method_attributor
 from agg2exp_lightning.evaluation.cli import main
 from agg2exp_lightning.evaluation.faithfulness import faithfulness_correlation
 from agg2exp_lightning.explain import explain
@@ -44,8 +44,8 @@ def test_faithfulness_mask_follows_the_protocol(net, image):
 def test_independent_draws_give_each_input_its_own_noise_and_shared_draws_the_same(net, image):
     noisy = (image + 0.05).clamp(0, 1)
     opts = {"smoothgrad": {"n_samples": 3}}
-    shared = default_explainer(protocol="corrected", **opts)
-    independent = default_explainer(protocol="paper", **opts)
+    shared = make_method_attributor(protocol="corrected", **opts)
+    independent = make_method_attributor(protocol="paper", **opts)
     seed_of = lambda x: zlib.crc32(x.contiguous().numpy().tobytes())  # noqa: E731
     torch.testing.assert_close(shared(net, noisy, "smoothgrad", [0, 1]),
                                explain(net, noisy, method="smoothgrad", targets=[0, 1], n_samples=3, seed=0).attributions)
