@@ -12,6 +12,18 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 
 @pytest.fixture(autouse=True)
+def _no_wandb_run_left_behind():
+    """Finish any W&B run a test started (e.g. a disabled one under the demo config): Lightning's WandbLogger
+    attaches to a run already in progress, so a later test would log into the leftover run."""
+    yield
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+@pytest.fixture(autouse=True)
 def _seed_everything():
     import numpy as np
     import torch
