@@ -55,10 +55,18 @@ class AnomalyResult:
         return self.outliers.any(axis=1)
 
 
+#: Decimals the shares keep as forest features: differences below 1e-12 are floating-point rounding (the order of
+#: a sum), and a forest would split on them (its thresholds are drawn between a node's minimum and maximum), so two
+#: numerically equal cohorts reached by different code paths would get different outliers.
+FEATURE_DECIMALS = 12
+#: Anomaly scores within this of the forest's threshold count as ties with it (not outliers).
+TIE_TOLERANCE = 1e-9
+
+
 def _features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(features with absent regions as 0, rows that can be scored)`` of ``[N, B]`` shares."""
     scored = np.isfinite(x).any(axis=1)
-    return np.where(np.isnan(x) & scored[:, None], 0.0, x), scored
+    return np.round(np.where(np.isnan(x) & scored[:, None], 0.0, x), FEATURE_DECIMALS), scored
 
 
 def class_anomaly_scores(
@@ -111,7 +119,9 @@ def class_anomaly_scores(
         if ok.any():
             x = feats[ok]
             scores[ok, i] = -forest.decision_function(x)
-            outliers[ok, i] = forest.predict(x) == -1
+            # forest.predict's rule (decision < 0), less a tolerance: a scan tied with the threshold, e.g. every scan
+            # of a class whose shares do not vary, is not an outlier whatever the rounding of the tie
+            outliers[ok, i] = scores[ok, i] > TIE_TOLERANCE
     return AnomalyResult(classes=tuple(classes), scores=scores, outliers=outliers, n_reference=n_ref)
 
 

@@ -177,3 +177,22 @@ def test_too_few_reference_scans_are_refused_naming_the_count():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="at least 10 reference scans .* got 7"):
         scan_anomaly_scores(_dirichlet(rng, 5), ["a", "b"], _dirichlet(rng, 7))
+
+
+def test_a_class_whose_shares_do_not_vary_has_no_outliers_whatever_the_rounding():
+    """Every scan puts all of class 0's mass in its own region (a known-answer model): the scans are tied, so none
+    is an outlier. (scikit-learn's ``predict`` flags every scan of 4, 7 or 10 identical ones: the offset is a
+    percentile of equal scores that rounds one unit in the last place past them.) Also when summation order leaves
+    a difference of one unit in the last place between the scans."""
+    from agg2exp_lightning.analysis.anomaly import class_anomaly_scores
+
+    for n in (4, 6, 7, 10):
+        exact = np.zeros((n, 1, 3))
+        exact[:, 0, 0] = 1.0
+        rounded = exact.copy()
+        rounded[::2, 0, 1] = 2.0 ** -53  # what a different order of a float sum leaves
+        rounded[::2, 0, 0] -= 2.0 ** -53
+        for mass in (exact, rounded):
+            result = class_anomaly_scores(mass, ["organ"])
+            assert not result.outliers.any(), n
+            np.testing.assert_allclose(result.scores, result.scores[0, 0], atol=1e-12)

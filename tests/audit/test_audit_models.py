@@ -108,13 +108,14 @@ def test_factory_cli_and_python_module_give_the_bundle_results(tmp_path, phantom
     argv = ["--model", "factory_models:build_tangent", "--weights", str(sources["weights"]), "--label-map", str(sources["labels"]),
             "--manifest", str(phantom), "--out", str(out), *FAST]
     assert main(argv) == 0
-    pd.testing.assert_frame_equal(pd.read_csv(out / "per_scan.csv"), reference)
+    # the same numbers up to floating-point rounding (a score of 3e-16 on one path is written as 0 on another)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "per_scan.csv"), reference, check_dtype=False, atol=1e-9)
     # the same weights as an nn.Module from Python, names as a list
     net = torch.nn.Conv3d(1, 3, 1)
     net.load_state_dict(tangent_weights())
     analysis = audit(net, phantom, method="vanilla_gradient", label_map=NAMES, out=tmp_path / "py", spacing=(8, 8, 8), accelerator="cpu")
     assert list(analysis.table.classes) == NAMES
-    pd.testing.assert_frame_equal(analysis.per_scan_frame().reset_index(drop=True), reference, check_dtype=False)
+    pd.testing.assert_frame_equal(analysis.per_scan_frame().reset_index(drop=True), reference, check_dtype=False, atol=1e-9)
 
 
 def test_targets_reference_split_and_analysis_object(tmp_path, phantom, sources):
