@@ -61,7 +61,7 @@ def test_data_strings_show_as_text_not_markup(rendered):
 def test_headings_and_figures_present(rendered):
     _, outputs, dom = rendered
     headings = [a.get("id") for t, a in dom.tags if t == "h2"]
-    assert headings == ["inputs", "findings", "importance", "distributions", "anomalies", "cases", "bias"]
+    assert headings == ["inputs", "findings", "worklist", "importance", "paper-analyses", "distributions", "anomalies", "cases", "bias"]
     imgs = [a for t, a in dom.tags if t == "img"]
     assert sorted(a["alt"] for a in imgs) == sorted(outputs.figures)
     assert all(a["src"].startswith("data:image/png;base64,") for a in imgs)
