@@ -53,3 +53,23 @@ class SmoothConvNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.c2(torch.tanh(self.c1(x))) + 0.1 * x**2
+
+
+def shapley_from_values(value_of, m: int, n_targets: int) -> Tensor:
+    """The Shapley formula over all subsets of ``m`` features: ``[M, T]`` in float64.
+
+    ``value_of(subset)`` is the coalition value (``[T]``) of the features in the sorted tuple ``subset`` (present),
+    the others being absent; every subset is evaluated once.
+    """
+    import itertools
+    import math
+
+    value = {s: value_of(s) for r in range(m + 1) for s in itertools.combinations(range(m), r)}
+    phi = torch.zeros(m, n_targets, dtype=torch.float64)
+    for i in range(m):
+        others = [j for j in range(m) if j != i]
+        for r in range(m):
+            w = math.factorial(r) * math.factorial(m - r - 1) / math.factorial(m)
+            for s in itertools.combinations(others, r):
+                phi[i] += w * (value[tuple(sorted(s + (i,)))] - value[s])
+    return phi

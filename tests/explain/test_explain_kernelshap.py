@@ -1,9 +1,6 @@
 """KernelSHAP: exact Shapley values by construction and by enumeration, agreement with Captum."""
 from __future__ import annotations
 
-import itertools
-import math
-
 import pytest
 import torch
 from captum.attr import KernelShap
@@ -17,6 +14,8 @@ from agg2exp_lightning.explain import (
     shapley_kernel_weight,
     solve_shapley,
 )
+
+from explain_models import shapley_from_values  # noqa: I001 - beside this file
 
 
 def _coalition_value(model, image, labels, feature_mask, keep, targets):
@@ -32,18 +31,7 @@ def _brute_force_shapley(model, image, feature_mask, targets):
     with torch.no_grad():
         labels = model(image[None]).argmax(1)[0]
     m = int(feature_mask.max()) + 1
-    value = {}
-    for r in range(m + 1):
-        for s in itertools.combinations(range(m), r):
-            value[s] = _coalition_value(model, image, labels, feature_mask, s, targets)
-    phi = torch.zeros(m, len(targets), dtype=torch.float64)
-    for i in range(m):
-        others = [j for j in range(m) if j != i]
-        for r in range(m):
-            w = math.factorial(r) * math.factorial(m - r - 1) / math.factorial(m)
-            for s in itertools.combinations(others, r):
-                phi[i] += w * (value[tuple(sorted(s + (i,)))] - value[s])
-    return phi
+    return shapley_from_values(lambda s: _coalition_value(model, image, labels, feature_mask, s, targets), m, len(targets))
 
 
 def test_cubes_tile_the_volume_exactly_with_balanced_sizes():

@@ -8,7 +8,7 @@ from monai.inferers import sliding_window_inference
 
 from agg2exp_lightning.explain import blended_logits, cube_feature_mask, explain, proxy_output, window_plan
 
-from explain_models import SmoothConvNet  # noqa: I001 - beside this file
+from explain_models import SmoothConvNet, shapley_from_values  # noqa: I001 - beside this file
 
 ROI = (8, 8, 8)
 #: (image size, overlap, mode, sigma_scale, sw_batch_size): overlapping windows, a volume
@@ -97,27 +97,17 @@ def test_kernelshap_through_windows_is_exact_shapley_of_the_blended_proxy():
 
 def _windowed_brute_force_shapley(model, image, feature_mask, targets, **swi):
     """Shapley values over all subsets of features, the proxy on MONAI's blended prediction: ``[M, T]``."""
-    import itertools
-    import math
-
     with torch.no_grad():
         labels = sliding_window_inference(image[None], ROI, predictor=model, **swi).argmax(1)[0]
         m = int(feature_mask.max()) + 1
-        value = {}
-        for r in range(m + 1):
-            for s in itertools.combinations(range(m), r):
-                on = torch.zeros(m, dtype=image.dtype)
-                on[list(s)] = 1
-                logits = sliding_window_inference((image * on[feature_mask])[None], ROI, predictor=model, **swi)
-                value[s] = proxy_output(logits, labels, targets)[0]
-    phi = torch.zeros(m, len(targets), dtype=torch.float64)
-    for i in range(m):
-        others = [j for j in range(m) if j != i]
-        for r in range(m):
-            w = math.factorial(r) * math.factorial(m - r - 1) / math.factorial(m)
-            for s in itertools.combinations(others, r):
-                phi[i] += w * (value[tuple(sorted(s + (i,)))] - value[s])
-    return phi
+
+        def value_of(s):
+            on = torch.zeros(m, dtype=image.dtype)
+            on[list(s)] = 1
+            logits = sliding_window_inference((image * on[feature_mask])[None], ROI, predictor=model, **swi)
+            return proxy_output(logits, labels, targets)[0]
+
+        return shapley_from_values(value_of, m, len(targets))
 
 
 def test_windowed_kernelshap_enumeration_equals_shapley_values_through_sliding_window_inference():
