@@ -19,6 +19,7 @@ from agg2exp_lightning.model import SegmentationModule
 from agg2exp_lightning.training import run
 from agg2exp_lightning.training.configs import named_configs
 from agg2exp_lightning.training.errors import TrainingError, disk_error_in_chain, errno_text
+from agg2exp_lightning.utils.allocator import keep_freed_memory
 
 __all__ = ["TrainCLI", "build_cli", "main"]
 
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agg2exp-train {__version__}")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()  # CPU steps: no page faults on memory freed by the previous step (utils/allocator.py)
     try:
         run.train(argv)
     except Exception as err:  # bad data, config, checkpoint or run folder: a message naming it, no traceback
