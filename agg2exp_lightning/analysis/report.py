@@ -201,7 +201,7 @@ def _score_tests_section(summary: Mapping[str, Any], alpha: float) -> str:
     out = ["<h3 id=\"score-bias\">Does the scan-level score differ between groups?</h3>",
            "<p class=\"note\">Kruskal-Wallis (Mann-Whitney for two groups; Spearman for numeric columns, which are also "
            "tested in quantile bins) of the continuous scan-level score; effect sizes with 95 % bootstrap (Spearman: Fisher z) "
-           "intervals; q: Benjamini-Hochberg over these and the outlier tests above together.</p>"]
+           "intervals; q: Benjamini-Hochberg over these tests (the primary family; the outlier-proportion tests above form their own).</p>"]
     if tests:
         order = sorted(tests, key=lambda b: (b["q"] is None, b["q"] if b["q"] is not None else 1.0))
         out.append(_table(["column", "test", "n", "p", "q", "effect", "size", "95 % CI", "detail"],
