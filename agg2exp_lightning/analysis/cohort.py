@@ -48,8 +48,9 @@
 Two Benjamini-Hochberg families: ``score_tests`` (the scan-level score against every metadata column,
 numeric columns also binned: the primary bias analysis) and ``bias_tests`` (the paper's per-class
 outlier-proportion tests, one test per class and column: exploratory). Pooling them into one family
-made the primary tests pay for the exploratory ones: with 17 classes and 6 columns a score test needed
-p below 0.05 x rank / 134 instead of 0.05 x rank / 8 (``docs/auditing.md``).
+made the primary tests pay for the exploratory ones: in the power benchmark's cohorts (17 classes, 7
+metadata columns) a score test needed p below 0.05 x rank / 134 instead of 0.05 x rank / 8
+(``docs/auditing.md``).
 
 Bias-test rows also hold ``t_statistic``/``t_p`` (Student's t-test beside Mann-Whitney, numeric
 columns) and ``proportions`` (categorical columns), as the paper reported them.
