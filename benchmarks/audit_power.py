@@ -92,7 +92,8 @@ def load_pool(pool: Path, out: Path) -> pd.DataFrame:
     return frame.merge(meta[keep], left_on="patient", right_on="image_id", how="left").drop(columns=["image_id"])
 
 
-def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """ROC AUC of scores of positive vs negative scans (sklearn; non-finite scores rank lowest)."""
     from sklearn.metrics import roc_auc_score
 
     if len(positive) == 0 or len(negative) == 0:
@@ -128,7 +129,7 @@ def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int
                     "heldout_any_class_outlier_rate": scan.heldout_class_fpr, "conditions": {}}
     for name in sorted(set(cond) - {"none"}) + ["degraded_scanner"]:
         hit = degraded & (cond == "none") if name == "degraded_scanner" else cond == name
-        result["conditions"][name] = {"n": int(hit.sum()), "auc": _auc(score[hit], score[is_clean]),
+        result["conditions"][name] = {"n": int(hit.sum()), "auc": roc_auc(score[hit], score[is_clean]),
                                       "sensitivity": float(flagged[hit].mean()) if hit.any() else float("nan")}
     tests = pd.concat([analysis.bias.tests.assign(family="outliers"), analysis.score_bias.tests.assign(family="score")], ignore_index=True)
     scanner = tests[(tests["family"] == "score") & (tests["column"] == "scanner_model")]
