@@ -3,9 +3,10 @@
 Usage:
     python benchmarks/bench_train_step.py [--steps 20] [--variants fp32 malloc channels_last bf16 bf16+malloc]
 
-One training step as the demo takes it (Swin-UNETR of ``configs/demo.yaml`` on one 64^3 volume: forward,
-DiceCE with uniform weights (weights do not change the cost), backward, AdamW), timed for each variant in a fresh process of its own, so that the
-variants do not share an allocator and each gets its own peak resident memory:
+One training step as the demo takes it (Swin-UNETR of ``configs/demo.yaml`` on one 64^3 volume:
+forward, DiceCE with uniform weights (weights do not change the cost), backward, AdamW), timed for each
+variant in a fresh process of its own, so that the variants do not share an allocator and each gets its
+own peak resident memory:
 
 - ``fp32``: as the demo trained before this benchmark existed (the obvious way);
 - ``malloc``: the same after :func:`agg2exp_lightning.utils.allocator.keep_freed_memory` (glibc keeps
