@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agg2exp_lightning.utils import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 #: Generator columns that hold the truth: used for scoring, never given to the audit.
 TRUTH_COLUMNS = ("planted_condition", "degraded", "pathology", "pathology_location")
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "scanner_q": [s["scanner_q"] for s in per_seed],
         "seeds": len(per_seed),
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=1, default=float))
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=1, default=float))
     lines = [f"pool {len(pool)} scans; {args.cohort_seeds} cohorts of {per_seed[0]['n_audited']} audited + {per_seed[0]['n_reference']} reference scans; "
              f"method {args.method}; targets {targets or 'all'}",
              "| condition | scans per cohort | ROC AUC mean (min) | sensitivity at default threshold |", "|---|---:|---:|---:|"]
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
               f"outlier-proportion tests {null['false_alarm_rate_outlier_tests']:.3f}, either family {null['false_alarm_rate_either_family']:.3f}, "
               f"both pooled in one BH family {null['false_alarm_rate_pooled_family']:.3f}",
               "seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items())]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from agg2exp_lightning.explain import cube_feature_mask, explain, explanation_mode, proxy_output
+from agg2exp_lightning.utils import atomic_write_text
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -386,8 +387,7 @@ def main() -> None:
                  + "Memory: peak RSS minus RSS before the call, sampled every 5 ms from /proc/self/statm.\n")
     table = "\n".join(lines)
     print("\n" + table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
+    atomic_write_text(args.out, table)
     print(f"written to {args.out}")
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from agg2exp_lightning.utils import atomic_write_text
+
 METHODS = {"vg": "vanilla_gradient", "sg": "smoothgrad", "ig": "integrated_gradients", "ks_semantic": "kernelshap_semantic",
            "ks_cubes": "kernelshap_cubes"}
 
@@ -122,8 +124,7 @@ def main() -> None:
                      f"| {r['fixed_ratio']:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    atomic_write_text(args.out, text)
 
 
 if __name__ == "__main__":

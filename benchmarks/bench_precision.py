@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from agg2exp_lightning.utils import atomic_write_text
+
 SETTINGS = {"vanilla_gradient": {}, "smoothgrad": {"n_samples": 4, "seed": 0}, "integrated_gradients": {"n_steps": 4},
             "kernelshap_semantic": {"n_samples": 40, "seed": 0}}
 
@@ -88,8 +90,7 @@ def main() -> None:
         lines.append(f"| {m} | {q} | {u} | {s:.1f} | {sp:.2f}x | {e:.4f} | {100 * f:.2f}% |")
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    atomic_write_text(args.out, text)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from agg2exp_lightning.utils import atomic_write_text
+
 #: glibc's allocator variables, kept out of every variant's environment (``malloc`` sets them with mallopt).
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
 VARIANTS = ("fp32", "malloc", "channels_last", "bf16", "bf16+malloc")
@@ -115,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['sys_s_per_step']:.2f} | {r['minor_faults_per_step']:.0f} | {r['peak_rss_mib']:.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    atomic_write_text(args.out, text)
     return 0
 
 

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from agg2exp_lightning.utils import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 #: The paper's efficiency column: seconds per class and scan (GPU, TotalSegmentator at 1.5 mm).
@@ -255,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = table(header, rows, tests, metrics, time.perf_counter() - start, command.strip())
     print("\n" + text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    atomic_write_text(out, text)
     print(f"written to {out}")
     return 0
 
