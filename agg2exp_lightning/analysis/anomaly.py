@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import IsolationForest
 
+from agg2exp_lightning.analysis.wording import SHARE, describe_against_reference, is_unchanged
 from agg2exp_lightning.utils.options import positive_int
 
 log = logging.getLogger(__name__)
@@ -523,12 +524,22 @@ def anomaly_worklist(
 
 
 def describe_worklist_row(row: dict[str, object]) -> str:
-    """One line of why for a worklist row, e.g. ``"heart (p 0.02): background up 41% (ref median 22%)"``."""
+    """One line of why for a worklist row, in words with the reference named.
+
+    e.g. ``"heart (per-class p 0.02): background share 0.41, reference median 0.22: 19 points higher"``.
+    Regions whose share is unchanged at the printed precision are left out (they are named only when
+    nothing else moved).
+    """
     parts = []
     for c in row["classes"]:  # type: ignore[union-attr]
+        head = f"{c['class']} (per-class p {c['p']:.2g})"
         if c["absent"]:
-            parts.append(f"{c['class']} (p {c['p']:.2g}): class not predicted")
+            parts.append(f"{head}: class not predicted")
             continue
-        moved = ", ".join(f"{r['region']} {r['direction']} {100 * r['share']:.0f}% (ref median {100 * r['reference_median']:.0f}%)" for r in c["regions"])
-        parts.append(f"{c['class']} (p {c['p']:.2g}): {moved}")
+        moved = [r for r in c["regions"] if not is_unchanged(SHARE, r["share"], r["reference_median"])]
+        if not moved:
+            parts.append(f"{head}: no region's share differs visibly from the reference median")
+            continue
+        parts.append(f"{head}: " + ", ".join(describe_against_reference(f"{r['region']} share", SHARE, r["share"], r["reference_median"])
+                                             for r in moved))
     return "; ".join(parts)

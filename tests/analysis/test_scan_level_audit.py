@@ -34,7 +34,8 @@ def test_summary_worklist_and_per_scan_columns(planted_analysis):
     assert set(top) == planted and len(s["worklist"]) >= 10
     first = s["worklist"][0]
     assert first["flagged"] and first["rank"] == 1 and first["classes"][0]["regions"]
-    assert first["why"].startswith(first["classes"][0]["class"] + " (p ")
+    assert first["why"].startswith(first["classes"][0]["class"] + " (per-class p ")
+    assert "reference median" in first["why"] and " 0 points" not in first["why"]
     per_scan = a.per_scan_frame()
     assert {"scan_anomaly_score", "scan_anomaly_p", "scan_flagged", "scan_rank", "heart_anomaly_p"} <= set(per_scan.columns)
     ranked = per_scan.sort_values("scan_rank")
