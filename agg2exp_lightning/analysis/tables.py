@@ -133,7 +133,8 @@ def parse_explanation_table(
         The parsed table; classes and regions in the order of ``classes``.
 
     Raises:
-        DataError: no id column, duplicate or empty ids, no mass columns, missing mass columns,
+        DataError: no id column, duplicate or empty ids, no mass columns, missing mass columns, a Dice
+            (or IoU) column missing for some explained class while others have one,
             non-numeric values in numeric columns, or one column present under two spellings.
 
     Example:
@@ -198,6 +199,11 @@ def parse_explanation_table(
     def per_class(kind: str) -> np.ndarray | None:
         if not any((kind, a, None) in parsed for a in expl):
             return None
+        missing = [f"{a}_{kind}" for a in expl if (kind, a, None) not in parsed]
+        if missing:  # a dropped column would silently leave its class out of every test that uses it
+            raise DataError(f"{source}: missing {len(missing)} '{kind}' column(s) for explained classes: {missing[:6]}"
+                            f"{' ...' if len(missing) > 6 else ''} (a table with {kind.capitalize() if kind == 'dice' else 'IoU'} "
+                            "columns needs one per explained class; leave its cells empty where unknown)")
         return np.stack([numeric(parsed[(kind, a, None)]) if (kind, a, None) in parsed else np.full(len(ids), np.nan) for a in expl], axis=1)
 
     stats = pd.DataFrame(

@@ -83,3 +83,22 @@ def test_metadata_file_joined_on_id(tmp_path, make_frame):
     assert table.metadata.loc["s0000", "age"] == "44" and table.metadata.loc["s0002", "age"] == "71"
     assert pd.isna(table.metadata.loc["s0001", "age"]) and pd.isna(table.metadata.loc["s0003", "age"])
     assert table.metadata.loc["s0002", "institute"] == "X" and table.metadata["institute"].isna().sum() == 2
+
+
+def test_a_missing_dice_column_is_refused_like_a_missing_mass_column(make_frame, tmp_path, capsys):
+    frame = make_frame(5)
+    assert "heart_dice" in frame.columns
+    with pytest.raises(DataError, match=r"missing 1 'dice' column\(s\) for explained classes: \['heart_dice'\]"):
+        parse_explanation_table(frame.drop(columns="heart_dice"), source="t.csv")
+    # an empty Dice cell is still allowed (unknown for that scan), and no Dice columns at all is a table without Dice
+    frame.loc[0, "heart_dice"] = np.nan
+    assert np.isnan(parse_explanation_table(frame).dice).sum() == 1
+    assert parse_explanation_table(frame.drop(columns=[c for c in frame.columns if c.endswith("_dice")])).dice is None
+    # the table audit says it in one line and exits 2
+    from agg2exp_lightning.audit.cli import main
+
+    make_frame(12).drop(columns="heart_dice").to_csv(tmp_path / "t.csv", index=False)
+    assert main(["--from-table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("agg2exp-audit: error: ") and "heart_dice" in err[0], err
+    assert not (tmp_path / "out").exists()
