@@ -13,6 +13,7 @@ fitted on the reference, the calibrated scan-level score, the bias tests). Repor
 - per planted condition, the ROC AUC of the scan-level score (planted scans vs clean scans of the
   cohort) and the sensitivity of the scan-level flag at the default contamination;
 - the false-positive rate of the flag on clean scans (and that of the paper's "outlier for any class");
+  every rate with its Wilson 95 % interval (:func:`~agg2exp_lightning.analysis.proportions.format_rate`);
 - the bias q-value of the degraded scanner (``scanner_model`` column, rank test of the scan-level score;
   Benjamini-Hochberg over the audit's score tests, every metadata column) per seed;
 - the false-alarm rate of the bias tests under the null: the metadata of the first cohort shuffled
@@ -41,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agg2exp_lightning.analysis.proportions import format_rate
 from agg2exp_lightning.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +127,7 @@ def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int
     degraded = truth["degraded"].astype(str).to_numpy() == "1"
     is_clean = (cond == "none") & ~degraded
     result: dict = {"seed": seed, "n_reference": int(len(reference)), "n_audited": int(len(audited)),
-                    "n_clean": int(is_clean.sum()), "expected_fpr": scan.expected_fpr,
+                    "n_clean": int(is_clean.sum()), "n_clean_flagged": int(flagged[is_clean].sum()), "expected_fpr": scan.expected_fpr,
                     "fpr_flag": float(flagged[is_clean].mean()) if is_clean.any() else float("nan"),
                     "fpr_any_class_outlier": float(analysis.anomaly.any_outlier[is_clean].mean()) if is_clean.any() else float("nan"),
                     "heldout_any_class_outlier_rate": scan.heldout_class_fpr, "conditions": {}}
@@ -167,13 +169,13 @@ def null_false_alarms(analysis, n_permutations: int, seed: int, null_chi2_permut
     for k in range(n_permutations):
         shuffled = meta.iloc[rng.permutation(len(meta))].reset_index(drop=True)
         out = bias_tests(shuffled, groups, seed=k, n_permutations=null_chi2_permutations).tests  # fewer: time
-        sc = score_tests(shuffled, scan.score, n_bootstrap=0).tests
+        sc = score_tests(shuffled, scan.score, n_bootstrap=0, n_permutations=null_chi2_permutations).tests
         hit = {"score": bool((sc["q"] < 0.05).any()), "outliers": bool((out["q"] < 0.05).any())}
         hit["either"] = hit["score"] or hit["outliers"]
         hit["pooled"] = bool((pd.concat(joint_q(out, sc))["q"] < 0.05).any())
         for name, value in hit.items():
             alarms[name] += value
-    return {"permutations": n_permutations, "chi2_permutations": null_chi2_permutations,
+    return {"permutations": n_permutations, "chi2_permutations": null_chi2_permutations, "alarms": alarms,
             "false_alarm_rate": alarms["score"] / n_permutations,
             "false_alarm_rate_outlier_tests": alarms["outliers"] / n_permutations,
             "false_alarm_rate_either_family": alarms["either"] / n_permutations,
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-reference", type=int, default=24)
     parser.add_argument("--n-audited", type=int, default=60)
     parser.add_argument("--cohort-seeds", type=int, default=5)
-    parser.add_argument("--permutations", type=int, default=200)
+    parser.add_argument("--permutations", type=int, default=1000, help="metadata shuffles of the null (default %(default)s)")
     parser.add_argument("--method", default="vanilla_gradient")
     parser.add_argument("--targets", nargs="+", default=["all"],
                         help="classes to explain (default 'all': every class, as agg2exp-audit explains by default)")
@@ -251,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["aggregate"] = {
         "conditions": agg,
         "fpr_flag_mean": float(np.nanmean([s["fpr_flag"] for s in per_seed])),
+        "clean_flagged": int(sum(s["n_clean_flagged"] for s in per_seed)), "clean": int(sum(s["n_clean"] for s in per_seed)),
         "fpr_any_class_outlier_mean": float(np.nanmean([s["fpr_any_class_outlier"] for s in per_seed])),
         "expected_fpr": per_seed[0]["expected_fpr"],
         "scanner_found": int(sum(s["scanner_q"] < 0.05 for s in per_seed)),
@@ -264,11 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     for c, v in agg.items():
         lines.append(f"| {c} | {v['n_mean']:.1f} | {v['auc_mean']:.3f} ({v['auc_min']:.3f}) | {v['sensitivity_mean']:.2f} |")
     a = summary["aggregate"]
-    lines += [f"clean scans flagged: {a['fpr_flag_mean']:.3f} (expected {a['expected_fpr']:.3f}); paper's any-class outliers among clean scans: {a['fpr_any_class_outlier_mean']:.3f}",
+    n_null, alarms = null["permutations"], null["alarms"]
+    lines += [f"clean scans flagged: {format_rate(a['clean_flagged'], a['clean'])} (bound {a['expected_fpr']:.3f}); "
+              f"paper's any-class outliers among clean scans: {a['fpr_any_class_outlier_mean']:.3f}",
               f"degraded scanner found (scanner_model q < 0.05) in {a['scanner_found']} of {a['seeds']} seeds; q = " + ", ".join(f"{q:.3g}" for q in a["scanner_q"]),
-              f"bias false alarms under shuffled metadata ({null['permutations']} shuffles): score tests {null['false_alarm_rate']:.3f}, "
-              f"outlier-proportion tests {null['false_alarm_rate_outlier_tests']:.3f}, either family {null['false_alarm_rate_either_family']:.3f}, "
-              f"both pooled in one BH family {null['false_alarm_rate_pooled_family']:.3f}",
+              f"bias false alarms under shuffled metadata ({n_null} shuffles): score tests {format_rate(alarms['score'], n_null)}, "
+              f"outlier-proportion tests {format_rate(alarms['outliers'], n_null)}, either family {format_rate(alarms['either'], n_null)}, "
+              f"both pooled in one BH family {format_rate(alarms['pooled'], n_null)}",
               "seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items())]
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -7,7 +7,8 @@ How metadata values are read (:func:`classify_metadata`):
 - Other values are stripped of surrounding whitespace and otherwise kept as written: text is
   case-sensitive, and markup such as ``<script>`` is ordinary text (reports escape it).
 - **numeric**: every value parses as a finite number and there are at least 3 distinct values;
-  tested with a two-sided Mann-Whitney U, effect size the rank-biserial correlation
+  tested with a two-sided Mann-Whitney U (a permutation p-value when outliers or inliers number
+  fewer than 5: :mod:`agg2exp_lightning.analysis.rank_tests`), effect size the rank-biserial correlation
   ``2 U_out / (n_out n_in) - 1`` (positive: outliers tend to have higher values); Student's t-test
   (``t_statistic``, ``t_p``), which the paper reported beside it for age, is given too.
 - **categorical**: everything else, including numbers with at most 2 distinct values (codes) and
@@ -31,15 +32,14 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy.stats import chi2_contingency, fisher_exact, mannwhitneyu, ttest_ind
+from scipy.stats import chi2_contingency, fisher_exact, rankdata, ttest_ind
 
 from agg2exp_lightning.analysis.correlation import benjamini_hochberg
+from agg2exp_lightning.analysis.rank_tests import N_PERMUTATIONS, kruskal_test, mannwhitney_test
 
 MetadataKind = Literal["numeric", "categorical"]
 
 _MISSING = frozenset({"", "nan", "na", "n/a", "none", "null"})
-#: Permutations of the chi-square permutation test.
-N_PERMUTATIONS = 9999
 _TEST_COLUMNS = ["group", "column", "kind", "test", "n_outliers", "n_inliers", "statistic", "p", "effect", "effect_size", "detail",
                  "t_statistic", "t_p", "proportions"]
 
@@ -141,11 +141,12 @@ def _categorical_test(is_out: np.ndarray, values: np.ndarray, seed: int,
     return test, stat, p, "cramers_v", math.sqrt(stat / n), detail
 
 
-def _numeric_test(is_out: np.ndarray, values: np.ndarray) -> tuple[str, float, float, str, float, str]:
+def _numeric_test(is_out: np.ndarray, values: np.ndarray, seed: int,
+                  n_permutations: int = N_PERMUTATIONS) -> tuple[str, float, float, str, float, str]:
     x, y = values[is_out], values[~is_out]
-    res = mannwhitneyu(x, y, alternative="two-sided")
-    r = 2.0 * float(res.statistic) / (len(x) * len(y)) - 1.0
-    return "mannwhitneyu", float(res.statistic), float(res.pvalue), "rank_biserial", r, f"median {np.median(x):.4g} (outliers) vs {np.median(y):.4g} (inliers)"
+    test, u, p = mannwhitney_test(x, y, seed=seed, n_permutations=n_permutations)
+    r = 2.0 * u / (len(x) * len(y)) - 1.0
+    return test, u, p, "rank_biserial", r, f"median {np.median(x):.4g} (outliers) vs {np.median(y):.4g} (inliers)"
 
 
 def _paper_companions(kind: str, is_out: np.ndarray, values: np.ndarray) -> tuple[float, float, str]:
@@ -212,7 +213,7 @@ def bias_tests(metadata: pd.DataFrame, groups: Mapping[str, pd.Series | np.ndarr
                 skipped.append((str(name), str(col), "outliers or inliers have no value"))
                 continue
             if kind == "numeric":
-                result = _numeric_test(is_out, vals.astype(float))
+                result = _numeric_test(is_out, vals.astype(float), seed, n_permutations)
             else:
                 result = _categorical_test(is_out, vals.astype(str), seed, n_permutations)
             test, stat, p, effect, size, detail = result
@@ -234,26 +235,44 @@ N_BINS = 4
 _SCORE_COLUMNS = ["group", "column", "kind", "test", "n", "n_groups", "statistic", "p", "effect", "effect_size", "ci_low", "ci_high", "detail"]
 
 
+def quantile_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin index ``0 .. n_bins - 1`` of each value, equal values always in one bin, whatever the row order.
+
+    A run of equal values goes to the bin that holds its mid-rank: ``floor(n_bins (r - 1/2) / n)`` with
+    ``r`` the mid-rank (1-based, ties averaged). Without ties these are the usual equal-count
+    quantile bins; a large run of ties takes one bin and its neighbours keep theirs, so the bins used
+    are at most ``n_bins`` and may be fewer (ages ``[50, 50, 60 x 16, 70, 70]`` in 4 bins give three:
+    50, 60 and 70).
+
+    Example:
+        >>> quantile_bins(np.array([70, 50, 60, 60, 60, 60, 50, 70]), 4).tolist()
+        [3, 0, 2, 2, 2, 2, 0, 3]
+    """
+    v = np.asarray(values, dtype=float)
+    return np.minimum((n_bins * (rankdata(v) - 0.5) / len(v)).astype(int), n_bins - 1)
+
+
 def epsilon_squared(h: float, n: int) -> float:
     """Kruskal-Wallis effect size ``epsilon^2 = H / (n - 1)`` (Tomczak & Tomczak 2014), in ``[0, 1]``."""
     return float(h) / (n - 1)
 
 
-def _kruskal(x: np.ndarray, g: np.ndarray) -> tuple[float, float]:
+def _kruskal_h(x: np.ndarray, g: np.ndarray) -> float:
+    """Kruskal-Wallis ``H`` alone (NaN with one group or no variation): the bootstrap's statistic."""
     from scipy.stats import kruskal
 
-    groups = [x[g == level] for level in np.unique(g)]
-    if len(groups) < 2 or np.ptp(x) == 0:
-        return float("nan"), float("nan")
-    res = kruskal(*groups)
-    return float(res.statistic), float(res.pvalue)
+    levels = np.unique(g)
+    if len(levels) < 2 or np.ptp(x) == 0:
+        return float("nan")
+    return float(kruskal(*[x[g == level] for level in levels]).statistic)
 
 
-def _rank_biserial(x: np.ndarray, g: np.ndarray, first: object) -> tuple[float, float, float]:
-    """``(U of the first level, p, r = 2U / (n1 n2) - 1)``; ``r > 0``: the first level scores higher."""
+def _rank_biserial(x: np.ndarray, g: np.ndarray, first: object) -> float:
+    """``r = 2U / (n1 n2) - 1`` of the first level against the rest; ``r > 0``: the first level scores higher."""
+    from scipy.stats import mannwhitneyu
+
     a, b = x[g == first], x[g != first]
-    res = mannwhitneyu(a, b, alternative="two-sided")
-    return float(res.statistic), float(res.pvalue), 2.0 * float(res.statistic) / (len(a) * len(b)) - 1.0
+    return 2.0 * float(mannwhitneyu(a, b, alternative="two-sided").statistic) / (len(a) * len(b)) - 1.0
 
 
 def _bootstrap_ci(stat: callable, x: np.ndarray, g: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
@@ -275,18 +294,20 @@ def _bootstrap_ci(stat: callable, x: np.ndarray, g: np.ndarray, n_boot: int, see
     return float(lo), float(hi)
 
 
-def _group_test(x: np.ndarray, g: np.ndarray, n_boot: int, seed: int) -> tuple[str, float, float, str, float, float, float, str]:
+def _group_test(x: np.ndarray, g: np.ndarray, n_boot: int, seed: int,
+                n_permutations: int = N_PERMUTATIONS) -> tuple[str, float, float, str, float, float, float, str]:
     levels = sorted(set(g.tolist()))
     order = pd.Series(x).rank().groupby(g).mean()
     top = order.idxmax()
     detail = f"highest scores: {top!s} (median {np.median(x[g == top]):.3g} vs {np.median(x):.3g} overall, n={int((g == top).sum())})"
     if len(levels) == 2:
-        u, p, r = _rank_biserial(x, g, levels[0])
-        lo, hi = _bootstrap_ci(lambda xx, gg: _rank_biserial(xx, gg, levels[0])[2], x, g, n_boot, seed)
-        return "mannwhitneyu", u, p, "rank_biserial", r, lo, hi, f"{detail}; r > 0: {levels[0]!s} scores higher than {levels[1]!s}"
-    h, p = _kruskal(x, g)
-    lo, hi = _bootstrap_ci(lambda xx, gg: epsilon_squared(_kruskal(xx, gg)[0], len(xx)), x, g, n_boot, seed)
-    return "kruskal", h, p, "epsilon_squared", epsilon_squared(h, len(x)), lo, hi, detail
+        test, u, p = mannwhitney_test(x[g == levels[0]], x[g != levels[0]], seed=seed, n_permutations=n_permutations)
+        lo, hi = _bootstrap_ci(lambda xx, gg: _rank_biserial(xx, gg, levels[0]), x, g, n_boot, seed)
+        return (test, u, p, "rank_biserial", 2.0 * u / ((g == levels[0]).sum() * (g != levels[0]).sum()) - 1.0, lo, hi,
+                f"{detail}; r > 0: {levels[0]!s} scores higher than {levels[1]!s}")
+    test, h, p = kruskal_test(x, g, seed=seed, n_permutations=n_permutations)
+    lo, hi = _bootstrap_ci(lambda xx, gg: epsilon_squared(_kruskal_h(xx, gg), len(xx)), x, g, n_boot, seed)
+    return test, h, p, "epsilon_squared", epsilon_squared(h, len(x)), lo, hi, detail
 
 
 def _spearman_ci(rho: float, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -308,6 +329,7 @@ def score_tests(
     n_bootstrap: int = N_BOOTSTRAP,
     n_bins: int = N_BINS,
     seed: int = 0,
+    n_permutations: int = N_PERMUTATIONS,
 ) -> BiasResult:
     """Compare a continuous per-scan score across the groups of every metadata column (rank tests).
 
@@ -319,7 +341,12 @@ def score_tests(
     - **categorical**, 3+ groups: Kruskal-Wallis H; effect ``epsilon^2 = H / (n - 1)``.
     - **numeric** (e.g. age), twice: as a continuous variable, Spearman's rho (CI: Fisher z with
       the Bonett-Wright standard error); and **binned** into ``n_bins`` quantile bins (column
-      ``"<col> (binned)"``), Kruskal-Wallis across the bins.
+      ``"<col> (binned)"``, :func:`quantile_bins`: equal values share a bin, so the bins and the p
+      do not depend on the row order), Kruskal-Wallis across the bins.
+
+    A group of fewer than 5 scans makes the rank test's p a permutation p-value (``test`` ends in
+    ``_permutation``; :mod:`agg2exp_lightning.analysis.rank_tests`) instead of the chi-square or
+    normal approximation.
 
     Effect-size CIs of the rank tests are 95 % percentile bootstraps over scans, resampled within
     each group (``n_bootstrap``; 0 leaves them NaN). ``detail`` names the group with the highest
@@ -333,7 +360,8 @@ def score_tests(
         name: the ``group`` column of the result (which score was tested).
         n_bootstrap: bootstrap resamples per CI.
         n_bins: quantile bins of a numeric column.
-        seed: seed of the bootstrap.
+        seed: seed of the bootstrap and of the permutation p-values.
+        n_permutations: label shuffles of a permutation p-value (small groups).
 
     Returns:
         A :class:`BiasResult` whose ``tests`` have columns ``group``, ``column``, ``kind``,
@@ -374,9 +402,9 @@ def score_tests(
             lo, hi = _spearman_ci(float(res.statistic), len(x))
             rows.append((name, str(col), kind, "spearman", len(x), np.nan, float(res.statistic), float(res.pvalue), "spearman_rho",
                          float(res.statistic), lo, hi, "rho > 0: higher values, higher scores"))
-            bins = pd.qcut(pd.Series(v).rank(method="first"), q=min(n_bins, len(v)), labels=False)
-            edges = [f"{v[bins == b].min():.4g}-{v[bins == b].max():.4g}" for b in sorted(set(bins))]
-            g = np.array([edges[int(b)] for b in bins])
+            bins = quantile_bins(v, n_bins)
+            edges = {b: f"{v[bins == b].min():.4g}-{v[bins == b].max():.4g}" for b in set(bins.tolist())}
+            g = np.array([edges[b] for b in bins.tolist()])
             kind_b, col_b = "numeric (binned)", f"{col} (binned)"
         else:
             g = vals[keep].astype(str).to_numpy()
@@ -385,7 +413,7 @@ def score_tests(
         if n_groups < 2:
             skipped.append((name, col_b, f"one group only ({g[0]!s}) among the scans with a score"))
             continue
-        test, stat, p, effect, size, lo, hi, detail = _group_test(x, g, n_bootstrap, col_seed)
+        test, stat, p, effect, size, lo, hi, detail = _group_test(x, g, n_bootstrap, col_seed, n_permutations)
         if note:
             detail = f"{detail}; {note}"
         rows.append((name, col_b, kind_b, test, len(x), n_groups, stat, p, effect, size, lo, hi, detail))

@@ -12,8 +12,12 @@ kept, as dplyr's ``top_n``). A class's own region is an edge like any other (a s
 is ``2 (w + 0.02) / (max w + 0.02)`` over the drawn edges, the published scaling. Regions that are
 not classes (merged regions, extra masks such as a pathology) are nodes too.
 
-**Clustering** (:func:`class_clustering`). The classes that are also regions form a square matrix
-``M[a, b] = sqrt(e_{b->a})`` (NaN read as 0), class names in alphabetical order; the distance is
+**Clustering** (:func:`class_clustering`). The classes that are also regions, and the regions that are
+not classes (extra masks such as a pathology, merged regions), form a square matrix
+``M[a, b] = sqrt(e_{b->a})`` (NaN read as 0), names in alphabetical order. An extra region has no
+explanation of its own: its row is zero except ``M[p, p] = max M``, as the R script adds pleural
+effusion and consolidation (``rbind`` of a self row at ``max(weight)``, the rest ``NA`` read as 0), so
+it joins the tree as a leaf placed by how much the classes' explanations lie in it. The distance is
 ``max(M) - M``. The published rule reads it as R's ``as.dist`` reads a non-symmetric matrix: entry
 ``(i, j)`` with ``i > j`` (its lower triangle), i.e. ``max - sqrt(e_{names[j] -> names[i]})``, one
 direction per pair chosen by the alphabet. The ``symmetric`` rule uses the mean of both directions.
@@ -134,7 +138,8 @@ class ClassClustering:
     """Hierarchical clustering of the classes by their RoI profiles.
 
     Attributes:
-        labels: the clustered class names (alphabetical; index = leaf id in ``linkage``).
+        labels: the clustered names: classes that are regions and regions that are not classes
+            (alphabetical; index = leaf id in ``linkage``).
         distance: ``[n, n]`` the distances used (symmetric; zero diagonal).
         linkage: scipy linkage matrix ``[n - 1, 4]`` (average linkage).
         order: leaf order of the dendrogram (labels).
@@ -175,7 +180,7 @@ def class_clustering(
         exclude: names left out (the paper: background).
 
     Returns:
-        A :class:`ClassClustering`, or ``None`` when fewer than 3 classes are also regions.
+        A :class:`ClassClustering`, or ``None`` when fewer than 3 names are clustered.
     """
     from scipy.cluster.hierarchy import cophenet, leaves_list, linkage
     from scipy.spatial.distance import squareform
@@ -183,12 +188,20 @@ def class_clustering(
     importance = _check(importance, classes, regions)
     if rule not in ("paper", "symmetric"):
         raise ValueError(f"Expected `rule` to be 'paper' or 'symmetric', but got {rule!r}")
-    names = sorted(a for a in classes if a in regions and a not in exclude)
+    own = [a for a in classes if a in regions and a not in exclude]
+    extra = [b for b in regions if b not in classes and b not in exclude]
+    names = sorted(own + extra)
     if len(names) < 3:
         return None
-    ci = [list(classes).index(n) for n in names]
+    rows = [k for k, n in enumerate(names) if n in own]
+    ci = [list(classes).index(names[k]) for k in rows]
     ri = [list(regions).index(n) for n in names]
-    m = np.sqrt(np.nan_to_num(importance[np.ix_(ci, ri)], nan=0.0).clip(min=0))
+    m = np.zeros((len(names), len(names)))
+    m[rows] = np.sqrt(np.nan_to_num(importance[np.ix_(ci, ri)], nan=0.0).clip(min=0))
+    top = m.max()
+    for k, n in enumerate(names):  # an extra region's row: only itself, at the largest weight (the R script's rbind)
+        if n in extra:
+            m[k, k] = top
     full = m.max() - m
     if rule == "paper":
         lower = np.tril(full, -1)

@@ -18,7 +18,7 @@ FIGURE_CAPTIONS: dict[str, str] = {
     "dependency_graph": "The strongest region \u2192 class dependencies outside the class's own region and the background.",
     "share_distributions": "Distribution over scans of the share of each class's attribution in its own region and in the background.",
     "anomaly_vs_dice": "Anomaly score (\u2212decision_function of the per-class Isolation Forest; higher = more anomalous) against Dice; outliers marked \u00d7.",
-    "published_dependency_graph": "Dependency graph by the protocol's rule (per explained class its strongest regions, background left out; self loops: the class's own region; width 2(w+0.02)/(max w+0.02); dashed blue: negative attributions).",
+    "published_dependency_graph": "Dependency graph by the protocol's rule (per explained class its strongest regions, background left out; self loops: the class's own region; width 2(w+0.02)/(max w+0.02)).",
     "class_boxplots": "Per explained class, the share of its attribution in every region over scans, regions ordered by median (background left out).",
     "class_clustering": "Classes clustered by their RoI profiles: average linkage on max \u2212 sqrt(mean share).",
     "mean_anomaly_vs_mean_dice": "Per scan, the mean anomaly score over classes against the mean Dice over classes (Spearman \u03c1 in the title).",

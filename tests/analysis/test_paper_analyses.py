@@ -164,3 +164,22 @@ def test_t_test_beside_mann_whitney_and_proportions_beside_fisher(make_frame):
     table = [[int((meta["sex"][flags] == s).sum()) for s in "FM"], [int((meta["sex"][~flags] == s).sum()) for s in "FM"]]
     assert rows.loc["sex", "p"] == pytest.approx(fisher_exact(table).pvalue)
     assert rows.loc["sex", "proportions"] == "outliers: F 25%, M 75%; inliers: F 50%, M 50%"
+
+
+def test_clustering_keeps_regions_that_are_not_classes_as_leaves_as_the_r_script_does():
+    rng = np.random.default_rng(4)
+    classes, regions = ["aorta", "heart", "trachea"], ["background", "aorta", "heart", "trachea", "effusion"]
+    importance = rng.dirichlet(np.ones(5), size=3)
+    # the R script: long (from region, to class, weight sqrt(mean share)), no background, plus a self row
+    # for the pathology at max(weight); acast(to ~ from), NA -> 0, as.dist of max - M (lower triangle)
+    long = pd.DataFrame([(b, a, np.sqrt(importance[i, j])) for i, a in enumerate(classes) for j, b in enumerate(regions)
+                         if b != "background"], columns=["from", "to", "weight"])
+    long = pd.concat([long, pd.DataFrame({"from": ["effusion"], "to": ["effusion"], "weight": [long.weight.max()]})])
+    m = long.pivot(index="to", columns="from", values="weight").sort_index().sort_index(axis=1).fillna(0.0)
+    d = m.to_numpy().max() - m.to_numpy()
+    n = len(m)
+    condensed = np.array([d[i, j] for j in range(n) for i in range(j + 1, n)])
+    z = linkage(condensed, method="average")
+    got = class_clustering(importance, classes, regions)
+    assert list(got.labels) == list(m.index) == ["aorta", "effusion", "heart", "trachea"]
+    np.testing.assert_allclose(got.linkage, z, rtol=1e-12)
