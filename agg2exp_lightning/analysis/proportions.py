@@ -29,7 +29,7 @@ def wilson_interval(k: int, n: int, *, level: float = 0.95) -> tuple[float, floa
 
     Example:
         >>> [round(v, 4) for v in wilson_interval(7, 200)]
-        [0.017, 0.0705]
+        [0.0171, 0.0705]
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"Expected `n` to be a positive integer (trials), got {n!r}")
