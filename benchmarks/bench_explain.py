@@ -47,7 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agg2exp_lightning.explain import cube_feature_mask, explain, explanation_mode, proxy_output
+from agg2exp_lightning.explain import explain, explanation_mode, get_method, proxy_output
+from agg2exp_lightning.explain._kernelshap import cube_feature_mask
 from agg2exp_lightning.utils import atomic_write_text
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -126,7 +127,7 @@ def build(size: int, feature_size: int, norm: str, plan: Any = None) -> tuple[to
     from monai.networks.nets import SwinUNETR
 
     from agg2exp_lightning.data.phantom import generate_subject
-    from agg2exp_lightning.explain import blended_logits
+    from agg2exp_lightning.explain._sliding_window import blended_logits
 
     torch.manual_seed(0)
     norm_name: Any = ("group", {"num_groups": 3}) if norm == "group" else "instance"
@@ -191,6 +192,11 @@ class PassCosts:
         return "; ".join(f"{k}{b}={c.cpu:.2f}/{c.wall:.2f}" for (k, b), c in sorted(self.cache.items(), key=lambda i: (i[0][1], i[0][0])))
 
 
+def _perturbation(method: str) -> bool:
+    """Whether the method table costs ``method`` as forward passes only (KernelSHAP)."""
+    return get_method(method).cost == "perturbation"
+
+
 def limit_seconds(method: str, diag: dict[str, Any], cost: PassCosts, bs: int, n: int, clock: str, plan: Any = None) -> float:
     """Pass-count limit of our run (the counts from its diagnostics), in ``clock`` seconds.
 
@@ -199,7 +205,7 @@ def limit_seconds(method: str, diag: dict[str, Any], cost: PassCosts, bs: int, n
     """
     if plan is not None:
         swb, w = plan.sw_batch_size, plan.num_windows
-        if method.startswith("kernelshap"):
+        if _perturbation(method):
             return diag["forward_samples"] / swb * cost("Fng", swb, clock)
         ng = w * (1 + (method == "integrated_gradients"))  # prediction (+ IG baseline), without grad
         return (ng / swb * cost("Fng", swb, clock) + (diag["forward_samples"] - ng) / swb * cost("Fg", swb, clock)
@@ -303,7 +309,7 @@ def main() -> None:
 
     plan, window = None, {}
     if args.windows is not None:
-        from agg2exp_lightning.explain import blended_logits, window_plan
+        from agg2exp_lightning.explain._sliding_window import blended_logits, window_plan
 
         window = dict(roi_size=(args.roi,) * 3, sw_batch_size=args.sw_batch_size, overlap=args.overlap, mode="constant")
         plan = window_plan((args.size,) * 3, (args.roi,) * 3, sw_batch_size=args.sw_batch_size, overlap=(args.overlap,) * 3)
@@ -325,7 +331,7 @@ def main() -> None:
     rows = []
     runs = [(m, "") for m in args.methods] + ([("vanilla_gradient", "vectorize")] if args.vectorize else [])
     if args.no_reuse and plan is not None:
-        runs += [(m, "no reuse") for m in args.methods if m.startswith("kernelshap")]
+        runs += [(m, "no reuse") for m in args.methods if _perturbation(m)]
     mask_pass = {kind: (cost("Fng", 1, kind) if plan is None else plan.num_windows / b0 * cost("Fng", b0, kind)) for kind in ("cpu", "wall")}
     for method, variant in runs:
         opts = dict(settings[method])
@@ -339,14 +345,14 @@ def main() -> None:
         d = res.diagnostics
         passes = f"{d['forward_samples']}F/{d['backward_passes']}B" + (f" ({d['kernelshap_window_passes_saved']} window passes saved)"
                                                                      if d.get("kernelshap_window_passes_saved") else "")
-        if plan is not None and method.startswith("kernelshap"):  # every coalition (and the baseline) through every window
+        if plan is not None and _perturbation(method):  # every coalition (and the baseline) through every window
             naive = dict(d, forward_samples=plan.num_windows * (d["kernelshap_samples"] + 2))
             limit["naive_cpu"] = limit_seconds(method, naive, cost, bs, n, "cpu", plan)
         name = method + (f" ({variant})" if variant else "")
         nan = float("nan")
         cap, cap_mb, mark = {"cpu": nan, "wall": nan}, nan, ""
         if not variant:
-            k = ks_classes if method.startswith("kernelshap") else grad_classes
+            k = ks_classes if _perturbation(method) else grad_classes
             classes = list(range(17))[:k]
             per_class, _, cap_mb = timed(lambda: captum_loop(method, model, image, labels, opts, classes, bs, window or None))  # noqa: B023
             for kind in ("cpu", "wall"):

@@ -26,9 +26,6 @@ import torch
 
 from agg2exp_lightning.utils import atomic_write_text
 
-METHODS = {"vg": "vanilla_gradient", "sg": "smoothgrad", "ig": "integrated_gradients", "ks_semantic": "kernelshap_semantic",
-           "ks_cubes": "kernelshap_cubes"}
-
 
 def _model(feature_size: int, device: str) -> torch.nn.Module:
     from monai.networks.nets import SwinUNETR
@@ -62,10 +59,10 @@ def _child(args: argparse.Namespace) -> dict:
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()
-        explain(model, image, method=METHODS[method], pass_bytes_per_voxel=args.bytes_per_voxel, batch_size=1, **window, **opts)
+        explain(model, image, method=method, pass_bytes_per_voxel=args.bytes_per_voxel, batch_size=1, **window, **opts)
         return {"peak_bytes": torch.cuda.max_memory_allocated() - start}
     with PeakRSS() as mem:
-        explain(model, image, method=METHODS[method], pass_bytes_per_voxel=args.bytes_per_voxel, batch_size=1, **window, **opts)
+        explain(model, image, method=method, pass_bytes_per_voxel=args.bytes_per_voxel, batch_size=1, **window, **opts)
     return {"peak_bytes": mem.peak_mib * 2**20}
 
 
@@ -102,10 +99,10 @@ def main() -> None:
             print(f"{case}: failed: {err}", flush=True)
             continue
         n_targets = 17
-        est = explain_memory_estimate((size,) * 3, METHODS[method], num_classes=17, num_targets=n_targets,
+        est = explain_memory_estimate((size,) * 3, method, num_classes=17, num_targets=n_targets,
                                       roi_size=(roi,) * 3 if roi else None, sw_batch_size=1, batch_size=1,
                                       pass_bytes_per_voxel=probe["bytes_per_voxel"])
-        fixed = explain_memory_estimate((size,) * 3, METHODS[method], num_classes=17, num_targets=n_targets,
+        fixed = explain_memory_estimate((size,) * 3, method, num_classes=17, num_targets=n_targets,
                                         roi_size=(roi,) * 3 if roi else None, sw_batch_size=1, batch_size=1)
         row = {"case": case, "probe": "x".join(map(str, probe["probe"])), "bpv": probe["bytes_per_voxel"], "measured": measured / 2**20,
                "estimate": est.total / 2**20, "ratio": est.total / measured, "fixed_ratio": fixed.total / measured}

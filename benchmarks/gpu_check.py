@@ -134,7 +134,8 @@ def explain_rows(args: argparse.Namespace, device: torch.device, cfg: dict[str, 
     """Time every method (and, where ``explain`` has ``precision``, the gradient methods in bf16/fp16)."""
     from bench_explain import shift_biases_until_all_predicted  # beside this script
 
-    from agg2exp_lightning.explain import blended_logits, explain, explanation_mode, window_plan
+    from agg2exp_lightning.explain import explain, explanation_mode, get_method
+    from agg2exp_lightning.explain._sliding_window import blended_logits, window_plan
 
     size, roi = cfg["size"], cfg["roi"]
     image = synthetic_scan(size).to(device)
@@ -168,7 +169,7 @@ def explain_rows(args: argparse.Namespace, device: torch.device, cfg: dict[str, 
             opts["n_samples"] = n_meas
         if method == "integrated_gradients":
             opts["n_steps"] = n_meas
-        if method.startswith("kernelshap"):
+        if get_method(method).cost == "perturbation":  # the method table's KernelSHAP rows
             opts["seed"] = 0
         if method == "kernelshap_cubes":
             opts["cubes_per_axis"] = cfg["cubes_per_axis"]

@@ -40,14 +40,15 @@ def make_scan_explainer(method: str, options: Mapping[str, Any] | None = None, r
     import inspect
 
     try:
-        from agg2exp_lightning.explain import METHOD_OPTIONS, explain, resolve_method_name
+        from agg2exp_lightning.explain import explain, get_method
     except ImportError as err:
         raise DataError(f"checkpoint audits need agg2exp_lightning.explain.explain, which cannot be imported: {err}") from err
     try:
-        name = resolve_method_name(method)
+        spec = get_method(method)
     except ValueError as err:
         raise DataError(f"--method: {err}") from err
-    allowed = set(METHOD_OPTIONS.get(name, ())) | {
+    name = spec.name
+    allowed = set(spec.options) | {
         p for p, v in inspect.signature(explain).parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY}
     unknown = sorted(set(options or {}) - allowed)
     if unknown:
@@ -57,7 +58,7 @@ def make_scan_explainer(method: str, options: Mapping[str, Any] | None = None, r
         bound["targets"] = list(targets)
     # a bar over the sample batches of sampled methods (SmoothGrad, IG, KernelSHAP) with its ETA, unless -q
     bound.setdefault("progress", log.isEnabledFor(logging.INFO))
-    return functools.partial(explain, method=method, roi_size=None if roi_size is None else tuple(roi_size), **bound)
+    return functools.partial(explain, method=name, roi_size=None if roi_size is None else tuple(roi_size), **bound)
 
 
 def _model_for_data(loaded: Any, mapping: Mapping[str, Sequence[str]], mapping_name: str, thorax: bool) -> None:

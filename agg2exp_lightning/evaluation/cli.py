@@ -101,18 +101,19 @@ def comparison_options(items: Sequence[str], methods: Sequence[str] = METHODS) -
     """
     import inspect
 
-    from agg2exp_lightning.explain import METHOD_OPTIONS, explain
+    from agg2exp_lightning.explain import explain
+    from agg2exp_lightning.explain.methods import method_options
     from agg2exp_lightning.utils import did_you_mean
 
     parsed = parse_method_options(items, methods)
     shared_keys = {p for p, v in inspect.signature(explain).parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY}
     out: dict[str, Any] = {}
     for o in (o for o in parsed if o.method is None):
-        takers = [m for m in methods if o.key in METHOD_OPTIONS.get(m, ())]
+        takers = [m for m in methods if o.key in method_options(m)]
         if o.key in shared_keys:
             out[o.key] = o.value
         elif not takers:
-            known = sorted(shared_keys | {k for m in methods for k in METHOD_OPTIONS.get(m, ())})
+            known = sorted(shared_keys | {k for m in methods for k in method_options(m)})
             raise ValueError(f"--method-option {o.key}={o.value!r}: none of the methods {list(methods)} takes {o.key!r}"
                              f"{did_you_mean(o.key, known)}")
         for m in takers if o.key not in shared_keys else ():

@@ -153,7 +153,8 @@ def make_method_attributor(*, protocol: ProtocolLike = None, sensitivity_draws: 
     draws = look_up_option("sensitivity_draws", sensitivity_draws or resolve_protocol(protocol).sensitivity_draws,
                            ("shared", "independent"))
     try:
-        from agg2exp_lightning.explain import METHOD_OPTIONS, explain
+        from agg2exp_lightning.explain import explain
+        from agg2exp_lightning.explain.methods import method_options
     except ImportError as err:
         raise ImportError(f"comparing methods needs agg2exp_lightning.explain.explain, which cannot be imported: {err}") from err
     shared = {k: v for k, v in options.items() if k not in METHODS}
@@ -163,7 +164,7 @@ def make_method_attributor(*, protocol: ProtocolLike = None, sensitivity_draws: 
 
     def run(model: nn.Module, image: Tensor, method: str, targets: list[int]) -> Tensor:
         own = dict(options.get(method, {}))
-        if "seed" in METHOD_OPTIONS.get(method, ()) and "seed" not in own:
+        if "seed" in method_options(method) and "seed" not in own:
             own["seed"] = 0 if draws == "shared" else _content_seed(image)
         result = explain(model, image, method=method, targets=targets, keep_attributions=True, protocol=protocol, **shared, **own)
         return result.attributions

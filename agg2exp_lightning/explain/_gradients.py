@@ -22,10 +22,6 @@ IG_RULES: tuple[str, ...] = ("gausslegendre", "riemann_trapezoid", "riemann_left
 #: The published Agg2Exp rule (not in Captum): ``n`` equally weighted points ``linspace(0, 1, n)``, both ends included.
 PAPER_IG_RULE = "uniform_inclusive"
 
-GRADIENT_OPTIONS = {"batch_size", "vectorize"}
-SMOOTHGRAD_OPTIONS = GRADIENT_OPTIONS | {"n_samples", "noise_level", "stdev", "seed"}
-IG_OPTIONS = GRADIENT_OPTIONS | {"n_steps", "integration", "baseline", "baseline_value", "baseline_sigma", "blur_sigma", "seed"}
-
 
 def integration_points(n_steps: int, rule: str = "gausslegendre") -> tuple[Tensor, Tensor]:
     """Points ``alpha_k`` in ``[0, 1]`` and weights ``w_k`` (summing to 1) of an IG rule.

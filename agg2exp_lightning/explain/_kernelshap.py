@@ -21,9 +21,6 @@ from agg2exp_lightning.explain._predictor import Predictor
 from agg2exp_lightning.explain.baselines import make_baseline
 from agg2exp_lightning.utils.options import look_up_option, positive_int
 
-KERNELSHAP_OPTIONS = {"n_samples", "baseline", "baseline_value", "batch_size", "seed", "paired", "spread", "reuse_windows"}
-CUBE_OPTIONS = KERNELSHAP_OPTIONS | {"cubes_per_axis"}
-
 #: Largest feature count for which full enumeration is considered.
 _MAX_ENUMERATED_FEATURES = 20
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -10,14 +10,14 @@ from torch import Tensor
 
 from agg2exp_lightning.errors import NonFiniteError
 from agg2exp_lightning.utils import tensor_argument
-from agg2exp_lightning.utils.options import did_you_mean, look_up_option, nearest, nonnegative_float, positive_int
+from agg2exp_lightning.utils.options import look_up_option, nearest, nonnegative_float, positive_int
 
 __all__ = [  # the shared checks are re-exported for the engine's modules
-    "ALIASES", "METHODS", "CanonicalMethodName", "check_image", "check_label_map", "check_options", "check_targets", "check_window",
-    "look_up_option", "nonnegative_float", "positive_int", "resolve_method_name",
+    "CanonicalMethodName", "check_image", "check_label_map", "check_options", "check_targets", "check_window",
+    "look_up_option", "nonnegative_float", "positive_int",
 ]
 
-#: Canonical method names, in the order of the paper: the one list of them.
+#: The paper's method names, in its order (the table of every method: :mod:`agg2exp_lightning.explain.methods`).
 CanonicalMethodName = Literal[
     "vanilla_gradient",
     "smoothgrad",
@@ -25,59 +25,6 @@ CanonicalMethodName = Literal[
     "kernelshap_cubes",
     "kernelshap_semantic",
 ]
-METHODS: tuple[str, ...] = get_args(CanonicalMethodName)
-
-#: Short and alternative spellings accepted by :func:`resolve_method_name`.
-ALIASES: dict[str, str] = {
-    "vg": "vanilla_gradient",
-    "gradient": "vanilla_gradient",
-    "saliency": "vanilla_gradient",
-    "sg": "smoothgrad",
-    "smooth_grad": "smoothgrad",
-    "ig": "integrated_gradients",
-    "integrated_gradient": "integrated_gradients",
-    "ks_cubes": "kernelshap_cubes",
-    "kernel_shap_cubes": "kernelshap_cubes",
-    "ks_semantic": "kernelshap_semantic",
-    "kernel_shap_semantic": "kernelshap_semantic",
-}
-
-
-def resolve_method_name(method: Any) -> Any:
-    """The canonical name of an attribution method, or the Captum class itself.
-
-    Args:
-        method: one of :data:`METHODS`, an alias (``vg``, ``sg``, ``ig``, ``ks_cubes``,
-            ``ks_semantic``; case and ``-``/space insensitive), or a Captum attribution class.
-
-    Returns:
-        The canonical name (``str``), or ``method`` unchanged when it is a class.
-
-    Raises:
-        ValueError: an unknown name (the message suggests the nearest valid one).
-
-    Example:
-        >>> resolve_method_name("SG")
-        'smoothgrad'
-    """
-    if isinstance(method, type):
-        if not callable(getattr(method, "attribute", None)):
-            raise ValueError(
-                f"Expected argument `method` to be a method name or a Captum attribution class with an "
-                f"`attribute` method, but got class {method.__name__}"
-            )
-        return method
-    if not isinstance(method, str):
-        raise ValueError(f"Expected argument `method` to be a string or a Captum attribution class, but got {method!r}")
-    key = method.strip().lower().replace("-", "_").replace(" ", "_")
-    if key in METHODS:
-        return key
-    if key in ALIASES:
-        return ALIASES[key]
-    valid = list(METHODS) + list(ALIASES)
-    raise ValueError(
-        f"Expected argument `method` to be one of {list(METHODS)} (or an alias {sorted(ALIASES)}), got {method!r}{did_you_mean(key, valid)}"
-    )
 
 
 def check_options(method: str, options: Mapping[str, Any], allowed: Iterable[str]) -> None:

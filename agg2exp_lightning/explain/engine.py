@@ -10,7 +10,6 @@ from typing import Any, Literal, Union
 import torch
 from torch import Tensor, nn
 
-from agg2exp_lightning.explain import _gradients, _kernelshap
 from agg2exp_lightning.explain._captum import captum_attributions
 from agg2exp_lightning.explain._predictor import Predictor
 from agg2exp_lightning.explain._sliding_window import window_plan
@@ -21,10 +20,10 @@ from agg2exp_lightning.explain._validation import (
     check_options,
     check_targets,
     check_window,
-    resolve_method_name,
 )
 from agg2exp_lightning.explain.aggregation import roi_importance
 from agg2exp_lightning.explain.memory import available_memory, check_explain_memory, explain_memory_estimate, probe_pass_bytes_per_voxel
+from agg2exp_lightning.explain.methods import AttributionMethod, get_method, resolve_method_name
 from agg2exp_lightning.explain.model_state import explanation_mode
 from agg2exp_lightning.explain.precision import Precision, resolve_precision, with_precision
 from agg2exp_lightning.explain.proxy import proxy_output
@@ -33,18 +32,9 @@ from agg2exp_lightning.utils import look_up_option, positive_int
 
 log = logging.getLogger(__name__)
 
-#: A method by its canonical name or a short alias (:data:`~agg2exp_lightning.explain._validation.ALIASES` has more).
-MethodName = Literal[CanonicalMethodName, "vg", "sg", "ig", "ks_cubes", "ks_semantic"]
-
-#: Keyword options each method accepts, with their defaults documented in :func:`explain`.
-METHOD_OPTIONS: dict[str, set[str]] = {
-    "vanilla_gradient": _gradients.GRADIENT_OPTIONS,
-    "smoothgrad": _gradients.SMOOTHGRAD_OPTIONS,
-    "integrated_gradients": _gradients.IG_OPTIONS,
-    "kernelshap_cubes": _kernelshap.CUBE_OPTIONS,
-    "kernelshap_semantic": _kernelshap.KERNELSHAP_OPTIONS,
-}
-KERNELSHAP_SAMPLES = {"kernelshap_cubes": 1000, "kernelshap_semantic": 200}
+#: A method by its canonical name or a short alias (the method table, :mod:`~agg2exp_lightning.explain.methods`,
+#: has every registered name and alias; any of them is accepted).
+MethodName = Union[Literal[CanonicalMethodName, "vg", "sg", "ig", "ks_cubes", "ks_semantic"], str]
 
 
 @dataclass
@@ -124,7 +114,8 @@ def explain(
         image: ``[1, *S]`` or ``[1, 1, *S]`` preprocessed scan (moved to the model's device).
         method: ``"vanilla_gradient"``, ``"smoothgrad"``, ``"integrated_gradients"``,
             ``"kernelshap_cubes"``, ``"kernelshap_semantic"`` (aliases ``vg``, ``sg``, ``ig``,
-            ``ks_cubes``, ``ks_semantic``), or a Captum attribution class (constructed on a module
+            ``ks_cubes``, ``ks_semantic``), a method added with
+            :func:`~agg2exp_lightning.explain.register_method`, or a Captum attribution class (constructed on a module
             returning all classes' proxies; options go to ``attribute``, ``init_kwargs`` to the
             constructor; one call per target).
         targets: class ids (default: all ``C``).
@@ -206,6 +197,7 @@ class _ExplainRequest:
 
     Attributes:
         name: canonical method name, or a Captum attribution class.
+        spec: the method's row of the method table (``None`` for a Captum class).
         options: the method's keyword options, with the protocol's choices filled in.
         protocol: the resolved protocol (with overrides from ``options``).
         image: ``[1, 1, *S]`` float copy of the scan, on ``device``.
@@ -222,6 +214,7 @@ class _ExplainRequest:
     """
 
     name: Any
+    spec: AttributionMethod | None
     options: dict[str, Any]
     protocol: Protocol
     image: Tensor
@@ -262,9 +255,10 @@ class _ExplainRequest:
     ) -> _ExplainRequest:
         """Check every argument (messages name it); raises ValueError as :func:`explain` documents."""
         name = resolve_method_name(method)
-        if isinstance(name, str):
-            check_options(name, method_options, METHOD_OPTIONS[name])
-        resolved_protocol, options = _apply_protocol(name, protocol, method_options)
+        spec = get_method(name) if isinstance(name, str) else None
+        if spec is not None:
+            check_options(name, method_options, spec.options)
+        resolved_protocol, options = _apply_protocol(spec, protocol, method_options)
         sign = look_up_option("sign", sign, ("abs", "positive", "negative"))
         spatial_dims = positive_int("spatial_dims", spatial_dims)
         if not isinstance(model, nn.Module):
@@ -274,11 +268,8 @@ class _ExplainRequest:
         window = check_window(roi_size, spatial_dims, sw_batch_size, overlap, mode, sigma_scale)
         if targets is not None:
             check_targets(targets, 2**62)  # types, sign and repeats now; the range once C is known
-        if name == "kernelshap_cubes":
-            n_cubes = _kernelshap.cube_feature_mask(spatial, options.get("cubes_per_axis", 8))[1]
-            n = options.get("n_samples", KERNELSHAP_SAMPLES[name])
-            if positive_int("n_samples", n) < n_cubes:
-                raise ValueError(f"Expected argument `n_samples` >= the number of cubes ({n_cubes}) so that the Shapley regression is determined, but got {n}")
+        if spec is not None and spec.check is not None:
+            spec.check(options, spatial)
         device = _model_device(model, x.device)
         limit = available_memory(device) if max_memory is None else float(max_memory)
         if not limit > 0:
@@ -296,7 +287,7 @@ class _ExplainRequest:
             pass_bytes_per_voxel = probe_pass_bytes_per_voxel(
                 with_precision(model, used, device)[0], spatial, None if window is None else window["roi_size"],
                 device=device, dtype=x.dtype, max_memory=limit)
-        return cls(name=name, options=options, protocol=resolved_protocol, image=x, window=window, targets=targets,
+        return cls(name=name, spec=spec, options=options, protocol=resolved_protocol, image=x, window=window, targets=targets,
                    region_map=region_map, num_regions=num_regions, masks=masks, sign=sign, device=device,
                    memory_limit=limit, pass_bytes_per_voxel=float(pass_bytes_per_voxel), precision=used)
 
@@ -317,7 +308,7 @@ class _ExplainRequest:
     def check_memory(self, num_classes: int, num_targets: int) -> None:
         """Refuse (:class:`~agg2exp_lightning.explain.memory.ExplanationTooLarge`) an explanation whose
         estimated peak exceeds the memory limit."""
-        cost_name = self.name if isinstance(self.name, str) else "captum"
+        cost_name = self.name if isinstance(self.name, str) else "captum"  # a Captum class is costed as a gradient method
         roi = None if self.window is None else tuple(self.window["roi_size"])
         estimate = explain_memory_estimate(
             self.spatial, cost_name, num_classes=num_classes, num_targets=num_targets, roi_size=roi,
@@ -352,7 +343,7 @@ def _run_passes(model: nn.Module, request: _ExplainRequest, *, eval_mode: bool, 
             plan = window_plan(request.spatial, window["roi_size"], sw_batch_size=window["sw_batch_size"], overlap=window["overlap"],
                                mode=window["mode"], sigma_scale=window["sigma_scale"], device=request.device, dtype=x.dtype)
         predictor = Predictor(model, plan, [], progress=bool(progress))
-        logits = predictor.predict(x, keep_graph=request.name == "vanilla_gradient")
+        logits = predictor.predict(x, keep_graph=request.spec is not None and request.spec.keep_graph)
         num_classes = int(logits.shape[1])
         target_ids = check_targets(request.targets, num_classes)
         request.check_memory(num_classes, len(target_ids))
@@ -360,7 +351,7 @@ def _run_passes(model: nn.Module, request: _ExplainRequest, *, eval_mode: bool, 
         labels = predictor.labels
         proxy_at_image = proxy_output(logits, labels, target_ids)[0]
         del logits
-        attr, diag = _attribute(request.name, predictor, x, labels, num_classes, target_ids, proxy_at_image, plan, window,
+        attr, diag = _attribute(request.name, request.spec, predictor, x, labels, num_classes, target_ids, proxy_at_image, plan, window,
                                 request.options)
     return _Passes(attributions=attr, diagnostics=diag, labels=labels, num_classes=num_classes, target_ids=target_ids,
                    predictor=predictor, plan=plan)
@@ -407,23 +398,23 @@ def _aggregate(request: _ExplainRequest, passes: _Passes, *, keep_attributions: 
     )
 
 
-def _apply_protocol(name: Any, protocol: ProtocolLike, options: Mapping[str, Any]) -> tuple[Protocol, dict[str, Any]]:
+def _apply_protocol(spec: AttributionMethod | None, protocol: ProtocolLike, options: Mapping[str, Any]) -> tuple[Protocol, dict[str, Any]]:
     """The protocol (method options that set one of its choices recorded as overrides) and the options
-    with the protocol's KernelSHAP ``spread`` / IG ``integration`` filled in."""
+    with the protocol's choices filled in (the method table's ``protocol_options``: the KernelSHAP
+    ``spread``, the IG ``integration``)."""
     resolved = resolve_protocol(protocol)
     options = dict(options)
-    for methods, option, setting in ((("kernelshap_cubes", "kernelshap_semantic"), "spread", "kernelshap_spread"),
-                                     (("integrated_gradients",), "integration", "ig_integration")):
-        if name in methods:
-            if option in options:
-                value = look_up_option(option, options[option], SETTING_CHOICES[setting])
-                resolved = resolved.with_overrides(**{setting: value})
-            options[option] = getattr(resolved, setting)
+    for option, setting in ({} if spec is None else spec.protocol_options).items():
+        if option in options:
+            value = look_up_option(option, options[option], SETTING_CHOICES[setting])
+            resolved = resolved.with_overrides(**{setting: value})
+        options[option] = getattr(resolved, setting)
     return resolved, options
 
 
 def _attribute(
     name: Any,
+    spec: AttributionMethod | None,
     predictor: Predictor,
     x: Tensor,
     labels: Tensor,
@@ -434,23 +425,8 @@ def _attribute(
     window: Mapping[str, Any] | None,
     options: Mapping[str, Any],
 ) -> tuple[Tensor, dict[str, Any]]:
-    """Dispatch to the method; ``([T, *S], diagnostics)``."""
-    if not isinstance(name, str):
+    """Dispatch to the method's implementation (its row of the method table); ``([T, *S], diagnostics)``."""
+    if spec is None:
         return captum_attributions(name, predictor.model, x, labels, num_classes, targets, plan, window, options)
-    if name == "vanilla_gradient":
-        return _gradients.vanilla_gradient(predictor, x, **options)
-    if name == "smoothgrad":
-        return _gradients.smoothgrad(predictor, x, **options)
-    if name == "integrated_gradients":
-        return _gradients.integrated_gradients(predictor, x, proxy_at_image=proxy_at_image, **options)
-    opts = dict(options)
-    opts.setdefault("n_samples", KERNELSHAP_SAMPLES[name])
-    if name == "kernelshap_cubes":
-        feature_mask, m = _kernelshap.cube_feature_mask(tuple(x.shape[2:]), opts.pop("cubes_per_axis", 8), device=x.device)
-    else:
-        feature_mask, present = _kernelshap.semantic_feature_mask(labels)
-        m = len(present)
-    attr, diag = _kernelshap.kernelshap(predictor, x, feature_mask, m, proxy_at_image=proxy_at_image, **opts)
-    if name == "kernelshap_semantic":
-        diag["kernelshap_feature_labels"] = present
-    return attr, diag
+    engine = {"proxy_at_image": proxy_at_image, "labels": labels}
+    return spec.function(predictor, x, **{k: engine[k] for k in spec.engine_values}, **options)

@@ -85,8 +85,9 @@ def explain_memory_estimate(
 
     Args:
         spatial: spatial size ``S`` of the volume.
-        method: canonical method name (``vanilla_gradient``, ``smoothgrad``, ``integrated_gradients``,
-            ``kernelshap_cubes``, ``kernelshap_semantic``; anything else is costed like a gradient method).
+        method: a method of the method table (name or alias; costed by its row's ``cost`` and
+            ``keep_graph``, :mod:`~agg2exp_lightning.explain.methods`), or ``"captum"`` for a Captum
+            attribution class (costed as a gradient method).
         num_classes: output classes ``C`` of the model.
         num_targets: explained classes ``T``.
         roi_size: sliding-window size, or ``None`` for one pass over the whole volume.
@@ -98,14 +99,20 @@ def explain_memory_estimate(
     Returns:
         A :class:`MemoryEstimate` in bytes.
 
+    Raises:
+        ValueError: ``method`` is neither a registered method nor ``"captum"``.
+
     Example:
         >>> est = explain_memory_estimate((512, 512, 512), "vanilla_gradient", num_classes=17, num_targets=17)
         >>> est.total > 2**40  # one pass over 512^3 voxels: over a TiB of activations
         True
     """
     volume = math.prod(int(s) for s in spatial)
-    gradient_method = not method.startswith("kernelshap")
-    batch = 1 if method == "vanilla_gradient" else max(1, int(batch_size))
+    from agg2exp_lightning.explain.methods import get_method
+
+    spec = None if method == "captum" else get_method(method)
+    gradient_method = spec is None or spec.cost == "gradient"
+    batch = 1 if spec is not None and spec.keep_graph else max(1, int(batch_size))
     if roi_size is None:
         padded, pass_voxels = volume, batch * volume
     else:

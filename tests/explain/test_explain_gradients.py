@@ -6,7 +6,9 @@ import pytest
 import torch
 from captum.attr import IntegratedGradients, Saliency
 
-from agg2exp_lightning.explain import IG_RULES, explain, gaussian_blur, integration_points, make_baseline, proxy_output
+from agg2exp_lightning.explain import explain, make_baseline, proxy_output
+from agg2exp_lightning.explain._gradients import IG_RULES, integration_points
+from agg2exp_lightning.explain.baselines import gaussian_blur
 
 
 def _proxy_fn(model, image):

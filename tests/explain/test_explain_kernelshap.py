@@ -5,10 +5,9 @@ import pytest
 import torch
 from captum.attr import KernelShap
 
-from agg2exp_lightning.explain import (
+from agg2exp_lightning.explain import explain, proxy_output
+from agg2exp_lightning.explain._kernelshap import (
     cube_feature_mask,
-    explain,
-    proxy_output,
     sample_coalitions,
     semantic_feature_mask,
     shapley_kernel_weight,

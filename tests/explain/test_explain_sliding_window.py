@@ -6,7 +6,9 @@ import torch
 from captum.attr import InputXGradient, Saliency
 from monai.inferers import sliding_window_inference
 
-from agg2exp_lightning.explain import blended_logits, cube_feature_mask, explain, proxy_output, window_plan
+from agg2exp_lightning.explain import explain, proxy_output
+from agg2exp_lightning.explain._kernelshap import cube_feature_mask
+from agg2exp_lightning.explain._sliding_window import blended_logits, window_plan
 
 from explain_models import SmoothConvNet, shapley_from_values  # noqa: I001 - beside this file
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from agg2exp_lightning.explain import explain, integration_points, roi_importance
+from agg2exp_lightning.explain import explain, roi_importance
+from agg2exp_lightning.explain._gradients import integration_points
 from agg2exp_lightning.protocols import PROTOCOLS, get_protocol, resolve_protocol
 
 from explain_models import RegionNet
