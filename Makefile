@@ -8,7 +8,10 @@ TORCH_INDEX_URL ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 
-.PHONY: demo test install browser clean
+# PYTEST_WORKERS   pytest-xdist workers for `make test` (default: one per core; 0 runs in one process)
+PYTEST_WORKERS ?= auto
+
+.PHONY: demo test test-fast install browser clean
 
 install: $(STAMP)
 
@@ -23,9 +26,15 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) train.py demo
 
+# The whole suite on every core, then the 25 slowest tests. `make test-fast` leaves out the slow end-to-end
+# tests (marked `slow`) for a quick check while developing.
 test: $(STAMP) browser
 	$(PY) -m ruff check .
-	WANDB_MODE=disabled $(PY) -m pytest $(PYTEST_ARGS)
+	WANDB_MODE=disabled $(PY) -m pytest -n $(PYTEST_WORKERS) --durations=25 $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m ruff check .
+	WANDB_MODE=disabled $(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" --durations=10 $(PYTEST_ARGS)
 
 # The report test opens report.html in a real headless browser (Debian's chromium).
 browser:

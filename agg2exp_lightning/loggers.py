@@ -131,6 +131,12 @@ class SaveConfigToWandb(SaveConfigCallback):
         if not loggers or not trainer.is_global_zero:
             return
         config = resolved_config(self.parser, self.config)
+        choice = getattr(trainer, "precision_choice", None)
+        if choice is not None:  # what precision "auto" picked on this machine, and why
+            from agg2exp_lightning.utils.hardware import hardware_summary
+
+            config["precision_choice"] = choice.as_dict()
+            config["hardware"] = hardware_summary()
         for logger in loggers:
             try:
                 logger.experiment.config.update(config, allow_val_change=True)

@@ -9,6 +9,22 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+# precision "auto" resolves to fp32 in the tests, whatever the CPU: results and durations do not depend on
+# whether this CPU has native bfloat16 (tests of "auto" itself set or clear it).
+os.environ.setdefault("AGG2EXP_AUTO_PRECISION", "fp32")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker gets an equal share of the cores (one torch thread on 2 cores with 2 workers),
+    so that two workers' tensor ops do not fight over the same cores; subprocesses inherit it through the env."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ from agg2exp_lightning.explain.aggregation import roi_importance
 from agg2exp_lightning.explain.memory import available_memory, check_explain_memory, explain_memory_estimate, probe_pass_bytes_per_voxel
 from agg2exp_lightning.explain.methods import AttributionMethod, get_method, resolve_method_name
 from agg2exp_lightning.explain.model_state import explanation_mode
-from agg2exp_lightning.explain.precision import Precision, resolve_precision, with_precision
+from agg2exp_lightning.explain.precision import Precision, precision_choice, with_precision
 from agg2exp_lightning.explain.proxy import proxy_output
 from agg2exp_lightning.protocols import SETTING_CHOICES, Protocol, ProtocolLike, resolve_protocol
 from agg2exp_lightning.utils import look_up_option, positive_int
@@ -96,7 +96,7 @@ def explain(
     max_memory: float | None = None,
     pass_bytes_per_voxel: float | None = None,
     protocol: ProtocolLike = None,
-    precision: Precision = "fp32",
+    precision: Precision = "auto",
     **method_options: Any,
 ) -> ExplanationResult:
     """Explain a segmentation model's prediction of ``image`` for each target class (Agg2Exp).
@@ -138,10 +138,11 @@ def explain(
         pass_bytes_per_voxel: activation memory of the model's forward+backward pass per input voxel,
             for that estimate (default: measured once per model by a probe pass at the window size, or
             at most 96^3, :func:`~agg2exp_lightning.explain.memory.probe_pass_bytes_per_voxel`).
-        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the model's passes under
-            ``torch.autocast`` (:mod:`~agg2exp_lightning.explain.precision`; proxies, gradients,
-            regression and aggregation stay fp32). On a CPU without native bfloat16, ``"bf16"``
-            runs in fp32; ``diagnostics["precision"]`` records what ran.
+        precision: ``"auto"`` (default: bf16 where the device runs it natively, fp32 elsewhere), ``"fp32"``,
+            ``"bf16"`` or ``"fp16"``: the model's passes under ``torch.autocast``
+            (:mod:`~agg2exp_lightning.explain.precision`; proxies, gradients, regression and aggregation stay
+            fp32). An explicit bf16 on a CPU without native bfloat16 is obeyed with a warning (emulated: slow).
+            ``diagnostics["precision"]`` records what ran and ``diagnostics["precision_reason"]`` why.
         protocol: ``"corrected"`` (default), ``"paper"`` or a
             :class:`~agg2exp_lightning.protocols.Protocol`: gives the KernelSHAP ``spread``, the IG
             ``integration`` rule and the share of an empty region (``empty_regions``) unless a method
@@ -228,6 +229,7 @@ class _ExplainRequest:
     memory_limit: float
     pass_bytes_per_voxel: float
     precision: str = "fp32"
+    precision_reason: str = ""
 
     @classmethod
     def from_arguments(
@@ -251,7 +253,7 @@ class _ExplainRequest:
         pass_bytes_per_voxel: float | None,
         protocol: ProtocolLike,
         method_options: Mapping[str, Any],
-        precision: str = "fp32",
+        precision: str = "auto",
     ) -> _ExplainRequest:
         """Check every argument (messages name it); raises ValueError as :func:`explain` documents."""
         name = resolve_method_name(method)
@@ -282,14 +284,16 @@ class _ExplainRequest:
         masks = {}
         for key, m in (extra_masks or {}).items():
             masks[str(key)] = check_label_map(f"extra_masks[{key!r}]", torch.as_tensor(m).long(), spatial, device).bool()
-        used = resolve_precision(precision, device)
+        choice = precision_choice(precision, device)
+        used = choice.used
         if pass_bytes_per_voxel is None:  # one probe pass per model (cached), as the model will run
             pass_bytes_per_voxel = probe_pass_bytes_per_voxel(
                 with_precision(model, used, device)[0], spatial, None if window is None else window["roi_size"],
                 device=device, dtype=x.dtype, max_memory=limit)
         return cls(name=name, spec=spec, options=options, protocol=resolved_protocol, image=x, window=window, targets=targets,
                    region_map=region_map, num_regions=num_regions, masks=masks, sign=sign, device=device,
-                   memory_limit=limit, pass_bytes_per_voxel=float(pass_bytes_per_voxel), precision=used)
+                   memory_limit=limit, pass_bytes_per_voxel=float(pass_bytes_per_voxel), precision=used,
+                   precision_reason=choice.why)
 
     @property
     def spatial(self) -> tuple[int, ...]:
@@ -380,6 +384,7 @@ def _aggregate(request: _ExplainRequest, passes: _Passes, *, keep_attributions: 
     diag.update(counter.as_dict())
     diag["protocol"] = request.protocol.as_dict()
     diag["precision"] = request.precision
+    diag["precision_reason"] = request.precision_reason
     diag["targets_absent"] = [c for c in target_ids if c not in present]
     if passes.plan is not None:
         diag["windows"] = passes.plan.num_windows

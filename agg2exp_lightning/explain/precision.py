@@ -4,10 +4,10 @@ Only the network runs in reduced precision; its logits come back in the input's 
 the blending of windows, the gradient accumulators, the Shapley regression and the aggregation stay
 in full precision. Gradients flow through autocast to the full-precision input.
 
-On CUDA, ``"bf16"`` and ``"fp16"`` use the tensor cores. On CPU, autocast helps only where the
-processor has bfloat16 instructions (AVX-512 BF16 / AMX, reported by oneDNN); elsewhere ``"bf16"``
-falls back to fp32 with a log message. ``"fp16"`` on CPU runs as asked (it was slower than fp32 on
-the CPU measured in docs/benchmarks.md).
+``"auto"`` (the default) is bf16 where the device runs it natively (a CUDA device that supports it; a CPU
+with AVX512_BF16 or AMX, as oneDNN reports it) and fp32 elsewhere
+(:func:`agg2exp_lightning.utils.hardware.choose_precision`, which says why). An explicit precision is
+obeyed: ``"bf16"`` on a CPU without native bfloat16 runs emulated, with a warning that it will be slow.
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from agg2exp_lightning.utils import look_up_option
+from agg2exp_lightning.utils.hardware import PrecisionChoice, choose_precision, native_bf16
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _WRAPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one wrapper per model and precision
 
@@ -50,28 +51,31 @@ class AutocastModel(nn.Module):
 
 
 def cpu_supports_bf16() -> bool:
-    """Whether oneDNN reports native bfloat16 support (AVX-512 BF16 or AMX) on this CPU."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """Whether this CPU runs bfloat16 natively (oneDNN reports AVX512_BF16 or AMX)."""
+    return native_bf16("cpu")[0]
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """The precision an explanation on ``device`` runs at: ``precision``, or ``"fp32"`` where it cannot help.
+def precision_choice(precision: str, device: torch.device | str) -> PrecisionChoice:
+    """What ``precision`` means for an explanation on ``device``: what runs, and why.
+
+    ``"auto"`` is bf16 where native, fp32 elsewhere; an explicit precision is obeyed (an emulated bf16
+    with a warning). Autocast is used only on CUDA and CPU: elsewhere every precision runs as fp32.
 
     Raises:
         ValueError: ``precision`` is not one of :data:`PRECISIONS` (with the nearest spelling).
     """
     precision = look_up_option("precision", precision, PRECISIONS)
     device = torch.device(device)
-    if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
-        log.info("precision='bf16': this CPU has no native bfloat16 instructions, so it would be slower; running in fp32")
-        return "fp32"
-    if precision != "fp32" and device.type not in ("cuda", "cpu"):
-        log.info("precision=%r: autocast is not used on %s; running in fp32", precision, device.type)
-        return "fp32"
-    return precision
+    if device.type not in ("cuda", "cpu"):
+        if precision not in ("auto", "fp32"):
+            log.info("precision=%r: autocast is not used on %s; running in fp32", precision, device.type)
+        return PrecisionChoice(precision, "fp32", f"autocast is not used on {device.type}")
+    return choose_precision(precision, device)
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """The precision an explanation on ``device`` runs at (:func:`precision_choice`'s ``used``)."""
+    return precision_choice(precision, device).used
 
 
 def with_precision(model: nn.Module, precision: str, device: torch.device | str) -> tuple[nn.Module, str]:

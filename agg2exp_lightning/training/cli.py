@@ -19,6 +19,7 @@ from agg2exp_lightning.model import SegmentationModule
 from agg2exp_lightning.training import run
 from agg2exp_lightning.training.configs import named_configs
 from agg2exp_lightning.training.errors import TrainingError, disk_error_in_chain, errno_text
+from agg2exp_lightning.training.trainer import AutoPrecisionTrainer
 from agg2exp_lightning.utils.allocator import keep_freed_memory
 
 __all__ = ["TrainCLI", "build_cli", "main"]
@@ -105,6 +106,7 @@ def build_cli(args: list[str]) -> TrainCLI:
     return TrainCLI(
         SegmentationModule,
         ThoraxDataModule,
+        trainer_class=AutoPrecisionTrainer,  # precision "auto": bf16 only where the hardware runs it natively
         args=args,
         seed_everything_default=0,
         save_config_callback=SaveConfigToWandb,  # config.yaml in the run folder, and the full config in a W&B run

@@ -50,7 +50,20 @@ def prepare_run(trainer: Any, seed: Any) -> Path:
             check_writable(folder, what)
         for cb in trainer.checkpoint_callbacks:
             remove_stale_partials(cb.dirpath)
+        _record_hardware(trainer, run_dir)
     return run_dir
+
+
+def _record_hardware(trainer: Any, run_dir: Path) -> None:
+    """``<run>/hardware.json``: the machine and the precision chosen for it (what ``auto`` picked and why)."""
+    from agg2exp_lightning.utils import atomic_write_json
+    from agg2exp_lightning.utils.hardware import hardware_summary
+
+    choice = getattr(trainer, "precision_choice", None)
+    record = {"hardware": hardware_summary(), "precision": choice.as_dict() if choice is not None else {"used": str(trainer.precision)}}
+    if choice is not None:
+        log.info("training precision %s (asked %s): %s", choice.used, choice.asked, choice.why)
+    atomic_write_json(run_dir / "hardware.json", record)
 
 
 @contextlib.contextmanager

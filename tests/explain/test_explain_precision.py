@@ -42,14 +42,37 @@ def test_bf16_on_cpu_runs_the_model_in_bf16_and_returns_fp32():
     assert isinstance(wrapped, AutocastModel) and with_precision(net, "bf16", "cpu")[0] is wrapped  # one wrapper per model
 
 
-def test_bf16_falls_back_to_fp32_where_the_cpu_has_no_bf16(monkeypatch):
-    import agg2exp_lightning.explain.precision as precision
+def test_auto_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, caplog):
+    """precision="auto" (the default) follows the hardware; an explicit bf16 on a CPU without it is obeyed, with a warning."""
+    import logging
 
-    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
-    assert resolve_precision("bf16", "cpu") == "fp32"
+    import agg2exp_lightning.utils.hardware as hardware
+
+    monkeypatch.delenv(hardware.AUTO_PRECISION_ENV, raising=False)
+    for native, expected in ((False, torch.float32), (True, torch.bfloat16)):
+        monkeypatch.setattr(hardware, "_cpu_bf16", lambda native=native: native)
+        net = DtypeProbe()
+        res = explain(net, torch.rand(1, 6, 6, 6), method="vg", pass_bytes_per_voxel=0)  # default: auto
+        assert set(net.seen) == {expected}
+        assert res.diagnostics["precision"] == ("bf16" if native else "fp32")
+        assert ("native bfloat16" in res.diagnostics["precision_reason"]) and (("no native" in res.diagnostics["precision_reason"]) != native)
+    monkeypatch.setattr(hardware, "_cpu_bf16", lambda: False)
     net = DtypeProbe()
-    res = explain(net, torch.rand(1, 6, 6, 6), method="vg", precision="bf16", pass_bytes_per_voxel=0)
-    assert set(net.seen) == {torch.float32} and res.diagnostics["precision"] == "fp32"
+    with caplog.at_level(logging.WARNING, logger="agg2exp_lightning.utils.hardware"):
+        res = explain(net, torch.rand(1, 6, 6, 6), method="vg", precision="bf16", pass_bytes_per_voxel=0)
+    assert set(net.seen) == {torch.bfloat16} and res.diagnostics["precision"] == "bf16"
+    assert any("emulated" in r.getMessage() and "slow" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_can_be_pinned_by_the_environment(monkeypatch):
+    import agg2exp_lightning.utils.hardware as hardware
+
+    monkeypatch.setattr(hardware, "_cpu_bf16", lambda: True)
+    monkeypatch.setenv(hardware.AUTO_PRECISION_ENV, "fp32")
+    assert resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setenv(hardware.AUTO_PRECISION_ENV, "fp8")
+    with pytest.raises(ValueError, match="AGG2EXP_AUTO_PRECISION"):
+        resolve_precision("auto", "cpu")
 
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="CPU without native bfloat16")

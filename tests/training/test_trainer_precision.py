@@ -1,0 +1,86 @@
+"""precision "auto" in training: bf16-mixed only where the hardware runs bfloat16 natively, said and recorded."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+import agg2exp_lightning.utils.hardware as hardware
+from agg2exp_lightning.training.cli import main
+from agg2exp_lightning.training.trainer import AutoPrecisionTrainer, resolve_trainer_precision
+
+
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Set whether 'this CPU' has native bf16; 'auto' unpinned (the suite pins it to fp32)."""
+    monkeypatch.delenv(hardware.AUTO_PRECISION_ENV, raising=False)
+
+    def set_native(native: bool) -> None:
+        monkeypatch.setattr(hardware, "_cpu_bf16", lambda: native)
+
+    return set_native
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16-mixed"), (False, "32-true")])
+def test_auto_follows_the_cpu(cpu_bf16, native, expected):
+    cpu_bf16(native)
+    choice = resolve_trainer_precision("auto", "cpu")
+    assert (choice.asked, choice.used) == ("auto", expected)
+    assert ("no native bfloat16" in choice.why) != native
+    trainer = AutoPrecisionTrainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    assert trainer.precision == expected and trainer.precision_choice == choice
+
+
+def test_explicit_bf16_on_a_cpu_without_it_is_obeyed_with_a_warning(cpu_bf16, caplog):
+    cpu_bf16(False)
+    with caplog.at_level(logging.WARNING, logger="agg2exp_lightning.utils.hardware"):
+        trainer = AutoPrecisionTrainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_progress_bar=False)
+    assert trainer.precision == "bf16-mixed"
+    assert [r for r in caplog.records if "emulated" in r.getMessage()]
+    assert AutoPrecisionTrainer(accelerator="cpu", precision=32, logger=False).precision == "32-true"
+
+
+def test_an_unknown_precision_is_one_line_naming_it(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"'fp8' is not a precision Lightning knows; expected one of auto, 32, 32-true, bf16"):
+        resolve_trainer_precision("fp8", "cpu")
+    rc = main(["fit", "--config", "demo", "--trainer.precision=fp8", f"--trainer.default_root_dir={tmp_path}",
+               f"--trainer.logger.init_args.save_dir={tmp_path}", f"--data.data_root={tmp_path / 'none'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "'fp8'" in err[0] and "bf16-mixed" in err[0]
+
+
+def test_bf16_on_a_cuda_device_without_it_is_refused(monkeypatch):
+    monkeypatch.setattr(hardware, "native_bf16", lambda device="cpu": (False, "CUDA device Old GPU has no bfloat16 support"))
+    import agg2exp_lightning.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "native_bf16", hardware.native_bf16)
+    with pytest.raises(ValueError, match="Old GPU has no bfloat16 support; it supports 32-true and 16-mixed"):
+        resolve_trainer_precision("bf16-mixed", "cuda")
+
+
+def test_the_demo_config_asks_auto_and_the_run_records_the_choice(tmp_path, cpu_bf16, tiny_cohort, tiny_model_args):
+    """A one-epoch run with the demo config: hardware.json names the CPU and what 'auto' became, and why."""
+    from agg2exp_lightning.training.configs import named_configs
+    from agg2exp_lightning.training.run import train
+
+    assert "precision: auto" in named_configs()["demo"].read_text()
+    cpu_bf16(False)
+    train(["fit", "--config", "demo", f"--data.data_root={tiny_cohort}", "--data.synthetic_cohort=null",
+           "--data.spacing=[8.0, 8.0, 8.0]", "--data.roi_size=[32, 32, 32]", *tiny_model_args, "--trainer.max_epochs=1",
+           "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1", "--trainer.logger=false",
+           "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false", f"--trainer.default_root_dir={tmp_path}",
+           "--resume=never"])
+    record = json.loads((tmp_path / "hardware.json").read_text())
+    assert record["precision"]["asked"] == "auto" and record["precision"]["used"] == "32-true"
+    assert "no native bfloat16" in record["precision"]["why"]
+    assert record["hardware"]["cpu"] == hardware.cpu_model() and record["hardware"]["cores"] >= 1
+
+
+def test_hardware_line_names_cpu_vector_units_and_bf16():
+    line = hardware.hardware_line({"cpu": "AMD EPYC 7B13", "cores": 2, "vector": "AVX2", "cpu_flags": ["avx2"],
+                                   "native_bf16_cpu": False, "onednn_max_cpu_isa": None, "gpu": [], "torch": "2.13.0"})
+    assert line == ("Hardware: AMD EPYC 7B13 (2 cores; torch CPU kernels AVX2; flags avx2; native bf16: no); "
+                    "GPU: none; torch 2.13.0")
+    live = hardware.hardware_line()
+    assert hardware.cpu_model() in live and "native bf16:" in live
