@@ -20,6 +20,8 @@ import os
 import time
 from pathlib import Path
 
+from agg2exp_lightning.utils.hardware import hardware_line
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("--split", default="train", help="split of the new cohort to audit (default: train, the largest)")
     parser.add_argument("--method", default="vanilla_gradient")
     args = parser.parse_args()
+    print(hardware_line(), flush=True)
     os.environ.setdefault("WANDB_MODE", "disabled")
 
     import pandas as pd

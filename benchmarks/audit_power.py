@@ -44,6 +44,7 @@ import pandas as pd
 
 from agg2exp_lightning.analysis.proportions import format_rate
 from agg2exp_lightning.utils import atomic_write_text
+from agg2exp_lightning.utils.hardware import hardware_line, hardware_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Generator columns that hold the truth: used for scoring, never given to the audit.
@@ -260,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "scanner_q": [s["scanner_q"] for s in per_seed],
         "seeds": len(per_seed),
     }
+    summary["hardware"] = hardware_summary()
     atomic_write_text(out / "results.json", json.dumps(summary, indent=1, default=float))
     lines = [f"pool {len(pool)} scans; {args.cohort_seeds} cohorts of {per_seed[0]['n_audited']} audited + {per_seed[0]['n_reference']} reference scans; "
              f"method {args.method}; targets {targets or 'all'}",
@@ -275,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
               f"outlier-proportion tests {format_rate(alarms['outliers'], n_null)}, either family {format_rate(alarms['either'], n_null)}, "
               f"both pooled in one BH family {format_rate(alarms['pooled'], n_null)}",
               "seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items())]
+    lines.insert(0, hardware_line())
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

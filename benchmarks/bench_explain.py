@@ -50,6 +50,7 @@ import torch
 from agg2exp_lightning.explain import explain, explanation_mode, get_method, proxy_output
 from agg2exp_lightning.explain._kernelshap import cube_feature_mask
 from agg2exp_lightning.utils import atomic_write_text
+from agg2exp_lightning.utils.hardware import hardware_line
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -391,7 +392,7 @@ def main() -> None:
                     "costs our run's window passes at sw_batch_size windows per pass; 'without reuse' is the limit of every "
                     "KernelSHAP coalition (and the baseline and prediction) through every window.\n" if plan is not None else "")
                  + "Memory: peak RSS minus RSS before the call, sampled every 5 ms from /proc/self/statm.\n")
-    table = "\n".join(lines)
+    table = hardware_line() + "\n\n" + "\n".join(lines)
     print("\n" + table)
     atomic_write_text(args.out, table)
     print(f"written to {args.out}")

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from agg2exp_lightning.utils import atomic_write_text
+from agg2exp_lightning.utils.hardware import hardware_line
 
 
 def _model(feature_size: int, device: str) -> torch.nn.Module:
@@ -120,6 +121,7 @@ def main() -> None:
         lines.append(f"| {r['case']} | {r['probe']} | {r['bpv']:.0f} | {r['measured']:.0f} | {r['estimate']:.0f} | {r['ratio']:.2f} "
                      f"| {r['fixed_ratio']:.2f} |")
     text = "\n".join(lines) + "\n"
+    text = hardware_line() + "\n\n" + text
     print(text)
     atomic_write_text(args.out, text)
 

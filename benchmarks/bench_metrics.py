@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from agg2exp_lightning.utils.hardware import hardware_line
+
 CASES = ("ours_faithfulness", "quantus_faithfulness", "ours_sensitivity", "quantus_sensitivity")
 
 
@@ -154,6 +156,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     args = p.parse_args()
+    print(hardware_line(), flush=True)
     if args.case:
         print(json.dumps(_run_case(args.case, args)))
         return

@@ -15,6 +15,8 @@ import resource
 import time
 from pathlib import Path
 
+from agg2exp_lightning.utils.hardware import hardware_line
+
 ROOT = Path(__file__).resolve().parents[1]
 NO_MONITORS = ROOT / "tests" / "configs" / "checkpoints_only.yaml"
 
@@ -25,6 +27,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT / "data" / "synthetic_thorax"))
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_monitors"))
     args = parser.parse_args()
+    print(hardware_line(), flush=True)
     os.environ.setdefault("WANDB_MODE", "disabled")
     from agg2exp_lightning.training import train
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from agg2exp_lightning.utils import atomic_write_text
+from agg2exp_lightning.utils.hardware import hardware_line
 
 SETTINGS = {"vanilla_gradient": {}, "smoothgrad": {"n_samples": 4, "seed": 0}, "integrated_gradients": {"n_steps": 4},
             "kernelshap_semantic": {"n_samples": 40, "seed": 0}}
@@ -89,6 +90,7 @@ def main() -> None:
     for m, q, u, s, sp, e, f in rows:
         lines.append(f"| {m} | {q} | {u} | {s:.1f} | {sp:.2f}x | {e:.4f} | {100 * f:.2f}% |")
     text = "\n".join(lines) + "\n"
+    text = hardware_line() + "\n\n" + text
     print(text)
     atomic_write_text(args.out, text)
 

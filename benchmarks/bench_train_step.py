@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from agg2exp_lightning.utils import atomic_write_text
+from agg2exp_lightning.utils.hardware import hardware_line
 
 #: glibc's allocator variables, kept out of every variant's environment (``malloc`` sets them with mallopt).
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['variant']} | {r['s_per_step']:.3f} | {base / r['s_per_step']:.2f}x | {r['user_s_per_step']:.2f} | "
                      f"{r['sys_s_per_step']:.2f} | {r['minor_faults_per_step']:.0f} | {r['peak_rss_mib']:.0f} |")
     text = "\n".join(lines) + "\n"
+    text = hardware_line() + "\n\n" + text
     print(text)
     atomic_write_text(args.out, text)
     return 0

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from agg2exp_lightning.utils.hardware import hardware_line
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help="training epochs per arm (the demo trains 16)")
     parser.add_argument("--data", default=str(REPO / "data" / "synthetic_thorax"), help="demo cohort (generated if absent)")
     args = parser.parse_args()
+    print(hardware_line(), flush=True)
     results = {}
     for weights in (None, "inverse_sqrt_frequency"):
         means, seconds, steps = run(weights, args.epochs, args.data)

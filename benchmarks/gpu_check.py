@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from agg2exp_lightning.utils import atomic_write_text
+from agg2exp_lightning.utils.hardware import hardware_line
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     header, rows = explain_rows(args, device, cfg, deadline)
     command = "python benchmarks/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = table(header, rows, tests, metrics, time.perf_counter() - start, command.strip())
+    text = hardware_line() + "\n\n" + text
     print("\n" + text)
     atomic_write_text(out, text)
     print(f"written to {out}")

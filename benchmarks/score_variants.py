@@ -34,6 +34,8 @@ from sklearn.ensemble import IsolationForest
 sys.path.insert(0, str(Path(__file__).parent))
 import audit_power as ap  # noqa: E402  (the benchmark's pool loading, cohort draws and AUC)
 
+from agg2exp_lightning.utils.hardware import hardware_line
+
 CONDITIONS = ("metal_artefact", "mirrored_heart", "missing_lobe", "pleural_effusion", "degraded_scanner")
 
 
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ap.ROOT / "runs" / "audit_power", help="audit_power's --out folder")
     p.add_argument("--seeds", type=int, default=5)
     args = p.parse_args(argv)
+    print(hardware_line(), flush=True)
     from agg2exp_lightning.analysis.tables import parse_explanation_table
     from agg2exp_lightning.labels import THORAX_CLASSES
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from agg2exp_lightning.data.phantom import generate_subject
 from agg2exp_lightning.data.synthetic import generate_cohort
+from agg2exp_lightning.utils.hardware import hardware_line
 
 GRIDS = (((80, 80, 80), 4.0), ((64, 64, 64), 5.0), ((40, 40, 40), 8.0))
 
@@ -21,6 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    print(hardware_line(), flush=True)
     rows = []
     for shape, spacing in GRIDS:
         times = []

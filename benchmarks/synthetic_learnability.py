@@ -18,6 +18,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from agg2exp_lightning.data.phantom import generate_subject
 from agg2exp_lightning.data.synthetic import SCANNERS
 from agg2exp_lightning.labels import THORAX_CLASSES, load_structure_mapping
+from agg2exp_lightning.utils.hardware import hardware_line
 
 
 def features(index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,6 +40,7 @@ def features(index: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
+    print(hardware_line(), flush=True)
     start = time.perf_counter()
     train = [features(i) for i in range(6)]
     test = [features(i) for i in range(100, 103)]

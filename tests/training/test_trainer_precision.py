@@ -75,12 +75,3 @@ def test_the_demo_config_asks_auto_and_the_run_records_the_choice(tmp_path, cpu_
     assert record["precision"]["asked"] == "auto" and record["precision"]["used"] == "32-true"
     assert "no native bfloat16" in record["precision"]["why"]
     assert record["hardware"]["cpu"] == hardware.cpu_model() and record["hardware"]["cores"] >= 1
-
-
-def test_hardware_line_names_cpu_vector_units_and_bf16():
-    line = hardware.hardware_line({"cpu": "AMD EPYC 7B13", "cores": 2, "vector": "AVX2", "cpu_flags": ["avx2"],
-                                   "native_bf16_cpu": False, "onednn_max_cpu_isa": None, "gpu": [], "torch": "2.13.0"})
-    assert line == ("Hardware: AMD EPYC 7B13 (2 cores; torch CPU kernels AVX2; flags avx2; native bf16: no); "
-                    "GPU: none; torch 2.13.0")
-    live = hardware.hardware_line()
-    assert hardware.cpu_model() in live and "native bf16:" in live
