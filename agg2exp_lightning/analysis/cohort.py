@@ -239,6 +239,7 @@ def analyze_cohort(
     merges: Mapping[str, Sequence[str]] | None = None,
     contamination: float = DEFAULT_CONTAMINATION,
     n_bootstrap: int | None = None,
+    reference_notes: Sequence[str] = (),
 ) -> CohortAnalysis:
     """Run the cohort analysis: RoI importance, anomalies, correlation with Dice, bias tests.
 
@@ -259,6 +260,8 @@ def analyze_cohort(
             outliers stay the paper's ``predict == -1``).
         n_bootstrap: bootstrap resamples of the score tests' effect-size CIs (default
             :data:`~agg2exp_lightning.analysis.bias.N_BOOTSTRAP`).
+        reference_notes: what the caller knows about the reference set that limits the flag's bound
+            (e.g. it is the training split): logged and written first among ``scan_anomaly.notes``.
 
     Returns:
         A :class:`CohortAnalysis`.
@@ -290,7 +293,7 @@ def analyze_cohort(
         flags[np.isnan(anomaly.scores[:, i])] = pd.NA
         groups[a] = flags
     bias = bias_tests(table.metadata, groups, seed=seed)
-    scan, worklist, notes = _scan_level(table, reference, contamination, random_state)
+    scan, worklist, notes = _scan_level(table, reference, contamination, random_state, reference_notes)
     score_bias = None
     if scan is not None:
         from agg2exp_lightning.analysis.bias import N_BOOTSTRAP
@@ -324,14 +327,14 @@ def analyze_cohort(
 
 
 def _scan_level(table: ExplanationTable, reference: ExplanationTable | None, contamination: float,
-                random_state: int) -> tuple[ScanAnomalyResult | None, list[dict[str, Any]], list[str]]:
+                random_state: int, reference_notes: Sequence[str] = ()) -> tuple[ScanAnomalyResult | None, list[dict[str, Any]], list[str]]:
     """The calibrated scan-level score and worklist, falling back to the audited scans as their own
     reference when the reference set is too small; notes say what was done instead or skipped."""
     from agg2exp_lightning.analysis.anomaly import check_contamination
 
     contamination = check_contamination(contamination)  # before anything else: a bad value is the caller's
-    notes: list[str] = []
     ref_mass = None if reference is None else reference.mass
+    notes: list[str] = list(reference_notes) if ref_mass is not None and len(ref_mass) >= MIN_REFERENCE_SCANS else []
     if ref_mass is not None and len(ref_mass) < MIN_REFERENCE_SCANS:
         notes.append(f"the reference set has {len(ref_mass)} scans, fewer than the {MIN_REFERENCE_SCANS} the cross-fitted "
                      "forests of the scan-level score need; the audited scans are their own reference instead")

@@ -51,8 +51,10 @@ def audit(
         data: a TotalSegmentator v2 root, or a manifest CSV (``image``, ``label``, metadata columns).
         method: attribution method (``vanilla_gradient``, ``smoothgrad``, ``integrated_gradients``,
             ``kernelshap_cubes``, ``kernelshap_semantic`` or an alias such as ``sg``).
-        reference: a split to fit the Isolation Forests on (the paper: ``"train"``); ``None`` fits them on
-            the audited scans.
+        reference: a split to fit the Isolation Forests on and calibrate the scan-level score against
+            (the paper: ``"train"``); ``"auto"``: a held-out split where the data has one, else the training
+            split with a note that the bound assumes exchangeable scans (the CLI's default); ``None`` fits
+            them on the audited scans.
         out: the audit folder (report, tables, figures, per-scan work); rerunning resumes it. ``None``
             writes to a new temporary folder (logged).
         split: the split to audit.
@@ -87,7 +89,7 @@ def audit(
     Example:
         >>> from agg2exp_lightning.audit import audit
         >>> analysis = audit("runs/demo/checkpoints/best.ckpt", "data/synthetic_thorax", method="vanilla_gradient",
-        ...                  reference="train", out="runs/audit_demo")  # doctest: +SKIP
+        ...                  reference="val", out="runs/audit_demo")  # doctest: +SKIP
         >>> analysis.reliance  # doctest: +SKIP
     """
     from agg2exp_lightning.audit.checkpoint_audit import run_checkpoint_audit

@@ -11,6 +11,7 @@ from typing import Any
 from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
 from agg2exp_lightning.analysis.regions import resolve_merges
 from agg2exp_lightning.audit.outputs import AuditOutputs
+from agg2exp_lightning.audit.reference import TRAINING_REFERENCE_NOTE, choose_reference_split
 from agg2exp_lightning.audit.scan_prediction import ScanExplainer
 from agg2exp_lightning.errors import DataError
 from agg2exp_lightning.protocols import ProtocolLike, resolve_protocol
@@ -132,9 +133,11 @@ def run_checkpoint_audit(
         method: attribution method passed to the explainer (e.g. ``smoothgrad``).
         method_options: keyword options of the method (e.g. ``{"n_samples": 10}``).
         split: the split to audit.
-        reference_split: a split to fit the Isolation Forests on (paper: ``train``); ``"auto"``:
-            ``train`` where the data has one and another split is audited; ``None`` fits
-            on the audited scans.
+        reference_split: a split to fit the Isolation Forests on and calibrate the scan-level score
+            against (paper: ``train``); ``"auto"``: a held-out split (``val``) where the data has one
+            besides the audited split, else ``train`` with a note that the bound assumes exchangeable
+            scans (:func:`~agg2exp_lightning.audit.reference.choose_reference_split`); ``None``: the
+            audited scans.
         spacing: resampling spacing in mm; default the model source's (training data module, bundle
             preprocessing), else 1.5 mm.
         roi_size: sliding-window size of the explanations (default: the source's; none: whole volumes).
@@ -194,9 +197,13 @@ def run_checkpoint_audit(
         window = {**window, "roi_size": tuple(int(r) for r in roi_size)}
     roi = window.get("roi_size")
     sets = {"audited": select_split(records, split, source=source)}
-    if reference_split == "auto":  # the training split where there is one (issue 13: thresholds against clean scans)
-        reference_split = "train" if split != "train" and any(r.split == "train" for r in records) else None
+    reference_notes: list[str] = []
+    if reference_split == "auto":  # a held-out split where there is one, else the training split with a note
+        reference_split, note = choose_reference_split(split, {r.split for r in records})
         log.info("reference scans: %s", f"split {reference_split!r}" if reference_split else "none (the audited scans are their own reference)")
+        reference_notes += [note] if note else []
+    elif reference_split == "train":
+        reference_notes.append(TRAINING_REFERENCE_NOTE.format(split="train"))
     if reference_split is not None:
         sets["reference"] = select_split(records, reference_split, source=source)
     masks = None
@@ -235,5 +242,5 @@ def run_checkpoint_audit(
         random_state=random_state, n_dependencies=n_dependencies, contamination=contamination, wandb=wandb, wandb_project=wandb_project,
         save_maps=save_maps, figures_for=figures_for, wandb_model_artifact=wandb_model_artifact,
         model_file=loaded.source if loaded.kind == "checkpoint" else None,
-        protocol=chosen, merges=merged, extra_masks=masks,
+        protocol=chosen, merges=merged, extra_masks=masks, reference_notes=reference_notes,
     )

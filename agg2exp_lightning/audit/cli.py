@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default="test", help="split to audit (default %(default)s)")
     c.add_argument("--reference-split", metavar="SPLIT", default="auto",
                    help="split to fit the Isolation Forests on and to calibrate the scan-level score against (paper: train); "
-                        "'auto' (default): train where the data has one and another split is audited; 'none': the audited scans")
+                        "'auto' (default): a held-out split (val) where the data has one besides the audited split, else train "
+                        "(with a note: the bound assumes exchangeable scans); 'none': the audited scans")
     c.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="resampling spacing in mm (default: the training data module's)")
     c.add_argument("--roi-size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size for the explainer")
     add_device_arguments(c)

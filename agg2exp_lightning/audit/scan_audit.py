@@ -126,6 +126,7 @@ def run_scan_audit(
     protocol: ProtocolLike = None,
     merges: Mapping[str, Sequence[str]] | None = None,
     extra_masks: tuple[Sequence[str], Mapping[str, Mapping[str, Path]]] | None = None,
+    reference_notes: Sequence[str] = (),
 ) -> AuditOutputs | None:
     """Explain the scans of ``sets`` with ``model`` and audit the ``"audited"`` set.
 
@@ -159,6 +160,8 @@ def run_scan_audit(
         merges: ``{region: members}`` joined before the analysis.
         extra_masks: ``(names, {subject id: {name: path}})`` from
             :func:`~agg2exp_lightning.audit.extra_masks.find_extra_masks`: regions after the classes.
+        reference_notes: notes on the reference set for the summary and report (e.g. the training
+            split's exchangeability caveat, :mod:`~agg2exp_lightning.audit.reference`).
 
     Returns:
         The written outputs on rank 0; ``None`` on other DDP ranks.
@@ -216,7 +219,8 @@ def run_scan_audit(
             raise DataError(f"no {s} scan finished; failures are listed in {out / 'failed_scans.json'}")
     tables = {s: records_to_table(done, meta, source=f"{s} scans in {out / SET_FOLDERS[s]}") for s, done in finished.items()}
     analysis = analyze_cohort(tables["audited"], tables.get("reference"), random_state=random_state, n_dependencies=n_dependencies,
-                              contamination=contamination, protocol=protocol, merges=merges)
+                              contamination=contamination, protocol=protocol, merges=merges,
+                              reference_notes=reference_notes if "reference" in tables else ())
     rows = {
         **dict(inputs or {}),
         "spacing (mm)": ", ".join(f"{v:g}" for v in spacing),
