@@ -3,17 +3,26 @@
 One place defines each protocol. :data:`PROTOCOLS` holds two:
 
 - ``"paper"``: exactly what the Agg2Exp paper (Chrabąszcz, Baniecki et al., WACV 2025) published, as its
-  public code (MI2DataLab/agg2exp) does it: KernelSHAP writes a feature's value into every voxel of the
-  feature (``broadcast``, as Captum); faithfulness recomputes the predicted mask on every perturbed
+  public code (MI2DataLab/agg2exp) does it: KernelSHAP is Captum's estimator (coalitions drawn from the
+  Shapley kernel without their complements, weight 1 each, the full and empty coalitions weighted 1e6,
+  a linear regression with an intercept), over the authors' cubes (side ``min(x, y, z) //
+  int(n ** (1/3))``, ids modulo ``n``) or over every label id from the lowest to the highest predicted
+  one (absent labels are features too), and writes a feature's value into every voxel of the feature
+  (``broadcast``, as Captum); the noisy copies of the sensitivity metric are explained by KernelSHAP
+  with the clean scan's prediction as feature and proxy mask; faithfulness recomputes the predicted mask on every perturbed
   input; volumes are not cropped to the body; sensitivity draws the SmoothGrad noise and the KernelSHAP
   coalitions of every noisy copy independently; Integrated Gradients averages 20 equally weighted
   points from alpha=0 to alpha=1 inclusive; a region absent from a scan gets share 0 and counts in the
   cohort mean; the dependency graph keeps, per explained class, the strongest non-background regions
   while their cumulative share stays <= 0.35; the classes are clustered on ``max - sqrt(share)`` as R's
   ``as.dist`` reads the (non-symmetric) matrix.
-- ``"corrected"`` (the default): the toolkit's own choices. KernelSHAP spreads ``phi_j`` evenly over
+- ``"corrected"`` (the default): the toolkit's own choices. KernelSHAP samples coalitions with their
+  complements and solves the regression under the efficiency constraint (lower variance; the values
+  sum to ``f(x) - f(baseline)`` exactly), over balanced contiguous cubes (every cube the same size up to
+  one voxel per axis, one id each) or over the labels present in the prediction, and spreads ``phi_j`` evenly over
   feature ``j``'s voxels (``divide``), so a map sums to the Shapley values and large regions are not
-  favoured by their size; faithfulness holds the mask of the unperturbed prediction fixed (the proxy
+  favoured by their size; each noisy copy of the sensitivity metric is explained with its own prediction
+  (as every explanation is); faithfulness holds the mask of the unperturbed prediction fixed (the proxy
   that was explained, not a different one per perturbation); volumes are cropped to the body (N is the
   body, not the air around it); sensitivity uses the same noise and coalitions for the clean and the
   noisy copies (common random numbers: the distance reflects the input noise alone); Integrated
@@ -53,6 +62,10 @@ SETTING_CHOICES: dict[str, tuple[Any, ...]] = {
     "empty_regions": ("zero", "nan"),
     "graph_rule": ("cumulative", "top_k"),
     "clustering": ("paper", "symmetric"),
+    "kernelshap_estimator": ("captum", "constrained"),
+    "cube_mask": ("modulo", "balanced"),
+    "semantic_features": ("label_range", "present"),
+    "sensitivity_prediction": ("clean", "noisy"),
 }
 
 
@@ -76,6 +89,17 @@ class Protocol:
         clustering: distance of the class clustering: ``"paper"`` (``max - sqrt(share)`` read as R's
             ``as.dist`` reads a non-symmetric matrix: its lower triangle in alphabetical class order) or
             ``"symmetric"`` (the mean of both directions).
+        kernelshap_estimator: ``"captum"`` (Captum's ``KernelShap``: kernel-sampled coalitions without
+            complements, weight 1, full and empty coalitions weighted 1e6, linear regression with an
+            intercept) or ``"constrained"`` (paired coalitions, regression under the efficiency constraint).
+        cube_mask: KernelSHAP cubes: ``"modulo"`` (the authors' ``create_cubical_mask``: side
+            ``min(S) // int(n ** (1/3))`` with ``n = cubes_per_axis ** 3`` components, ids modulo ``n``,
+            smaller edge cubes) or ``"balanced"`` (contiguous cubes differing by at most one voxel per axis).
+        semantic_features: semantic KernelSHAP's features: ``"label_range"`` (every label id from the
+            lowest to the highest predicted one, absent ones included, as Captum numbers a feature mask)
+            or ``"present"`` (the predicted labels only).
+        sensitivity_prediction: KernelSHAP of a noisy copy in the sensitivity metric uses ``"clean"`` (the
+            clean scan's prediction as feature and proxy mask) or ``"noisy"`` (the copy's own prediction).
         overridden: names of the settings changed from the registry's protocol.
     """
 
@@ -90,6 +114,10 @@ class Protocol:
     graph_cumulative_share: float = 0.35
     graph_top_k: int = 5
     clustering: Literal["paper", "symmetric"] = "paper"
+    kernelshap_estimator: Literal["captum", "constrained"] = "constrained"
+    cube_mask: Literal["modulo", "balanced"] = "balanced"
+    semantic_features: Literal["label_range", "present"] = "present"
+    sensitivity_prediction: Literal["clean", "noisy"] = "noisy"
     overridden: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -138,11 +166,13 @@ PROTOCOLS: dict[str, Protocol] = {
         name="paper", kernelshap_spread="broadcast", faithfulness_mask="recomputed", crop_to_body=False,
         sensitivity_draws="independent", ig_integration="uniform_inclusive", empty_regions="zero",
         graph_rule="cumulative", graph_cumulative_share=0.35, graph_top_k=5, clustering="paper",
+        kernelshap_estimator="captum", cube_mask="modulo", semantic_features="label_range", sensitivity_prediction="clean",
     ),
     "corrected": Protocol(
         name="corrected", kernelshap_spread="divide", faithfulness_mask="fixed", crop_to_body=True,
         sensitivity_draws="shared", ig_integration="gausslegendre", empty_regions="nan",
         graph_rule="top_k", graph_cumulative_share=0.35, graph_top_k=5, clustering="symmetric",
+        kernelshap_estimator="constrained", cube_mask="balanced", semantic_features="present", sensitivity_prediction="noisy",
     ),
 }
 #: The protocol used when none is named.

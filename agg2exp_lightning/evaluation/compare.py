@@ -7,6 +7,7 @@ same random subsets (one shared set of perturbed forward passes) and the same no
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import re
 import warnings
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from agg2exp_lightning.evaluation._checks import (
     UndefinedScoreWarning,
     check_attributions,
+    inference,
     model_device,
     positive_int,
     warn_undefined,
@@ -33,6 +35,7 @@ from agg2exp_lightning.evaluation.complexity import effective_complexity
 from agg2exp_lightning.evaluation.efficiency import explanation_efficiency, timed
 from agg2exp_lightning.evaluation.faithfulness import (
     PAPER_SUBSET_SIZE,
+    _logits_fn,
     attribution_sums,
     output_drops,
     pearson_rows,
@@ -40,7 +43,7 @@ from agg2exp_lightning.evaluation.faithfulness import (
 )
 from agg2exp_lightning.evaluation.report import write_report
 from agg2exp_lightning.evaluation.sensitivity import sensitivity, uniform_noise
-from agg2exp_lightning.explain import METHODS
+from agg2exp_lightning.explain import METHODS, prediction_labels
 from agg2exp_lightning.labels import THORAX_CLASSES, resolve_targets
 from agg2exp_lightning.protocols import DEFAULT_PROTOCOL, Protocol, ProtocolLike, get_protocol, resolve_protocol
 from agg2exp_lightning.utils import atomic_write_text, look_up_option, plain_tensor
@@ -56,7 +59,9 @@ METRIC_COLUMNS: tuple[str, ...] = (
 )
 #: The method comparison's explainer: ``explainer(model, image [C, *S], method, targets) -> attributions [T, *S]``
 #: (method and targets per call, maps only; the audit's :data:`~agg2exp_lightning.audit.scan_prediction.ScanExplainer` returns
-#: the whole explanation of one scan).
+#: the whole explanation of one scan). Under a protocol whose ``sensitivity_prediction`` is ``"clean"`` (the
+#: paper's) KernelSHAP's noisy copies are explained as ``explainer(..., prediction=labels [*S])``: the clean
+#: scan's prediction held as feature and proxy mask.
 MethodAttributor = Callable[[nn.Module, Tensor, str, list[int]], Tensor]
 #: A scan: its tensor ``[C, *S]``, or a zero-argument callable loading it (not called for finished scans).
 ScanSource = Union[Tensor, Callable[[], Tensor]]
@@ -88,6 +93,8 @@ class ComparisonSettings:
             KernelSHAP spread and IG rule (:func:`make_method_attributor`).
         sensitivity_draws: ``"shared"`` (the noisy copies' SmoothGrad noise / KernelSHAP coalitions
             are those of the clean scan) or ``"independent"`` (drawn anew for every copy).
+            (KernelSHAP's noisy copies keep the clean scan's prediction as feature and proxy mask where the
+            protocol's ``sensitivity_prediction`` is ``"clean"``, the paper's.)
         crop_to_body: explain and score body-cropped volumes (read by
             :func:`~agg2exp_lightning.evaluation.cli.run_comparison` when it loads the data).
     """
@@ -148,7 +155,9 @@ def make_method_attributor(*, protocol: ProtocolLike = None, sensitivity_draws: 
     ``"shared"`` (the corrected protocol's) always ``seed=0``, so that a method's maps of the clean and
     the noisy scans differ by the input noise alone; with ``"independent"`` (the paper's) a seed made
     from the input's bytes, so every noisy copy draws its own noise or coalitions, as the published
-    runs did, and a resumed run still reproduces the finished ones.
+    runs did, and a resumed run still reproduces the finished ones. The returned function also takes
+    ``prediction=`` (a label map held fixed instead of the input's own prediction, see
+    :func:`~agg2exp_lightning.explain.explain`).
     """
     draws = look_up_option("sensitivity_draws", sensitivity_draws or resolve_protocol(protocol).sensitivity_draws,
                            ("shared", "independent"))
@@ -162,11 +171,12 @@ def make_method_attributor(*, protocol: ProtocolLike = None, sensitivity_draws: 
         if method in options and not isinstance(options[method], dict):
             raise ValueError(f"Expected the options of method {method!r} as a dict, but got {options[method]!r}")
 
-    def run(model: nn.Module, image: Tensor, method: str, targets: list[int]) -> Tensor:
+    def run(model: nn.Module, image: Tensor, method: str, targets: list[int], prediction: Tensor | None = None) -> Tensor:
         own = dict(options.get(method, {}))
         if "seed" in method_options(method) and "seed" not in own:
             own["seed"] = 0 if draws == "shared" else _content_seed(image)
-        result = explain(model, image, method=method, targets=targets, keep_attributions=True, protocol=protocol, **shared, **own)
+        result = explain(model, image, method=method, targets=targets, keep_attributions=True, protocol=protocol,
+                         prediction=prediction, **shared, **own)
         return result.attributions
 
     return run
@@ -216,6 +226,7 @@ class _ScanContext:
         self._image: Tensor | None = None
         self._drops: Tensor | None = None
         self._subsets: np.ndarray | None = None
+        self._prediction: Tensor | None = None
 
     @property
     def image(self) -> Tensor:
@@ -241,6 +252,15 @@ class _ScanContext:
                 sw_mode=s.sw_mode, check_distinct=False,
             )
         return self._drops
+
+    def prediction(self) -> Tensor:
+        """``[*S]`` labels of the clean scan, predicted as the faithfulness passes predict it (once)."""
+        if self._prediction is None:
+            s = self.s
+            forward = _logits_fn(self.model, s.roi_size, s.sw_batch_size, s.overlap, s.sw_mode)
+            with inference(self.model):
+                self._prediction = prediction_labels(forward(self.image[None]))[0]
+        return self._prediction
 
     def noise(self) -> np.ndarray:
         rng = np.random.default_rng(self.seed + [2])
@@ -273,9 +293,13 @@ def _evaluate_method(ctx: _ScanContext, method: str, explainer: MethodAttributor
     if rest:
         sums = attribution_sums(a[rest], ctx.subsets(), check_distinct=False)
         faith[rest] = pearson_rows(sums, ctx.drops()[rest], names=("attribution sums", "output drops"))
+    keep = {}
+    if method.startswith("kernelshap") and s.resolved_protocol().sensitivity_prediction == "clean":
+        _check_takes_prediction(explainer)
+        keep = {"prediction": ctx.prediction()}  # the paper's KernelSHAP: the clean scan's mask for every noisy copy
     with warnings.catch_warnings():  # the all-zero maps were reported once above
         warnings.simplefilter("ignore", UndefinedScoreWarning)
-        sens = sensitivity(lambda x: explainer(model, x, method, list(targets)), image, a, noise=ctx.noise())
+        sens = sensitivity(lambda x: explainer(model, x, method, list(targets), **keep), image, a, noise=ctx.noise())
         comp = effective_complexity(a, eps=s.eps)
     return pd.DataFrame({
         "subject_id": ctx.subject_id, "method": method, "target": names,
@@ -283,6 +307,18 @@ def _evaluate_method(ctx: _ScanContext, method: str, explainer: MethodAttributor
         "complexity": comp.numpy(), "seconds_one_class": seconds_one, "seconds_all_classes": seconds_all,
         "settings": ctx.fingerprint,
     })
+
+
+def _check_takes_prediction(explainer: MethodAttributor) -> None:
+    """Refuse an explainer that cannot hold the clean prediction fixed (``prediction=``) when the protocol asks it to."""
+    try:
+        params = inspect.signature(explainer).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): let the call decide
+        return
+    if not any(p.name == "prediction" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        raise ValueError("Expected `explainer` to take a `prediction=` keyword: the protocol's sensitivity_prediction='clean' "
+                         "explains KernelSHAP's noisy copies with the clean scan's prediction (or use a protocol with "
+                         "sensitivity_prediction='noisy')")
 
 
 def compare_methods(
@@ -309,7 +345,8 @@ def compare_methods(
         targets: class names or ids to explain.
         out_dir: output folder (``scans/`` per-scan CSVs, ``settings.json``, ``results.csv``, summary
             CSV / Markdown / PNG from :func:`~agg2exp_lightning.evaluation.report.write_report`).
-        explainer: ``(model, image, method, targets) -> [T, *S]``; default :func:`make_method_attributor`.
+        explainer: ``(model, image, method, targets) -> [T, *S]``; default :func:`make_method_attributor`. Under
+            a protocol with ``sensitivity_prediction="clean"`` (the paper's) it must also take ``prediction=``.
         settings: metric settings (paper defaults).
         class_names: names of the model's classes (rows are labelled with them).
         context: what else decides the numbers (checkpoint hash, data, method options...): stored in

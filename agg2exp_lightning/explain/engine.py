@@ -97,6 +97,7 @@ def explain(
     pass_bytes_per_voxel: float | None = None,
     protocol: ProtocolLike = None,
     precision: Precision = "auto",
+    prediction: Tensor | None = None,
     **method_options: Any,
 ) -> ExplanationResult:
     """Explain a segmentation model's prediction of ``image`` for each target class (Agg2Exp).
@@ -148,6 +149,9 @@ def explain(
             ``integration`` rule and the share of an empty region (``empty_regions``) unless a method
             option sets them (an option overrides the protocol's setting, and the override is recorded);
             ``diagnostics["protocol"]`` records the resolved settings.
+        prediction: ``[*S]`` label map held fixed as the proxies' mask (and semantic KernelSHAP's
+            features) instead of ``image``'s own prediction; the paper protocol's sensitivity explains
+            a noisy copy with the clean scan's prediction this way. ``result.prediction`` is then it.
         **method_options: per method (defaults in brackets):
             all gradient methods: ``batch_size`` [4] samples per forward, ``vectorize`` [False]
             (one vmapped backward for all targets instead of a loop);
@@ -159,9 +163,13 @@ def explain(
             [5 voxels], ``seed`` [None];
             kernelshap_*: ``n_samples`` [1000 cubes, 200 semantic], ``baseline`` [0],
             ``batch_size`` [4], ``seed`` [None], ``paired`` [True], ``spread`` ["divide"; or
-            "broadcast" like Captum], ``reuse_windows`` [True] (with windows, run each window once
+            "broadcast" like Captum], ``estimator`` ["constrained"; or "captum", Captum's KernelShap
+            as the paper ran it], ``reuse_windows`` [True] (with windows, run each window once
             per distinct pattern of the features it covers; same values); kernelshap_cubes:
-            ``cubes_per_axis`` [8].
+            ``cubes_per_axis`` [8], ``cube_mask`` ["balanced"; or "modulo", the authors' cubes with
+            ``cubes_per_axis ** 3`` components]; kernelshap_semantic: ``features`` ["present"; or
+            "label_range", every label id up to the highest predicted one].
+            The protocol gives ``spread``, ``estimator``, ``cube_mask`` and ``features`` unless set here.
 
     Returns:
         An :class:`ExplanationResult`.
@@ -184,7 +192,7 @@ def explain(
         model, image, method, targets, regions, roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
         sigma_scale=sigma_scale, num_regions=num_regions, extra_masks=extra_masks, sign=sign, spatial_dims=spatial_dims,
         max_memory=max_memory, pass_bytes_per_voxel=pass_bytes_per_voxel, protocol=protocol, method_options=method_options,
-        precision=precision,
+        precision=precision, prediction=prediction,
     )
     # before any pass: a lower bound (the classes are not known yet), so a hopeless volume is refused now
     request.check_memory(*request.memory_lower_bound())
@@ -212,6 +220,7 @@ class _ExplainRequest:
         memory_limit: bytes the explanation may use.
         pass_bytes_per_voxel: activation memory per input voxel of one pass, for the estimate.
         precision: the precision the model's passes run at (resolved for the device).
+        prediction: ``[*S]`` label map held fixed instead of the image's own prediction (``None``: predicted).
     """
 
     name: Any
@@ -230,6 +239,7 @@ class _ExplainRequest:
     pass_bytes_per_voxel: float
     precision: str = "fp32"
     precision_reason: str = ""
+    prediction: Tensor | None = None
 
     @classmethod
     def from_arguments(
@@ -254,6 +264,7 @@ class _ExplainRequest:
         protocol: ProtocolLike,
         method_options: Mapping[str, Any],
         precision: str = "auto",
+        prediction: Tensor | None = None,
     ) -> _ExplainRequest:
         """Check every argument (messages name it); raises ValueError as :func:`explain` documents."""
         name = resolve_method_name(method)
@@ -277,6 +288,9 @@ class _ExplainRequest:
         if not limit > 0:
             raise ValueError(f"Expected argument `max_memory` to be a positive number of bytes, but got {max_memory!r}")
         region_map = None if regions is None else check_label_map("regions", regions, spatial, device)
+        fixed = None if prediction is None else check_label_map("prediction", prediction, spatial, device)
+        if fixed is not None and fixed.numel() and int(fixed.min()) < 0:
+            raise ValueError(f"Expected argument `prediction` to hold class ids >= 0, but found {int(fixed.min())}")
         if num_regions is not None:
             num_regions = positive_int("num_regions", num_regions)
             if region_map is not None and region_map.numel() and int(region_map.max()) >= num_regions:
@@ -293,7 +307,7 @@ class _ExplainRequest:
         return cls(name=name, spec=spec, options=options, protocol=resolved_protocol, image=x, window=window, targets=targets,
                    region_map=region_map, num_regions=num_regions, masks=masks, sign=sign, device=device,
                    memory_limit=limit, pass_bytes_per_voxel=float(pass_bytes_per_voxel), precision=used,
-                   precision_reason=choice.why)
+                   precision_reason=choice.why, prediction=fixed)
 
     @property
     def spatial(self) -> tuple[int, ...]:
@@ -352,6 +366,11 @@ def _run_passes(model: nn.Module, request: _ExplainRequest, *, eval_mode: bool, 
         target_ids = check_targets(request.targets, num_classes)
         request.check_memory(num_classes, len(target_ids))
         predictor.targets = target_ids
+        if request.prediction is not None:
+            if int(request.prediction.max()) >= num_classes:
+                raise ValueError(f"Expected argument `prediction` to hold class ids < {num_classes} (the model's classes), "
+                                 f"but found {int(request.prediction.max())}")
+            predictor.labels = request.prediction
         labels = predictor.labels
         proxy_at_image = proxy_output(logits, labels, target_ids)[0]
         del logits

@@ -265,14 +265,19 @@ def method_options(method: str) -> frozenset[str]:
 
 # ---- the paper's five methods ----------------------------------------------------------------------------
 def _check_cube_budget(options: Mapping[str, Any], spatial: Sequence[int]) -> None:
-    """KernelSHAP over cubes needs at least as many coalitions as cubes (else the regression is undetermined)."""
-    from agg2exp_lightning.explain._kernelshap import cube_feature_mask
+    """KernelSHAP over cubes needs at least as many coalitions as cubes, one more for the captum estimator's
+    intercept (else the regression is undetermined)."""
+    from agg2exp_lightning.explain._kernelshap import cube_mask, minimum_samples
 
     spec = _TABLE["kernelshap_cubes"]
-    n_cubes = cube_feature_mask(tuple(spatial), options.get("cubes_per_axis", spec.defaults["cubes_per_axis"]))[1]
-    n = options.get("n_samples", spec.defaults["n_samples"])
-    if positive_int("n_samples", n) < n_cubes:
-        raise ValueError(f"Expected argument `n_samples` >= the number of cubes ({n_cubes}) so that the Shapley regression is determined, but got {n}")
+    value = lambda key: options.get(key, spec.defaults[key])  # noqa: E731
+    n_cubes = cube_mask(tuple(spatial), value("cubes_per_axis"), value("cube_mask"))[1]
+    n, estimator = value("n_samples"), value("estimator")
+    needed = minimum_samples(n_cubes, estimator)
+    if positive_int("n_samples", n) < needed:
+        raise ValueError(f"Expected argument `n_samples` >= {needed} (the number of cubes, {n_cubes}"
+                         f"{', plus the intercept' if estimator == 'captum' else ''}) so that the Shapley regression is "
+                         f"determined, but got {n}")
 
 
 def _register_paper_methods() -> None:
@@ -283,12 +288,13 @@ def _register_paper_methods() -> None:
     register_method("smoothgrad", _gradients.smoothgrad, cost="gradient", aliases=("sg", "smooth_grad"))
     register_method("integrated_gradients", _gradients.integrated_gradients, cost="gradient", aliases=("ig", "integrated_gradient"),
                     protocol_options={"integration": "ig_integration"})
+    kernelshap_protocol = {"spread": "kernelshap_spread", "estimator": "kernelshap_estimator"}
     register_method("kernelshap_cubes", _kernelshap_features.kernelshap_cubes, cost="perturbation",
-                    aliases=("ks_cubes", "kernel_shap_cubes"), protocol_options={"spread": "kernelshap_spread"},
+                    aliases=("ks_cubes", "kernel_shap_cubes"), protocol_options={**kernelshap_protocol, "cube_mask": "cube_mask"},
                     check=_check_cube_budget, forwards_to=_kernelshap.kernelshap)
     register_method("kernelshap_semantic", _kernelshap_features.kernelshap_semantic, cost="perturbation",
-                    aliases=("ks_semantic", "kernel_shap_semantic"), protocol_options={"spread": "kernelshap_spread"},
-                    forwards_to=_kernelshap.kernelshap)
+                    aliases=("ks_semantic", "kernel_shap_semantic"),
+                    protocol_options={**kernelshap_protocol, "features": "semantic_features"}, forwards_to=_kernelshap.kernelshap)
 
 
 _register_paper_methods()

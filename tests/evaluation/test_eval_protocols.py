@@ -5,6 +5,7 @@ import json
 import warnings
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,3 +74,59 @@ def test_unknown_protocol_on_the_command_line_exits_2_and_writes_nothing(tmp_pat
     err = capsys.readouterr().err
     assert "`protocol`" in err and "'paper', 'corrected'" in err and "'papper'" in err
     assert not out.exists()
+
+
+def _recording(explainer, calls):
+    """``explainer`` that records the ``prediction`` keyword of every call."""
+
+    def run(model, image, method, targets, prediction=None):
+        calls.append(prediction)
+        return explainer(model, image, method, targets, prediction=prediction)
+
+    return run
+
+
+@pytest.mark.parametrize("protocol", ["paper", "corrected"])
+def test_paper_kernelshap_explains_noisy_copies_with_the_clean_prediction(net, image, tmp_path, protocol):
+    """Under paper the noisy copies' KernelSHAP holds the clean scan's prediction as feature and proxy mask
+    (the authors' wrapper closes over the clean ``out_max``); under corrected each copy is predicted anew.
+    The sensitivity is then the relative distance to explain(noisy, prediction=clean labels)."""
+    settings = ComparisonSettings(protocol=protocol, n_runs=3, subset_size=50, noise_samples=2, time_one_class=False)
+    opts = {"kernelshap_semantic": {"n_samples": 8}}
+    calls: list = []
+    explainer = _recording(make_method_attributor(protocol=settings.resolved_protocol(), **opts), calls)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedScoreWarning)
+        table = compare_methods(net, [("s1", image)], ["kernelshap_semantic"], [0, 2], tmp_path / "cmp", settings=settings,
+                                explainer=explainer, class_names=["a", "b", "c"], progress=False)
+    with torch.no_grad():
+        clean = net(image[None]).argmax(1)[0]
+    assert len(calls) == 3 and calls[0] is None  # the clean scan, then two noisy copies
+    if protocol == "corrected":
+        assert calls[1:] == [None, None]
+        return
+    assert all(torch.equal(c, clean) for c in calls[1:])
+    from agg2exp_lightning.evaluation.compare import _ScanContext
+    from agg2exp_lightning.evaluation.sensitivity import relative_distance
+
+    noise = _ScanContext(net, "s1", image, [0, 2], settings, "").noise()
+    seed_of = lambda x: zlib.crc32(x.contiguous().numpy().tobytes())  # noqa: E731
+    ref = explain(net, image, method="ks_semantic", targets=[0, 2], n_samples=8, seed=seed_of(image), protocol="paper").attributions
+    distances = []
+    for u in noise:
+        noisy = (image.double() + torch.as_tensor(u)).float()
+        with torch.no_grad():
+            assert not torch.equal(net(noisy[None]).argmax(1)[0], clean)  # the noise moves the prediction: the choice matters
+        held = explain(net, noisy, method="ks_semantic", targets=[0, 2], n_samples=8, seed=seed_of(noisy), protocol="paper",
+                       prediction=clean).attributions
+        distances.append(relative_distance(ref, held))
+    expected = torch.stack(distances, 1).mean(1).numpy()
+    np.testing.assert_allclose(table["sensitivity_avg"].to_numpy(), expected, rtol=1e-6)
+
+
+def test_an_explainer_without_prediction_is_refused_where_the_protocol_needs_it(net, image, tmp_path):
+    settings = ComparisonSettings(protocol="paper", n_runs=3, subset_size=50, noise_samples=1, time_one_class=False)
+    plain = lambda model, x, method, targets: make_method_attributor(protocol="paper")(model, x, method, targets)  # noqa: E731
+    with pytest.raises(ValueError, match="`explainer` to take a `prediction=` keyword.*sensitivity_prediction='clean'"):
+        compare_methods(net, [("s1", image)], ["kernelshap_semantic"], [0], tmp_path / "cmp", settings=settings,
+                        explainer=plain, class_names=["a", "b", "c"], progress=False)

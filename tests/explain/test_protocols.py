@@ -26,8 +26,12 @@ def test_paper_protocol_holds_the_published_choices_and_overrides_are_recorded()
     paper = get_protocol("paper")
     assert (paper.kernelshap_spread, paper.faithfulness_mask, paper.crop_to_body, paper.sensitivity_draws,
             paper.ig_integration, paper.empty_regions) == ("broadcast", "recomputed", False, "independent", "uniform_inclusive", "zero")
+    assert (paper.kernelshap_estimator, paper.cube_mask, paper.semantic_features, paper.sensitivity_prediction) == (
+        "captum", "modulo", "label_range", "clean")
     corrected = resolve_protocol(None)
     assert corrected is PROTOCOLS["corrected"]
+    assert (corrected.kernelshap_estimator, corrected.cube_mask, corrected.semantic_features, corrected.sensitivity_prediction) == (
+        "constrained", "balanced", "present", "noisy")
     assert corrected.kernelshap_spread == "divide" and corrected.empty_regions == "nan"
     mixed = get_protocol("paper", empty_regions="nan")
     assert mixed.overridden == ("empty_regions",) and mixed.label == "paper (empty_regions=nan)"
