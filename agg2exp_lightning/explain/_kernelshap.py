@@ -2,23 +2,24 @@
 
 Two estimators share one set of coalitions and forward passes across all targets:
 
-``"constrained"`` (the corrected protocol's). Coalitions ``z`` in ``{0, 1}^M`` switch feature groups between the input (1) and the baseline (0).
-One set of perturbed forward passes gives the proxies ``f(z)`` ``[N, T]`` of every target, and the
-Shapley values solve one weighted least-squares problem with ``T`` right-hand sides under the
-efficiency constraint ``sum_j phi_j = f(1) - f(0)`` (eliminated exactly: ``phi_M = delta - sum_{j<M}
-phi_j``), as in Lundberg & Lee (2017). Coalition sizes are drawn from the Shapley kernel
-``p(k) ~ (M - 1) / (k (M - k))`` (uniform weights after that); complements are paired by default
-(Covert & Lee, 2021). When the budget covers all ``2^M - 2`` coalitions they are enumerated with
-the exact kernel weights and the result is the exact Shapley value of any model.
+``"constrained"`` (the corrected protocol's). Coalitions ``z`` in ``{0, 1}^M`` switch feature groups
+between the input (1) and the baseline (0). One set of perturbed forward passes gives the proxies
+``f(z)`` ``[N, T]`` of every target, and the Shapley values solve one weighted least-squares problem
+with ``T`` right-hand sides under the efficiency constraint ``sum_j phi_j = f(1) - f(0)`` (eliminated
+exactly: ``phi_M = delta - sum_{j<M} phi_j``), as in Lundberg & Lee (2017). Coalition sizes are drawn
+from the Shapley kernel ``p(k) ~ (M - 1) / (k (M - k))`` (uniform weights after that); complements are
+paired by default (Covert & Lee, 2021). When the budget covers all ``2^M - 2`` coalitions they are
+enumerated with the exact kernel weights and the result is the exact Shapley value of any model.
 
 ``"captum"`` (the paper protocol's: the Agg2Exp authors ran Captum's ``KernelShap``). The full and the
 empty coalition, then ``n_samples - 2`` coalitions drawn from the Shapley kernel without their
 complements (a size ``k`` with probability ``~ (M - 1) / (k (M - k))``, then the ``k`` features with the
 largest of ``M`` standard normal draws), each weighted 1 and the full and empty ones 1e6, fitted by a
 linear regression with an intercept (weighted least squares; the intercept is dropped). The draws
-are made in the order and with the calls Captum makes, so for the same seed (torch's global
-generator seeded as this function's ``seed``) the coalitions are Captum's. Its variance is higher:
-no complements (antithetic pairs) and an efficiency constraint only approximated by the large weights.
+are made in the order and with the calls Captum makes, so ``seed=s`` gives the coalitions Captum
+draws after ``torch.manual_seed(s)`` (``seed=None`` draws from torch's global generator, as Captum).
+Its variance is higher: no complements (antithetic pairs), and an efficiency constraint only
+approximated by the large weights.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from agg2exp_lightning.explain._predictor import Predictor
 from agg2exp_lightning.explain.baselines import make_baseline
 from agg2exp_lightning.utils.options import look_up_option, positive_int
 
+#: The two estimators (see the module docstring): the paper protocol's and the corrected one's.
 ESTIMATORS = ("captum", "constrained")
 #: Regression weight of the full and the empty coalition in Captum's ``KernelShap`` (its ``inf_weight``).
 CAPTUM_INF_WEIGHT = 1e6

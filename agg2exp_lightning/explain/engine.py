@@ -161,14 +161,15 @@ def explain(
             ``riemann_*`` rule], ``baseline`` ["zero"; "constant", "mean", "gaussian", "blurred",
             a number or tensor], ``baseline_value`` [0], ``baseline_sigma`` [None], ``blur_sigma``
             [5 voxels], ``seed`` [None];
-            kernelshap_*: ``n_samples`` [1000 cubes, 200 semantic], ``baseline`` [0],
-            ``batch_size`` [4], ``seed`` [None], ``paired`` [True], ``spread`` ["divide"; or
+            kernelshap_*: ``n_samples`` [1000 cubes, 200 semantic; with "captum" the full and empty
+            coalitions count, as in Captum], ``baseline`` [0],
+            ``batch_size`` [4], ``seed`` [None], ``paired`` [True; constrained only], ``spread`` ["divide"; or
             "broadcast" like Captum], ``estimator`` ["constrained"; or "captum", Captum's KernelShap
             as the paper ran it], ``reuse_windows`` [True] (with windows, run each window once
             per distinct pattern of the features it covers; same values); kernelshap_cubes:
             ``cubes_per_axis`` [8], ``cube_mask`` ["balanced"; or "modulo", the authors' cubes with
             ``cubes_per_axis ** 3`` components]; kernelshap_semantic: ``features`` ["present"; or
-            "label_range", every label id up to the highest predicted one].
+            "label_range", every label id from the lowest to the highest predicted one].
             The protocol gives ``spread``, ``estimator``, ``cube_mask`` and ``features`` unless set here.
 
     Returns:
