@@ -12,7 +12,7 @@ from typing import Any
 
 from lightning.pytorch import Trainer
 
-from agg2exp_lightning.utils.hardware import PrecisionChoice, choose_precision, lightning_precision_values, native_bf16
+from agg2exp_lightning.utils.hardware import PrecisionChoice, choose_precision, lightning_precision_values
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,10 @@ def resolve_trainer_precision(precision: str | int | None, accelerator: Any) -> 
     known = lightning_precision_values()
     if asked not in known:
         raise ValueError(f"--trainer.precision {asked!r} is not a precision Lightning knows; expected one of {', '.join(known)}")
-    choice = choose_precision(asked, accelerator, style="lightning")
-    if asked.startswith("bf16"):
-        native, why = native_bf16(accelerator)
-        if not native and "CUDA" in why:
-            raise ValueError(f"--trainer.precision {asked!r}: {why}; it supports 32-true and 16-mixed (or use auto)")
+    try:
+        choice = choose_precision(asked, accelerator, style="lightning")
+    except ValueError as err:
+        raise ValueError(f"--trainer.{err}" if str(err).startswith("precision") else str(err)) from None
     return choice
 
 

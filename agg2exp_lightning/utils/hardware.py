@@ -150,7 +150,8 @@ def choose_precision(asked: str | int | None, device: Any, *, style: str = "expl
         warning saying so.
 
     Raises:
-        ValueError: ``AGG2EXP_AUTO_PRECISION`` holds something other than ``fp32`` or ``bf16``.
+        ValueError: ``AGG2EXP_AUTO_PRECISION`` holds something other than ``fp32`` or ``bf16``, or bfloat16 is
+            asked for on a CUDA device without it (the message says what the device supports).
     """
     asked_text = "auto" if asked is None else str(asked)
     kind = device_type(device)
@@ -169,8 +170,11 @@ def choose_precision(asked: str | int | None, device: Any, *, style: str = "expl
         choice = PrecisionChoice("auto", used, why)
         log.info("precision auto -> %s on %s: %s", used, kind, why)
         return choice
-    if asked_text in _BF16:
+    if asked_text in _BF16 or (asked_text == "bf16" and style == "explain"):
         native, why = native_bf16(kind)
+        if not native and kind == "cuda":
+            others = "32-true and 16-mixed" if style == "lightning" else "fp32 and fp16"
+            raise ValueError(f"precision {asked_text!r}: {why}; it supports {others} (or auto)")
         if not native and kind == "cpu":
             log.warning("precision %s as asked, but %s (one 3D convolution ran ~20-40x slower than in fp32 on such a CPU); "
                         "'auto' or fp32 would be faster here", asked_text, why)

@@ -52,11 +52,12 @@ def test_an_unknown_precision_is_one_line_naming_it(tmp_path, capsys):
 
 def test_bf16_on_a_cuda_device_without_it_is_refused(monkeypatch):
     monkeypatch.setattr(hardware, "native_bf16", lambda device="cpu": (False, "CUDA device Old GPU has no bfloat16 support"))
-    import agg2exp_lightning.training.trainer as trainer_module
-
-    monkeypatch.setattr(trainer_module, "native_bf16", hardware.native_bf16)
-    with pytest.raises(ValueError, match="Old GPU has no bfloat16 support; it supports 32-true and 16-mixed"):
+    monkeypatch.setattr(hardware, "device_type", lambda device: "cuda")
+    with pytest.raises(ValueError, match=r"^--trainer.precision 'bf16-mixed': CUDA device Old GPU has no bfloat16 support; "
+                                         r"it supports 32-true and 16-mixed \(or auto\)$"):
         resolve_trainer_precision("bf16-mixed", "cuda")
+    with pytest.raises(ValueError, match="it supports fp32 and fp16"):
+        hardware.choose_precision("bf16", "cuda")
 
 
 def test_the_demo_config_asks_auto_and_the_run_records_the_choice(tmp_path, cpu_bf16, tiny_cohort, tiny_model_args):
