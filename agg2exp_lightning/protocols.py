@@ -50,7 +50,7 @@ from typing import Any, Literal, Union
 
 from agg2exp_lightning.utils import look_up_option
 
-__all__ = ["DEFAULT_PROTOCOL", "PROTOCOLS", "SETTING_CHOICES", "Protocol", "ProtocolLike", "get_protocol", "resolve_protocol"]
+__all__ = ["ANALYSIS_SETTINGS", "DEFAULT_PROTOCOL", "PROTOCOLS", "SETTING_CHOICES", "Protocol", "ProtocolLike", "get_protocol", "resolve_protocol"]
 
 #: Allowed values of each setting (checked when a protocol is made or overridden).
 SETTING_CHOICES: dict[str, tuple[Any, ...]] = {
@@ -67,6 +67,10 @@ SETTING_CHOICES: dict[str, tuple[Any, ...]] = {
     "semantic_features": ("label_range", "present"),
     "sensitivity_prediction": ("clean", "noisy"),
 }
+
+#: The settings that shape the analysis of a table of aggregated explanations; the others shape how the
+#: explanations are made, so they mean nothing to an audit of a table made elsewhere.
+ANALYSIS_SETTINGS: tuple[str, ...] = ("empty_regions", "graph_rule", "graph_cumulative_share", "graph_top_k", "clustering")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,17 +16,30 @@ from matplotlib import colormaps
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+#: Resolution the figures are written at, and the widest figure (inches) the report shows without shrinking:
+#: its column is about 1,100 CSS pixels, so at 110 dpi a figure up to 10 inches wide keeps an 8-point label
+#: 12 pixels high. Figures use 8-point text or larger and the table's names (``lung_upper_lobe_left``).
+DPI = 110
+PAGE_WIDTH_IN = 9.5
+#: Smallest font size (points) in a figure.
+MIN_FONT = 8
 
 
-def figure_png(fig: Figure, *, dpi: int = 110) -> bytes:
+def figure_png(fig: Figure, *, dpi: int = DPI) -> bytes:
     """PNG bytes of ``fig``."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
 
 
-def _short(name: str) -> str:
-    return name.replace("lung_", "").replace("_lobe", "").replace("_", " ")
+def radial_label(ax: Any, name: str, x: float, y: float, *, radius: float = 1.1, **kwargs: Any) -> None:
+    """Write a node's name outside a unit circle, aligned away from the centre (so arcs inside never run over it)."""
+    ha = "left" if x > 0.15 else "right" if x < -0.15 else "center"
+    va = "bottom" if y > 0.15 else "top" if y < -0.15 else "center"
+    ax.text(radius * x, radius * y, name, ha=ha, va=va, fontsize=MIN_FONT, zorder=5,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85}, **kwargs)
 
 
 def importance_heatmap(importance: np.ndarray, classes: Sequence[str], regions: Sequence[str]) -> Figure:
@@ -37,22 +51,26 @@ def importance_heatmap(importance: np.ndarray, classes: Sequence[str], regions: 
     importance = np.asarray(importance, dtype=float)
     if importance.shape != (len(classes), len(regions)):
         raise ValueError(f"Expected `importance` of shape {(len(classes), len(regions))}, got {importance.shape}")
-    fig = Figure(figsize=(1.0 + 0.55 * len(regions), 1.0 + 0.45 * len(classes)))
+    label_in = 0.075 * max((len(c) for c in classes), default=1)  # the row names' width at 8 pt
+    width = min(label_in + 1.3 + 0.45 * len(regions), PAGE_WIDTH_IN + 1.5)
+    fig = Figure(figsize=(width, 2.2 + 0.36 * len(classes)), layout="constrained")
     ax = fig.add_subplot()
     vmax = float(np.nanmax(importance)) if np.isfinite(importance).any() else 1.0
     im = ax.imshow(importance, cmap="viridis", norm=PowerNorm(0.5, vmin=0.0, vmax=max(vmax, 1e-12)), aspect="auto")
-    ax.set_xticks(range(len(regions)), [_short(r) for r in regions], rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(classes)), [_short(c) for c in classes], fontsize=8)
-    ax.set_xlabel("region b (predicted segmentation)")
-    ax.set_ylabel("explained class a")
-    ax.set_title("Global RoI importance: mean share of class a's attribution in region b")
+    ax.set_xticks(range(len(regions)), list(regions), rotation=60, ha="right", rotation_mode="anchor", fontsize=MIN_FONT)
+    ax.set_yticks(range(len(classes)), list(classes), fontsize=MIN_FONT)
+    ax.set_xlabel("region b (predicted segmentation)", fontsize=9)
+    ax.set_ylabel("explained class a", fontsize=9)
+    ax.set_title("Mean share of class a's attribution in region b, in percent", fontsize=10)
     for i in range(len(classes)):
         for j in range(len(regions)):
             v = importance[i, j]
             if np.isfinite(v):
-                ax.text(j, i, f"{100 * v:.0f}" if v >= 0.005 else "", ha="center", va="center", fontsize=6,
+                ax.text(j, i, f"{100 * v:.0f}" if v >= 0.005 else "", ha="center", va="center", fontsize=7,
                         color="black" if v > 0.5 * vmax else "white")
-    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="share (sqrt scale)")
+    bar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, format=FuncFormatter(lambda v, _pos: f"{100 * v:.0f}"))
+    bar.set_label("mean share (%, square-root colour scale)", fontsize=9)
+    bar.ax.tick_params(labelsize=MIN_FONT)
     return fig
 
 
@@ -67,19 +85,19 @@ def share_distributions(own: np.ndarray, background: np.ndarray | None, classes:
     panels = [("own-region share", np.asarray(own, dtype=float))]
     if background is not None:
         panels.append(("background share", np.asarray(background, dtype=float)))
-    fig = Figure(figsize=(5.5 * len(panels), 0.4 * len(classes) + 1.5))
+    fig = Figure(figsize=(min(4.75 * len(panels), PAGE_WIDTH_IN), 0.3 * len(classes) + 1.5), layout="constrained")
     for k, (title, values) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
         data = [values[:, i][np.isfinite(values[:, i])] for i in range(len(classes))]
-        ax.boxplot(data, orientation="horizontal", tick_labels=[_short(c) for c in classes], showfliers=True, widths=0.6)
+        ax.boxplot(data, orientation="horizontal", tick_labels=list(classes), showfliers=True, widths=0.6, flierprops={"ms": 3})
         ax.invert_yaxis()
-        ax.set_xlabel("share of the class's attribution mass")
-        ax.set_title(title)
-        ax.tick_params(axis="y", labelsize=8)
+        ax.set_xlabel("share of the class's attribution mass", fontsize=9)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(labelsize=MIN_FONT)
         ax.grid(axis="x", alpha=0.3)
         if k:
             ax.set_yticklabels([])
-    fig.suptitle("Per-class distribution over scans")
+    fig.suptitle("Per-class distribution over scans", fontsize=10)
     return fig
 
 
@@ -91,7 +109,7 @@ def dependency_graph(dependencies: pd.DataFrame, nodes: Sequence[str]) -> Figure
             :func:`~agg2exp_lightning.analysis.importance.strongest_dependencies`).
         nodes: node names, in the order placed around the circle.
     """
-    fig = Figure(figsize=(7.5, 7.5))
+    fig = Figure(figsize=(8.0, 7.6))
     ax = fig.add_subplot()
     ax.set_aspect("equal")
     ax.axis("off")
@@ -111,40 +129,47 @@ def dependency_graph(dependencies: pd.DataFrame, nodes: Sequence[str]) -> Figure
         # midpoint of arc3's quadratic Bezier: the chord's midpoint moved rad/2 along its normal;
         # opposite directions bend to opposite sides, so A->B and B->A labels do not collide
         mx, my = (x1 + x2) / 2 + 0.5 * rad * (y2 - y1), (y1 + y2) / 2 - 0.5 * rad * (x2 - x1)
-        ax.text(mx, my, f"{100 * share:.1f}%", fontsize=7, ha="center", va="center", color="darkred",
+        ax.text(mx, my, f"{100 * share:.1f}%", fontsize=MIN_FONT, ha="center", va="center", color="darkred",
                 bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
     used = set(dependencies["region"]) | set(dependencies["class"])
     for n, (x, y) in pos.items():
         ax.plot([x], [y], "o", ms=9, color="tab:blue" if n in used else "lightgray")
-        ax.text(1.13 * x, 1.13 * y, _short(n), ha="center", va="center", fontsize=8)
+        radial_label(ax, n, x, y)
     if not len(dependencies):
         ax.text(0, 0, "no dependency outside own regions and background", ha="center", va="center", fontsize=9)
-    ax.set_xlim(-1.45, 1.45)
-    ax.set_ylim(-1.35, 1.35)
+    ax.set_xlim(-1.75, 1.75)
+    ax.set_ylim(-1.3, 1.3)
     ax.set_title("Strongest dependencies: region \u2192 explained class\n(mean share of the class's attribution in the region; own region and background left out)", fontsize=9)
     return fig
 
 
 def anomaly_vs_dice(scores: np.ndarray, dice: np.ndarray, outliers: np.ndarray, classes: Sequence[str], correlation: pd.DataFrame) -> Figure:
-    """Small multiples: anomaly score vs Dice per class, outliers in red, Spearman rho in titles."""
+    """Small multiples: forest score vs Dice per class, outliers for the class as red crosses, Spearman rho in titles.
+
+    Every panel shares the forest-score axis (0, dashed, is the forest's outlier threshold); three ticks per axis.
+    """
     n = len(classes)
-    cols = min(6, n)
+    cols = min(5, n)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(2.6 * cols, 2.3 * rows))
+    fig = Figure(figsize=(min(1.9 * cols, PAGE_WIDTH_IN), 1.9 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, sharex=True, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
     for i, c in enumerate(classes):
-        ax = fig.add_subplot(rows, cols, i + 1)
+        ax = axes[i]
         ok = np.isfinite(scores[:, i]) & np.isfinite(dice[:, i])
         out = ok & outliers[:, i]
         ax.scatter(scores[ok & ~out, i], dice[ok & ~out, i], s=10, color="tab:blue")
         ax.scatter(scores[out, i], dice[out, i], s=14, color="tab:red", marker="x")
         rho = correlation.loc[c, "rho"] if c in correlation.index else np.nan
         q = correlation.loc[c, "q"] if c in correlation.index else np.nan
-        ax.set_title(f"{_short(c)}\n\u03c1={rho:.2f}, q={q:.2g}", fontsize=8)
-        ax.tick_params(labelsize=6)
+        ax.set_title(f"{c}\n\u03c1={rho:.2f}, q={q:.2g}", fontsize=MIN_FONT)
+        ax.tick_params(labelsize=MIN_FONT, labelbottom=i + cols >= n)  # the lowest panel of each column shows the shared axis
+        ax.xaxis.set_major_locator(MaxNLocator(3))
+        ax.yaxis.set_major_locator(MaxNLocator(3))
         ax.axvline(0.0, color="gray", lw=0.6, ls="--")
-    fig.supxlabel("anomaly score (-decision_function; >0 = outlier)", fontsize=9)
+    fig.supxlabel("forest score of the class (higher = more unusual; right of the dashed line: outlier for the class, \u00d7)", fontsize=9)
     fig.supylabel("Dice", fontsize=9)
-    fig.tight_layout()
     return fig
 
 

@@ -174,6 +174,7 @@ def run_checkpoint_audit(
     Example:
         >>> run_checkpoint_audit("model.ckpt", "runs/audit", data="data/synthetic_thorax")  # doctest: +SKIP
     """
+    from agg2exp_lightning.audit.outputs import sha256_note
     from agg2exp_lightning.audit.scan_audit import run_scan_audit
     from agg2exp_lightning.data.subjects import discover_records, manifest_records, select_split
     from agg2exp_lightning.labels import DEFAULT_MAPPING_FILE, load_structure_mapping, resolve_targets
@@ -228,7 +229,10 @@ def run_checkpoint_audit(
         "protocol": chosen.as_dict(), "merges": {k: list(v) for k, v in merged.items()},
         **({"extra_masks": {sid: {n: file_sha256(p) for n, p in f.items()} for sid, f in masks[1].items()}} if masks else {}),
     }
-    inputs = {"model": f"{loaded.source} ({loaded.kind})", "classes": ", ".join(loaded.class_names), "data": str(source),
+    digest = next((f"SHA-256 {v}" for k, v in loaded.identity.items() if k.endswith("sha256")), None)
+    inputs = {"model": f"{loaded.source} ({loaded.kind}{f'; {digest}' if digest else ''})", "classes": ", ".join(loaded.class_names),
+              "data": sha256_note(manifest) if manifest is not None else str(source),
+              "reference scans": f"split {reference_split!r}" if reference_split else "none: the audited scans are their own reference",
               "split": split, "method": method, "method options": json.dumps(dict(method_options or {})),
               "sliding window": "x".join(map(str, roi)) if roi is not None else "none (whole volumes)", "protocol": chosen.label}
     if target_ids is not None:

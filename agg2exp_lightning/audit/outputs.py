@@ -19,14 +19,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from agg2exp_lightning import __version__
 from agg2exp_lightning.analysis.cohort import CohortAnalysis
 from agg2exp_lightning.analysis.figures import anomaly_vs_dice, dependency_graph, figure_png, importance_heatmap, share_distributions
 from agg2exp_lightning.analysis.importance import own_region_share
 from agg2exp_lightning.analysis.report import render_report
-from agg2exp_lightning.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from agg2exp_lightning.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,20 @@ def paper_figures(analysis: CohortAnalysis) -> dict[str, Any]:
     return figs
 
 
+def report_header(inputs: Mapping[str, Any], *, now: datetime | None = None) -> dict[str, Any]:
+    """The report's header rows: the toolkit and its version, when the page was written, then ``inputs``."""
+    when = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
+    return {"toolkit": f"agg2exp-lightning {__version__}", "written": when, **inputs}
+
+
+def sha256_note(path: str | Path | None, what: str = "none") -> str:
+    """``"PATH (SHA-256 HEX)"`` for a file, ``what`` when there is none."""
+    if path is None:
+        return what
+    p = Path(path)
+    return f"{p} (SHA-256 {file_sha256(p)})" if p.is_file() else str(p)
+
+
 def write_audit_outputs(
     analysis: CohortAnalysis,
     out_dir: str | Path,
@@ -89,6 +105,7 @@ def write_audit_outputs(
     inputs: Mapping[str, Any],
     case_figures: Sequence[tuple[str, bytes]] = (),
     links: Mapping[str, str] | None = None,
+    model_audit: bool = True,
 ) -> AuditOutputs:
     """Write ``summary.json``, ``per_scan.csv``, the figures and ``report.html``, each atomically.
 
@@ -99,6 +116,8 @@ def write_audit_outputs(
         inputs: what was audited, shown at the top of the report.
         case_figures: ``(caption, png)`` slices of anomalous cases (checkpoint mode).
         links: label -> address relative to ``out_dir``, linked from the report (e.g. the three-view figures).
+        model_audit: the audit made the explanations; ``False`` (a table audit) hides the explanation-only
+            protocol settings on the page.
 
     Returns:
         The written paths and the summary.
@@ -114,7 +133,7 @@ def write_audit_outputs(
         stale.unlink()
     for k, (caption, png) in enumerate(case_figures):
         paths[f"case_{k:02d}"] = atomic_write_bytes(out / "figures" / "cases" / f"case_{k:02d}.png", png)
-    page = render_report(summary, pngs, inputs=inputs, case_figures=case_figures, links=links)
+    page = render_report(summary, pngs, inputs=report_header(inputs), case_figures=case_figures, links=links, model_audit=model_audit)
     report = atomic_write_text(out / "report.html", page)
     log.info("audit written to %s (report: %s)", out, report)
     n_sig = sum(1 for v in summary["per_class"].values() if v["q"] is not None and v["q"] < 0.05)

@@ -11,7 +11,7 @@ from agg2exp_lightning.analysis.cohort import analyze_cohort
 from agg2exp_lightning.analysis.regions import resolve_merges
 from agg2exp_lightning.analysis.tables import read_explanation_table
 from agg2exp_lightning.audit.output_folder import open_output_folder
-from agg2exp_lightning.audit.outputs import AuditOutputs, write_audit_outputs
+from agg2exp_lightning.audit.outputs import AuditOutputs, sha256_note, write_audit_outputs
 from agg2exp_lightning.errors import DataError
 from agg2exp_lightning.protocols import ProtocolLike, resolve_protocol
 from agg2exp_lightning.utils.files import file_sha256
@@ -91,16 +91,19 @@ def run_table_audit(
     analysis = analyze_cohort(cohort, reference, random_state=random_state, n_dependencies=n_dependencies, contamination=contamination,
                               protocol=protocol, merges=merged)
     inputs = {
-        "table": str(table),
-        "metadata": str(metadata) if metadata is not None else "none",
-        "Isolation Forests fitted on": str(reference_table) if reference_table is not None else "the audited scans",
+        "audit": "table of aggregated explanations (--from-table); the explanations were made elsewhere",
+        "table": sha256_note(table),
+        "metadata": sha256_note(metadata, "none (pass --metadata FILE to test subgroups)"),
+        "model": "not run by this audit (the table holds its explanations)",
+        "reference scans": (f"{sha256_note(reference_table)}: {len(reference)} scans" if reference is not None
+                            else f"none: the {len(cohort)} audited scans are their own reference (--reference-table to give one)"),
         "scans": len(cohort),
         "explained classes": len(cohort.classes),
         "regions": len(cohort.regions),
         "metadata columns": ", ".join(map(str, cohort.metadata.columns)) or "none",
         "protocol": protocol.label,
     }
-    outputs = write_audit_outputs(analysis, out_dir, inputs=inputs)
+    outputs = write_audit_outputs(analysis, out_dir, inputs=inputs, model_audit=False)
     if wandb:
         from agg2exp_lightning.audit.wandb_logging import log_audit_to_wandb
 

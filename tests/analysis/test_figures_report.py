@@ -53,7 +53,7 @@ def test_heatmap_draws_the_matrix_on_a_square_root_colour_scale():
     viridis = colormaps["viridis"]
     np.testing.assert_allclose(rgba, viridis(np.array([0.9 ** 0.5, 0.1 ** 0.5, 1.0, 0.0])), atol=1 / 255)
     assert sorted(_texts(ax)) == ["10", "100", "90"]  # percent in each finite cell, none in the NaN cell
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["upper left", "b"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["lung_upper_lobe_left", "b"]  # the table's names
     assert [t.get_text() for t in ax.get_xticklabels()] == ["r1", "r2"]
 
 
@@ -104,7 +104,7 @@ def test_share_distributions_draw_one_box_per_class_over_the_finite_scans():
         # horizontal boxes: a median is a vertical segment, drawn in the median colour (C1)
         drawn = [line.get_xdata()[0] for line in ax.lines if line.get_color() == "C1"]
         np.testing.assert_allclose(drawn, medians)
-    assert [t.get_text() for t in panels[0].get_yticklabels()] == ["upper left", "heart"]
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == ["lung_upper_lobe_left", "heart"]
     assert len(share_distributions(own, None, ["a", "b"]).axes) == 1  # no background: one panel
 
 

@@ -33,7 +33,7 @@ def test_summary_figures_and_report_hold_the_protocol_and_the_paper_analyses(pap
     for name in ("published_dependency_graph", "class_boxplots", "class_clustering", "mean_anomaly_vs_mean_dice"):
         assert (paper_audit / "figures" / f"{name}.png").stat().st_size > 1000
     page = (paper_audit / "report.html").read_text()
-    assert 'id="paper-analyses"' in page and "Protocol: paper" in page and "mean anomaly score vs mean Dice" in page
+    assert 'id="paper-analyses"' in page and "Protocol: paper" in page and "mean forest score vs mean Dice" in page
     assert json.loads((paper_audit / "audit.json").read_text())["config"]["protocol"]["name"] == "paper"
 
 
