@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--sensitivity-draws", choices=("shared", "independent"), default=None,
                    help="sensitivity: SmoothGrad noise / KernelSHAP coalitions of the noisy copies shared with the clean scan, "
                         "or drawn anew (as the paper); default: the protocol's")
+    m.add_argument("--sensitivity-prediction", choices=("clean", "noisy"), default=None,
+                   help="sensitivity: KernelSHAP of a noisy copy with the clean scan's prediction as feature and proxy mask "
+                        "(clean, as the paper) or with its own (noisy); default: the protocol's")
     m.add_argument("--batch-size", type=int, default=2, help="faithfulness: perturbed copies per forward pass")
     m.add_argument("--noise-samples", type=int, default=3, help="sensitivity: noisy copies (3)")
     m.add_argument("--radius", type=float, default=0.1, help="sensitivity: uniform noise half-width (0.1)")
@@ -215,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = comparison_options(args.method_option, args.methods)
         device = single_device(args.accelerator, args.devices)
         settings = ComparisonSettings(
-            protocol=args.protocol, sensitivity_draws=args.sensitivity_draws,
+            protocol=args.protocol, sensitivity_draws=args.sensitivity_draws, sensitivity_prediction=args.sensitivity_prediction,
             n_runs=args.n_runs, subset_size=args.subset_size, mask=args.mask, batch_size=args.batch_size,
             noise_samples=args.noise_samples, radius=args.radius, eps=args.eps, seed=args.seed,
             time_one_class=not args.no_one_class_timing,

@@ -89,12 +89,12 @@ class ComparisonSettings:
         roi_size, sw_batch_size, overlap, sw_mode: sliding-window inference for the faithfulness passes.
         time_one_class: also time an explanation of the first target alone.
         protocol: ``"corrected"`` or ``"paper"`` (:mod:`agg2exp_lightning.protocols`): gives ``mask``,
-            ``sensitivity_draws`` and ``crop_to_body`` where they are ``None``, and the explainer's
+            ``sensitivity_draws``, ``sensitivity_prediction`` and ``crop_to_body`` where they are ``None``, and the explainer's
             KernelSHAP spread and IG rule (:func:`make_method_attributor`).
         sensitivity_draws: ``"shared"`` (the noisy copies' SmoothGrad noise / KernelSHAP coalitions
             are those of the clean scan) or ``"independent"`` (drawn anew for every copy).
-            (KernelSHAP's noisy copies keep the clean scan's prediction as feature and proxy mask where the
-            protocol's ``sensitivity_prediction`` is ``"clean"``, the paper's.)
+        sensitivity_prediction: KernelSHAP of the noisy copies with the clean scan's prediction as feature
+            and proxy mask (``"clean"``, the paper's) or with each copy's own (``"noisy"``).
         crop_to_body: explain and score body-cropped volumes (read by
             :func:`~agg2exp_lightning.evaluation.cli.run_comparison` when it loads the data).
     """
@@ -116,6 +116,7 @@ class ComparisonSettings:
     protocol: str = DEFAULT_PROTOCOL
     sensitivity_draws: Union[str, None] = None
     crop_to_body: Union[bool, None] = None
+    sensitivity_prediction: Union[str, None] = None
 
     def __post_init__(self) -> None:
         chosen = get_protocol(self.protocol)
@@ -124,6 +125,7 @@ class ComparisonSettings:
             if getattr(self, field_name) is None:
                 object.__setattr__(self, field_name, getattr(chosen, setting))
         look_up_option("sensitivity_draws", self.sensitivity_draws, ("shared", "independent"))
+        look_up_option("sensitivity_prediction", self.sensitivity_prediction, ("clean", "noisy"))
         positive_int("n_runs", self.n_runs, minimum=2)
         for name in ("subset_size", "batch_size", "noise_samples", "sw_batch_size"):
             positive_int(name, getattr(self, name))
@@ -137,12 +139,14 @@ class ComparisonSettings:
             object.__setattr__(self, "roi_size", tuple(int(r) for r in self.roi_size))
 
     def resolved_protocol(self) -> Protocol:
-        """The protocol with this comparison's own ``mask`` / ``sensitivity_draws`` / ``crop_to_body`` as overrides."""
+        """The protocol with this comparison's own ``mask`` / ``sensitivity_draws`` / ``sensitivity_prediction`` /
+        ``crop_to_body`` as overrides."""
         return get_protocol(self.protocol, **{setting: getattr(self, f) for f, setting in _PROTOCOL_FIELDS.items()})
 
 
 #: ComparisonSettings fields that a protocol fills in, and the protocol setting each comes from.
-_PROTOCOL_FIELDS = {"mask": "faithfulness_mask", "sensitivity_draws": "sensitivity_draws", "crop_to_body": "crop_to_body"}
+_PROTOCOL_FIELDS = {"mask": "faithfulness_mask", "sensitivity_draws": "sensitivity_draws", "crop_to_body": "crop_to_body",
+                    "sensitivity_prediction": "sensitivity_prediction"}
 
 
 def make_method_attributor(*, protocol: ProtocolLike = None, sensitivity_draws: str | None = None, **options: Any) -> MethodAttributor:
@@ -294,7 +298,7 @@ def _evaluate_method(ctx: _ScanContext, method: str, explainer: MethodAttributor
         sums = attribution_sums(a[rest], ctx.subsets(), check_distinct=False)
         faith[rest] = pearson_rows(sums, ctx.drops()[rest], names=("attribution sums", "output drops"))
     keep = {}
-    if method.startswith("kernelshap") and s.resolved_protocol().sensitivity_prediction == "clean":
+    if method.startswith("kernelshap") and s.sensitivity_prediction == "clean":
         _check_takes_prediction(explainer)
         keep = {"prediction": ctx.prediction()}  # the paper's KernelSHAP: the clean scan's mask for every noisy copy
     with warnings.catch_warnings():  # the all-zero maps were reported once above

@@ -28,6 +28,11 @@ def test_settings_take_the_protocols_choices_unless_given():
         ComparisonSettings(protocol="pappr")
     with pytest.raises(ValueError, match="`sensitivity_draws`.*'same'"):
         ComparisonSettings(sensitivity_draws="same")
+    assert (paper.sensitivity_prediction, ours.sensitivity_prediction) == ("clean", "noisy")
+    one_setting = ComparisonSettings(protocol="paper", sensitivity_prediction="noisy").resolved_protocol()
+    assert one_setting.overridden == ("sensitivity_prediction",) and one_setting.kernelshap_estimator == "captum"
+    with pytest.raises(ValueError, match="`sensitivity_prediction`.*'fresh'"):
+        ComparisonSettings(sensitivity_prediction="fresh")
 
 
 def test_faithfulness_mask_follows_the_protocol(net, image):
@@ -86,12 +91,14 @@ def _recording(explainer, calls):
     return run
 
 
-@pytest.mark.parametrize("protocol", ["paper", "corrected"])
-def test_paper_kernelshap_explains_noisy_copies_with_the_clean_prediction(net, image, tmp_path, protocol):
+@pytest.mark.parametrize(("protocol", "prediction"), [("paper", None), ("corrected", None), ("paper", "noisy")])
+def test_paper_kernelshap_explains_noisy_copies_with_the_clean_prediction(net, image, tmp_path, protocol, prediction):
     """Under paper the noisy copies' KernelSHAP holds the clean scan's prediction as feature and proxy mask
-    (the authors' wrapper closes over the clean ``out_max``); under corrected each copy is predicted anew.
-    The sensitivity is then the relative distance to explain(noisy, prediction=clean labels)."""
-    settings = ComparisonSettings(protocol=protocol, n_runs=3, subset_size=50, noise_samples=2, time_one_class=False)
+    (the authors' wrapper closes over the clean ``out_max``); under corrected (or paper with
+    sensitivity_prediction="noisy") each copy is predicted anew. The sensitivity is then the relative
+    distance to explain(noisy, prediction=clean labels)."""
+    settings = ComparisonSettings(protocol=protocol, n_runs=3, subset_size=50, noise_samples=2, time_one_class=False,
+                                  sensitivity_prediction=prediction)
     opts = {"kernelshap_semantic": {"n_samples": 8}}
     calls: list = []
     explainer = _recording(make_method_attributor(protocol=settings.resolved_protocol(), **opts), calls)
@@ -102,7 +109,7 @@ def test_paper_kernelshap_explains_noisy_copies_with_the_clean_prediction(net, i
     with torch.no_grad():
         clean = net(image[None]).argmax(1)[0]
     assert len(calls) == 3 and calls[0] is None  # the clean scan, then two noisy copies
-    if protocol == "corrected":
+    if settings.sensitivity_prediction == "noisy":
         assert calls[1:] == [None, None]
         return
     assert all(torch.equal(c, clean) for c in calls[1:])
