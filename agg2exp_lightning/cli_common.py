@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = [
     "METHOD_OPTION_HELP",
@@ -41,6 +41,17 @@ METHOD_OPTION_SYNTAX = "[METHOD.]KEY=VALUE"
 #: Help of ``--method-option``, the same on every command.
 METHOD_OPTION_HELP = ("option of the attribution method(s), repeatable: KEY=VALUE for every method that takes KEY, "
                       "METHOD.KEY=VALUE for one method (e.g. smoothgrad.n_samples=10); VALUE parsed as JSON when it can be")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An :class:`argparse.ArgumentParser` whose errors are one line, ``PROG: error: MESSAGE (see PROG --help)``.
+
+    argparse prints the whole usage block before the line that matters (``--contamination 2``); the block is
+    one ``--help`` away. Exit status 2, as argparse's.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_version_argument(parser: argparse.ArgumentParser) -> None:

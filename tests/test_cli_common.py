@@ -106,3 +106,19 @@ def test_both_commands_refuse_bad_model_sources_with_one_line_and_exit_2(command
         assert err.startswith(f"{command}: error: ") and message in err and "Traceback" not in err, (extra, err)
         assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("module", "argv", "needle"), [
+    ("agg2exp_lightning.audit.cli", ["--from-table", "t.csv", "--out", "o", "--contamination", "2"], "--contamination must be a number in (0, 0.5]"),
+    ("agg2exp_lightning.audit.cli", ["--from-table", "t.csv", "--out", "o", "--contamination", "abc"], "invalid float value: 'abc'"),
+    ("agg2exp_lightning.data.synthetic", ["root", "--n-subjects", "x"], "invalid int value: 'x'"),
+    ("agg2exp_lightning.evaluation.cli", ["--no-such-option"], "the following arguments are required: --model/--checkpoint"),
+])
+def test_cli_value_errors_are_one_line_without_the_usage_block(module, argv, needle, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "usage:" not in err[0] and err[0].endswith("--help)"), err

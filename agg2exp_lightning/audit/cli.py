@@ -27,6 +27,7 @@ from agg2exp_lightning.analysis.regions import PRESET_MERGES
 from agg2exp_lightning.cli_common import (
     METHOD_OPTION_HELP,
     METHOD_OPTION_SYNTAX,
+    ArgumentParser,
     add_device_arguments,
     add_model_arguments,
     add_version_argument,
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (kept separate so tests and docs can inspect it)."""
-    p = argparse.ArgumentParser(prog="agg2exp-audit", description="Post-hoc audit of a segmentation model's aggregated explanations (Agg2Exp).")
+    p = ArgumentParser(prog="agg2exp-audit", description="Post-hoc audit of a segmentation model's aggregated explanations (Agg2Exp).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-table", metavar="CSV", help="table of aggregated explanations in the published column format")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumed if it holds this audit)")

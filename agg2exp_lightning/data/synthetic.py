@@ -478,9 +478,9 @@ def _condition_arg(text: str) -> tuple[str, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``agg2exp-make-cohort`` (separate so tests and docs can inspect it)."""
-    from agg2exp_lightning.cli_common import add_version_argument
+    from agg2exp_lightning.cli_common import ArgumentParser, add_version_argument
 
-    parser = argparse.ArgumentParser(prog="agg2exp-make-cohort", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="agg2exp-make-cohort", description=__doc__.split("\n")[0])
     parser.add_argument("root", help="dataset folder to write")
     parser.add_argument("--n-subjects", type=int, default=36, help="number of subjects (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the anatomy, noise and planted conditions (default %(default)s)")

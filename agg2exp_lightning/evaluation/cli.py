@@ -22,6 +22,7 @@ import pandas as pd
 from agg2exp_lightning.cli_common import (
     METHOD_OPTION_HELP,
     METHOD_OPTION_SYNTAX,
+    ArgumentParser,
     add_device_arguments,
     add_model_arguments,
     add_version_argument,
@@ -43,7 +44,7 @@ DEFAULT_TARGETS = ("background", "aorta", "lung_lower_lobe_left", "lung_lower_lo
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (separate so tests and docs can inspect it)."""
-    p = argparse.ArgumentParser(prog="agg2exp-compare-methods",
+    p = ArgumentParser(prog="agg2exp-compare-methods",
                                 description="Faithfulness, sensitivity, complexity and efficiency of attribution methods.")
     add_model_arguments(p)
     p.add_argument("--data", required=True, metavar="ROOT", help="TotalSegmentator v2 root or manifest CSV")

@@ -14,31 +14,44 @@ One job per module:
 """
 from __future__ import annotations
 
+from importlib import import_module
+from typing import Any
+
 from agg2exp_lightning.training.configs import CONFIG_DIR, check_config_files, named_configs
-from agg2exp_lightning.training.dice_table import dice_table
 from agg2exp_lightning.training.errors import TrainingError
-from agg2exp_lightning.training.label_maps import LabelMapWriter, to_original_grid
-from agg2exp_lightning.training.resume import check_resume_checkpoint, resume_checkpoint
-from agg2exp_lightning.training.run import train
+
+__all__ = ["CONFIG_DIR", "LabelMapWriter", "TrainingError", "check_config_files", "check_resume_checkpoint", "dice_table",
+           "main", "named_configs", "resume_checkpoint", "to_original_grid", "train"]
+
+#: Names that import Lightning and torch, loaded on first use (PEP 562) so that ``agg2exp-train --help`` is instant.
+_LAZY = {"dice_table": "dice_table", "LabelMapWriter": "label_maps", "to_original_grid": "label_maps",
+         "check_resume_checkpoint": "resume", "resume_checkpoint": "resume", "train": "run"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"agg2exp_lightning.training.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point ``agg2exp-train`` (see :func:`agg2exp_lightning.training.cli.main`)."""
+    """Console entry point ``agg2exp-train`` (see :func:`agg2exp_lightning.training.cli.main`).
+
+    ``--help`` and ``--version`` alone are answered here, before Lightning is imported.
+    """
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args in (["-h"], ["--help"]):
+        from agg2exp_lightning.training.help_text import top_level_help
+
+        print(top_level_help(), end="")
+        return 0
+    if args == ["--version"]:
+        from agg2exp_lightning import __version__
+
+        print(f"agg2exp-train {__version__}")
+        return 0
     from agg2exp_lightning.training.cli import main as cli_main
 
     return cli_main(argv)
-
-
-__all__ = [
-    "CONFIG_DIR",
-    "LabelMapWriter",
-    "TrainingError",
-    "check_config_files",
-    "check_resume_checkpoint",
-    "dice_table",
-    "main",
-    "named_configs",
-    "resume_checkpoint",
-    "to_original_grid",
-    "train",
-]

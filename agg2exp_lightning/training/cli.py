@@ -19,26 +19,11 @@ from agg2exp_lightning.model import SegmentationModule
 from agg2exp_lightning.training import run
 from agg2exp_lightning.training.configs import named_configs
 from agg2exp_lightning.training.errors import TrainingError, disk_error_in_chain, errno_text
+from agg2exp_lightning.training.help_text import DESCRIPTION, SUBCOMMAND_HELP
 from agg2exp_lightning.training.trainer import AutoPrecisionTrainer
 from agg2exp_lightning.utils.allocator import keep_freed_memory
 
 __all__ = ["TrainCLI", "build_cli", "main"]
-
-DESCRIPTION = (
-    "Train, evaluate and apply the Swin-UNETR thorax segmentation model. Shortcut: `agg2exp-train demo [OPTIONS]` "
-    "= `agg2exp-train fit --config demo [OPTIONS]` (2-core CPU demo). Shipped configurations for --config: {names}."
-)
-SUBCOMMAND_HELP = {
-    "fit": "Fit the model (continuing a killed run from <run>/checkpoints/last.ckpt; --resume never starts over), "
-           "then validate the best checkpoint and write <run>/dice_table.md.",
-    "validate": "Per-scan Dice of --ckpt_path (default <run>/checkpoints/last.ckpt) on the validation scans; "
-                "writes <run>/dice_table.md.",
-    "test": "Per-scan Dice of --ckpt_path (default <run>/checkpoints/last.ckpt) on the test scans; writes "
-            "<run>/test_dice_table.md.",
-    "predict": "Label maps of the test scans by --ckpt_path (default <run>/checkpoints/last.ckpt), written as "
-               "NIfTI on each input image's grid (shape and affine) to --predictions_dir (default <run>/predictions).",
-}
-
 
 class TrainCLI(LightningCLI):
     """LightningCLI whose subcommands run through :mod:`agg2exp_lightning.training.run`; ``result`` holds
