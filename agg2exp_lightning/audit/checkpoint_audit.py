@@ -160,7 +160,7 @@ def run_checkpoint_audit(
             analysis' graph and clustering rules.
         merges: regions to join before the analysis (``--merge`` specs or a mapping), checked against
             the model's classes (and the extra masks) before anything is written.
-        extra_masks: a folder ``DIR/<subject id>/<name>.nii.gz`` of per-scan masks added as regions
+        extra_masks: a folder ``DIR/<subject id>/<name>.<format>`` (NIfTI, NRRD, MetaImage, DICOM) of per-scan masks added as regions
             (:mod:`agg2exp_lightning.audit.extra_masks`); every file is checked against its scan's grid
             before anything is written.
 

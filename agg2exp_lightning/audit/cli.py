@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"bundle of choices, one of {', '.join(PROTOCOLS)} (default %(default)s; paper = as published: "
                         "absent regions count as share 0, the cumulative-share graph rule, uncropped volumes, ...)")
     c.add_argument("--extra-masks", metavar="DIR",
-                   help="per-scan masks added as regions (e.g. a pathology): DIR/<subject id>/<name>.nii.gz on the CT's grid")
+                   help="per-scan masks added as regions (e.g. a pathology): DIR/<subject id>/<name>.nii.gz (or .nrrd, .mha, a DICOM folder) on the CT's grid")
     p.add_argument("--merge", action="append", default=[], metavar="NAME[=REGION,...]",
                    help=f"join regions into one before the analysis, repeatable: a preset ({', '.join(PRESET_MERGES)}) "
                         "or NAME=REGION,REGION,... (e.g. lung=lung_upper_lobe_left,lung_lower_lobe_left)")

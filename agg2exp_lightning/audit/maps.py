@@ -203,14 +203,15 @@ def write_colour_table(folder: str | Path, class_names: Sequence[str]) -> Path:
 def estimate_map_bytes(images: Sequence[str | Path], n_classes: int) -> int:
     """Upper bound of the maps' size: per scan, its file's voxels x (4 bytes x classes + 1), uncompressed.
 
-    Reads only the NIfTI headers. A file that cannot be read counts as 0 (the audit reports it).
+    Reads only the headers of NIfTI files (other formats in full, :func:`~agg2exp_lightning.data.reading.read_grid`).
+    A file that cannot be read counts as 0 (the audit reports it).
     """
-    import nibabel as nib
+    from agg2exp_lightning.data.reading import read_grid
 
     total = 0
     for path in images:
         try:
-            shape = nib.load(str(path)).shape[:3]
+            shape = read_grid(path)[0]
         except Exception:  # the scan's own failure is reported by the audit
             continue
         total += int(np.prod(shape)) * (ATTRIBUTION_BYTES * n_classes + LABEL_BYTES)

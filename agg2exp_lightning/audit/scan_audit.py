@@ -32,7 +32,7 @@ from agg2exp_lightning.utils.files import atomic_write_json
 log = logging.getLogger(__name__)
 
 #: Record fields that are not metadata (paths and bookkeeping).
-NON_METADATA = frozenset({"image", "label", "labels", "image_id", "split"})
+NON_METADATA = frozenset({"image", "label", "labels", "image_id", "split", "series"})
 #: Folder of each set of scans.
 SET_FOLDERS = {"audited": "scans", "reference": "reference_scans"}
 
@@ -228,6 +228,18 @@ def run_scan_audit(
         "scans audited": f"{len(tables['audited'])} of {len(sets['audited'])}",
         "failed scans": ", ".join(failures) or "none",
     }
+    done = {str(rec["id"]) for rec in finished["audited"]}
+    unlabelled = [r.subject_id for r in sets["audited"] if not r.labels and r.subject_id in done]
+    if unlabelled:  # audited as usual; only Dice, and the anomaly-Dice correlations, need labels
+        rows["scans without labels"] = (f"{len(unlabelled)} of {len(done)}: {', '.join(unlabelled)}; they have no Dice, "
+                                        "so the anomaly-Dice correlations use the labelled scans only (the scan-level score, "
+                                        "worklist, bias tests, region shares and maps need no labels)")
+    if extra_masks:  # the paper's pathology analysis: which classes' explanations lean on each extra region
+        from agg2exp_lightning.audit.extra_masks import classes_leaning_on
+
+        leaning = classes_leaning_on(analysis.importance, analysis.table.classes, analysis.table.regions, extra_masks[0])
+        rows["extra regions: classes leaning most on each (mean share of their attribution mass)"] = "; ".join(
+            f"{name}: " + (", ".join(f"{c} {v:.3f}" for c, v in pairs) or "no class") for name, pairs in leaning.items())
     links: dict[str, str] = {}
     if save_maps:
         from agg2exp_lightning.audit.maps import maps_status
@@ -241,7 +253,8 @@ def run_scan_audit(
 
         worklist = [str(row["id"]) for row in getattr(analysis, "worklist", None) or []]
         index = scan_figures_for_audit(out, {r.subject_id: r.image for r in sets["audited"]}, worklist + list(figures_for),
-                                       class_names)
+                                       class_names, series={r.subject_id: r.metadata["series"] for r in sets["audited"]
+                                                            if r.metadata.get("series")})
         if index is not None:
             rows["three-view figures (linked to the NIfTI maps)"] = str(index)
             links["three-view figures of the worklist's scans, linked to their NIfTI maps"] = Path(index).relative_to(out).as_posix()

@@ -28,28 +28,36 @@ log = logging.getLogger(__name__)
 __all__ = ["draw_scan_figures", "scan_figures_for_audit"]
 
 
-def _canonical(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+def _canonical(path: Path, series: str | None = None) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The volume (any format :func:`~agg2exp_lightning.data.reading.read_volume` reads) in RAS voxel order, and its spacing."""
     import nibabel as nib
 
-    img = nib.as_closest_canonical(nib.load(str(path)))
+    from agg2exp_lightning.data.reading import read_volume
+
+    data, affine = read_volume(path, what="three-view figure", series=series)
+    img = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(data), affine))
     return np.asarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
 def draw_scan_figures(maps_folder: str | Path, figures_folder: str | Path, scan_id: str, image_path: str | Path,
                       class_names: Sequence[str], *, window: Literal["lung", "soft_tissue"] = "soft_tissue",
-                      signed: bool = False) -> list[dict[str, Any]]:
+                      signed: bool = False, series: str | None = None) -> list[dict[str, Any]]:
     """Draw one scan's three-view figures (one per class with a map) and its mass profile.
+
+    ``image_path`` is the scan in any format :func:`~agg2exp_lightning.data.reading.read_volume` reads (``series``
+    picks one series of a DICOM folder).
 
     Returns:
         ``[{"scan", "class", "figure": Path, "nifti": [Path, ...]}]``, the profile as class ``"profile"``.
 
     Raises:
-        OSError, ValueError: a file cannot be read or the maps do not fit the CT (the caller reports it).
+        OSError, ValueError: a file cannot be read or the maps do not fit the CT (the caller reports it);
+            DataError is a ValueError.
     """
     figures_folder = Path(figures_folder)
     paths = map_paths(maps_folder, scan_id, class_names)
     present = [c for c in class_names if paths[c].is_file()]
-    ct, spacing = _canonical(Path(image_path))
+    ct, spacing = _canonical(Path(image_path), series)
     prediction, _ = _canonical(paths["prediction"])
     stem = record_stem(scan_id)
     entries, maps = [], {}
@@ -86,8 +94,11 @@ def _index_page(entries: Sequence[Mapping[str, Any]], folder: Path) -> str:
 
 
 def scan_figures_for_audit(out_dir: str | Path, images: Mapping[str, str | Path], scan_ids: Sequence[str],
-                           class_names: Sequence[str], *, window: Literal["lung", "soft_tissue"] = "soft_tissue") -> Path | None:
+                           class_names: Sequence[str], *, window: Literal["lung", "soft_tissue"] = "soft_tissue",
+                           series: Mapping[str, str] | None = None) -> Path | None:
     """Draw the figures of ``scan_ids`` (those with maps) into ``<out>/figures/scans/`` and write its ``index.html``.
+
+    ``series`` gives, per scan id, the series of a DICOM folder with several.
 
     A scan without maps, unknown, or whose files cannot be drawn is reported by name; the others are drawn.
 
@@ -105,7 +116,8 @@ def scan_figures_for_audit(out_dir: str | Path, images: Mapping[str, str | Path]
             log.warning("no three-view figures for scan %s: it has no maps (--save-maps)", sid)
             continue
         try:
-            entries += draw_scan_figures(out / "maps", folder, sid, images[sid], class_names, window=window)
+            entries += draw_scan_figures(out / "maps", folder, sid, images[sid], class_names, window=window,
+                                         series=(series or {}).get(sid))
         except (OSError, ValueError) as err:
             log.warning("three-view figures of scan %s not drawn: %s: %s", sid, type(err).__name__, err)
     if not entries:

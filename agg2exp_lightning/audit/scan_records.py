@@ -108,7 +108,8 @@ def records_to_frame(records: Sequence[Mapping[str, Any]], metadata: Mapping[str
             row.update({column_name(a, None, "dice"): rec["dice"][i] for i, a in enumerate(classes)})
         row.update(dict((metadata or {}).get(rec["id"], {})))
         rows.append(row)
-    return pd.DataFrame(rows).astype({c: float for c in rows[0] if c.endswith(("_mass", "_mean", "_dice"))})
+    frame = pd.DataFrame(rows)  # scans without labels (no Dice) get NaN in the Dice columns of those with
+    return frame.astype({c: float for c in frame.columns if c.endswith(("_mass", "_mean", "_dice"))})
 
 
 def _read_json(path: Path) -> Any:

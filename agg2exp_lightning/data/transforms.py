@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from monai.transforms import Transform
 
-from agg2exp_lightning.data.nifti import check_ct, check_same_grid, load_nifti
+from agg2exp_lightning.data.nifti import check_ct, check_same_grid
+from agg2exp_lightning.data.reading import read_volume
 from agg2exp_lightning.data.totalsegmentator import load_totalsegmentator_subject
 from agg2exp_lightning.errors import DataError
 
@@ -38,7 +39,9 @@ def load_subject_arrays(
     """Load ``(ct HU float32, labels uint8 or None, affine)`` for a record dict from :class:`SubjectRecord`.
 
     TotalSegmentator structures are merged into the label ids of ``class_names`` (default: the 17 thorax
-    labels when ``num_classes`` is 17).
+    labels when ``num_classes`` is 17). A manifest's image and labels may be in any format
+    :func:`~agg2exp_lightning.data.reading.read_volume` reads (NIfTI, NRRD, MetaImage, a DICOM series folder;
+    the metadata's ``series`` picks one series of a DICOM folder of the image).
     """
     sid = record["subject_id"]
     if record["layout"] == "totalsegmentator":
@@ -51,11 +54,12 @@ def load_subject_arrays(
                 f"but the model expects {num_classes} classes"
             )
         return load_totalsegmentator_subject(record["labels"], mapping, class_names=names)
-    ct, affine = load_nifti(record["image"], what=f"image of subject {sid}")
+    series = (record.get("metadata") or {}).get("series") or None
+    ct, affine = read_volume(record["image"], what=f"image of subject {sid}", series=series)
     ct = check_ct(ct, what=f"image of subject {sid}", path=record["image"])
     if record.get("labels") is None:
         return ct, None, affine
-    labels, label_affine = load_nifti(record["labels"], what=f"labels of subject {sid}")
+    labels, label_affine = read_volume(record["labels"], what=f"labels of subject {sid}")
     check_same_grid(ct.shape, affine, labels.shape, label_affine, what=f"labels of subject {sid} ({record['labels']})")
     if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= num_classes:
         raise DataError(
