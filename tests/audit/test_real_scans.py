@@ -91,7 +91,6 @@ def mixed_manifest(tmp_path_factory) -> tuple[Path, Path]:
     return root / "manifest.csv", masks
 
 
-@pytest.mark.slow  # one model audit through Trainer.predict
 def test_mixed_formats_and_unlabelled_rows_audit_with_known_answers(tmp_path, mixed_manifest):
     from agg2exp_lightning.audit import audit
 
