@@ -7,9 +7,13 @@ What a W&B user expects from a training run, set up here:
 - the best validation Dice is in the run summary (``val/mean_dice_fg`` and each ``val/dice/<class>``
   with ``max`` and ``last``);
 - the full resolved configuration (trainer, callbacks, data, model, as LightningCLI resolved it) is the
-  run's config, through :class:`SaveConfigToWandb`;
+  run's config, through :class:`SaveConfigToWandb`, once: the module's hyper-parameters are not written again
+  at the top level;
+- ``val/loss`` beside the Dice; after ``fit`` the best checkpoint's validation goes into the summary
+  (``best/*``) and a per-class ``best/dice_table`` (:func:`log_best_validation`), not as an extra point on
+  the ``val/*`` curves one epoch after the last;
 - checkpoints become artifacts with ``log_model`` (``True``: at the end, ``"all"``: every checkpoint), as
-  in Lightning's :class:`~lightning.pytorch.loggers.WandbLogger`; an audit of such a checkpoint names it
+  in Lightning's :class:`~lightning.pytorch.loggers.WandbLogger`, offline too (``wandb sync`` uploads them); an audit of such a checkpoint names it
   as its input (:func:`agg2exp_lightning.audit.wandb_logging.log_audit_to_wandb`).
 """
 from __future__ import annotations
@@ -25,7 +29,8 @@ from lightning.pytorch.loggers import WandbLogger
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BEST_METRICS", "EPOCH_METRICS", "OfflineFirstWandbLogger", "SaveConfigToWandb", "define_epoch_metrics", "resolved_config", "wandb_mode"]
+__all__ = ["BEST_METRICS", "EPOCH_METRICS", "OfflineFirstWandbLogger", "SaveConfigToWandb", "define_epoch_metrics", "log_best_validation",
+           "resolved_config", "wandb_mode"]
 
 #: Keys (W&B globs) whose x-axis is ``epoch``.
 EPOCH_METRICS: tuple[str, ...] = ("val/*", "agg2exp/*", "train/nonfinite_loss_steps")
@@ -87,7 +92,12 @@ class OfflineFirstWandbLogger(WandbLogger):
         kwargs.setdefault("settings", None)
         if kwargs["settings"] is None:
             kwargs.pop("settings")
-        super().__init__(save_dir=save_dir, project=project, name=name, offline=mode != "online", mode=mode, **kwargs)
+        # `mode` keeps wandb off the network; Lightning's own `offline` flag stays False because it refuses
+        # log_model offline, although an offline wandb run keeps artifacts and `wandb sync` uploads them
+        super().__init__(save_dir=save_dir, project=project, name=name, offline=False, mode=mode, **kwargs)
+        #: Set by :class:`SaveConfigToWandb` once the whole resolved configuration is the run's config: the
+        #: module's hyper-parameters are then in it (under ``model``) and are not written a second time.
+        self.full_config_logged = False
         self._epoch_metrics = tuple(epoch_metrics)
         self._best_metrics = tuple(best_metrics)
         self._metrics_defined = False
@@ -104,6 +114,12 @@ class OfflineFirstWandbLogger(WandbLogger):
             except Exception as err:
                 log.warning("W&B define_metric failed for %s: %s", new, err)
         super().log_metrics(metrics, step)
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """As :class:`WandbLogger`, unless the resolved configuration is already the run's config (one tree)."""
+        if self.full_config_logged:
+            return
+        super().log_hyperparams(params, *args, **kwargs)
 
     @property
     def experiment(self) -> Any:
@@ -140,6 +156,8 @@ class SaveConfigToWandb(SaveConfigCallback):
         for logger in loggers:
             try:
                 logger.experiment.config.update(config, allow_val_change=True)
+                if isinstance(logger, OfflineFirstWandbLogger):
+                    logger.full_config_logged = True
             except Exception as err:  # logging must never stop training
                 log.warning("could not store the resolved configuration in the W&B run: %s", err)
 
@@ -149,3 +167,48 @@ def resolved_config(parser: Any, config: Any) -> dict[str, Any]:
     import yaml
 
     return yaml.safe_load(parser.dump(config, skip_none=False, skip_check=True)) or {}
+
+
+def log_best_validation(trainer: Any, checkpoint: str | None, class_names: Sequence[str], per_scan: Mapping[str, Any]) -> None:
+    """The best checkpoint's validation, into every W&B run of ``trainer``: summary ``best/*`` and a per-class table.
+
+    ``best/checkpoint``, ``best/epoch`` (the checkpoint's epoch), ``best/mean_dice_fg``, ``best/dice/<class>``
+    in the run summary, and ``best/dice_table``, a ``wandb.Table`` of class, mean Dice and the number of
+    scans with the class. Logging must never stop training: a failure is a warning.
+
+    Args:
+        trainer: the Trainer (its W&B loggers; rank 0 only writes).
+        checkpoint: the best checkpoint's path.
+        class_names: ``C`` names, background first.
+        per_scan: subject id -> ``[C]`` Dice of the validation scans.
+    """
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    if not loggers or not trainer.is_global_zero:
+        return
+    import math
+
+    import torch
+
+    from agg2exp_lightning.training.dice_table import dice_table
+
+    _, means = dice_table(class_names, per_scan)
+    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in per_scan.values()]) if per_scan else torch.zeros(0, len(class_names))
+    present = (~torch.isnan(stacked)).sum(0).tolist()
+    epoch = None
+    if checkpoint:
+        try:
+            epoch = int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("epoch"))
+        except Exception as err:  # the epoch is a label; a checkpoint that does not say is no reason to stop
+            log.warning("could not read the epoch of %s: %s", checkpoint, err)
+    try:
+        import wandb
+
+        rows = [[name, None if math.isnan(means[name]) else means[name], int(n)] for name, n in zip(class_names, present)]
+        for logger in loggers:
+            run = logger.experiment
+            run.summary.update({"best/checkpoint": str(checkpoint), "best/epoch": epoch,
+                                "best/mean_dice_fg": None if math.isnan(means["mean_foreground"]) else means["mean_foreground"],
+                                **{f"best/dice/{k}": v for k, v in means.items() if k != "mean_foreground" and not math.isnan(v)}})
+            run.log({"best/dice_table": wandb.Table(columns=["class", "mean Dice", "scans with the class"], data=rows)})
+    except Exception as err:
+        log.warning("could not log the best checkpoint's validation to W&B: %s", err)

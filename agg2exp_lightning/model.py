@@ -173,7 +173,7 @@ class SegmentationModule(pl.LightningModule):
         self.last_val_dice = {}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return self._record_scan_dice(batch, self.last_val_dice)
+        return self._record_scan_dice(batch, self.last_val_dice, stage="val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_mean_dice("val", self.last_val_dice)
@@ -182,13 +182,14 @@ class SegmentationModule(pl.LightningModule):
         self.last_test_dice = {}
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return self._record_scan_dice(batch, self.last_test_dice)
+        return self._record_scan_dice(batch, self.last_test_dice, stage="test")
 
     def on_test_epoch_end(self) -> None:
         self._log_mean_dice("test", self.last_test_dice)
 
-    def _record_scan_dice(self, batch: dict[str, Any], records: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Per-scan Dice of ``batch`` into ``records``, with every rank's scans of this step.
+    def _record_scan_dice(self, batch: dict[str, Any], records: dict[str, Tensor], *, stage: str) -> dict[str, Tensor]:
+        """Per-scan Dice of ``batch`` into ``records``, with every rank's scans of this step; ``{stage}/loss``
+        (the training loss on the whole volumes, averaged over the epoch's scans) beside it.
 
         Under distributed evaluation each step gathers all ranks' records, so ``records`` holds every
         scan seen so far on every rank before any epoch-end hook (the monitors' included) runs. A scan
@@ -199,6 +200,8 @@ class SegmentationModule(pl.LightningModule):
         logits = self.predict_logits(batch["image"])
         pred = logits.argmax(1)
         label = plain_tensor(batch["label"])[:, 0].long()
+        loss = self.loss(logits, label[:, None])
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=label.shape[0], sync_dist=True)
         mine = [
             (str(batch["subject_id"][i]), dice_per_class(pred[i], label[i], self.hparams.num_classes).cpu())
             for i in range(pred.shape[0])

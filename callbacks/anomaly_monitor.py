@@ -45,6 +45,7 @@ class AnomalyMonitor(Callback):
         #: the calibrated scan-level score of the latest check (``None`` with fewer than
         #: :data:`~agg2exp_lightning.analysis.anomaly.MIN_REFERENCE_SCANS` reference or validation scans)
         self.latest_scan: Any = None
+        self._skip_said = False
 
     @property
     @override
@@ -77,7 +78,10 @@ class AnomalyMonitor(Callback):
             metrics[f"{self.prefix}/outliers/{cls}"] = float(result.outliers[:, i].sum())
             metrics[f"{self.prefix}/anomaly_score_mean/{cls}"] = float(np.nanmean(result.scores[:, i])) if np.isfinite(result.scores[:, i]).any() else float("nan")
         metrics[f"{self.prefix}/outliers_any"] = float(result.any_outlier.sum())
-        scan = self.latest_scan = _scan_level(check.roi, targets, reference, self.random_state)
+        # a skipped analysis is said once at INFO (then at DEBUG each check), never silently
+        scan = self.latest_scan = _scan_level(check.roi, targets, reference, self.random_state,
+                                              level=logging.DEBUG if self._skip_said else logging.INFO)
+        self._skip_said = self._skip_said or scan is None
         if scan is not None:
             metrics[f"{self.prefix}/scan_flagged"] = float(scan.flagged.sum())
             metrics[f"{self.prefix}/scan_score_mean"] = float(np.nanmean(scan.score)) if np.isfinite(scan.score).any() else float("nan")
@@ -106,7 +110,7 @@ class AnomalyMonitor(Callback):
         self.history = list(state_dict.get("history", []))
 
 
-def _scan_level(roi: np.ndarray, targets: list[str], reference: np.ndarray | None, random_state: int) -> Any:
+def _scan_level(roi: np.ndarray, targets: list[str], reference: np.ndarray | None, random_state: int, *, level: int = logging.INFO) -> Any:
     """The calibrated scan-level score (:func:`~agg2exp_lightning.analysis.anomaly.scan_anomaly_scores`)
     against the reference scans when there are enough, else the validation scans themselves; ``None``
     when neither has enough scans to cross-fit."""
@@ -114,7 +118,8 @@ def _scan_level(roi: np.ndarray, targets: list[str], reference: np.ndarray | Non
 
     basis = reference if reference is not None and len(reference) >= MIN_REFERENCE_SCANS else None
     if basis is None and len(roi) < MIN_REFERENCE_SCANS:
-        log.debug("scan-level score skipped: %d validation and %d reference scans, need %d", len(roi),
-                  0 if reference is None else len(reference), MIN_REFERENCE_SCANS)
+        log.log(level, "scan-level score skipped (agg2exp/scan_flagged not logged): %d validation and %d reference scans, "
+                "need %d of either to cross-fit its forests; the per-class anomaly scores are logged as usual", len(roi),
+                0 if reference is None else len(reference), MIN_REFERENCE_SCANS)
         return None
     return scan_anomaly_scores(roi, targets, basis, random_state=random_state)

@@ -10,7 +10,7 @@ from lightning.pytorch.cli import LightningCLI
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from agg2exp_lightning.loggers import SaveConfigToWandb, wandb_mode
+from agg2exp_lightning.loggers import SaveConfigToWandb, log_best_validation, wandb_mode
 from agg2exp_lightning.wandb_files import find_offline_runs, read_offline_run
 
 DICE = (0.4, 0.7, 0.5)  # scripted per epoch: best 0.7, last 0.5
@@ -49,16 +49,31 @@ def test_offline_run_holds_the_resolved_config_epoch_axis_and_best_dice(tmp_path
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    logger = {"class_path": "agg2exp_lightning.loggers.OfflineFirstWandbLogger", "init_args": {"save_dir": str(tmp_path)}}
-    LightningCLI(Scripted, save_config_callback=SaveConfigToWandb, save_config_kwargs={"overwrite": True}, args=[
+    logger = {"class_path": "agg2exp_lightning.loggers.OfflineFirstWandbLogger", "init_args": {"save_dir": str(tmp_path), "log_model": True}}
+    cli = LightningCLI(Scripted, save_config_callback=SaveConfigToWandb, save_config_kwargs={"overwrite": True}, args=[
         "fit", "--model.width=3", "--trainer.max_epochs=3", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger={logger}".replace("'", '"'),
         "--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor",
     ])
+    best = cli.trainer.checkpoint_callback.best_model_path
+    log_best_validation(cli.trainer, best, ["background", "heart"],
+                        {"s1": torch.tensor([0.99, 0.6]), "s2": torch.tensor([0.97, 0.8]), "s3": torch.tensor([0.98, float("nan")])})
+    cli.trainer.loggers[0].finalize("success")  # log_model=True: the checkpoints become artifacts at the end
     wandb.finish()
     wandb.teardown()  # the run file is complete once the service has flushed it
     (path,) = find_offline_runs(tmp_path)
     run = read_offline_run(path)
+
+    # one config tree: the module's hyper-parameters only under "model", not again at the top level
+    assert not {"width", "lr"} & set(run["config"]), sorted(run["config"])
+    # the best checkpoint's validation: in the summary and as a per-class table, not as another val/* point
+    assert run["summary"]["best/epoch"] == 2 and run["summary"]["best/checkpoint"] == best
+    assert run["summary"]["best/mean_dice_fg"] == pytest.approx(0.7) and run["summary"]["best/dice/heart"] == pytest.approx(0.7)
+    (table,) = [r for r in run["history"] if "best/dice_table/_type" in r]
+    assert table["best/dice_table/_type"] == "table-file" and table["best/dice_table/nrows"] == 2 and table["best/dice_table/ncols"] == 3
+    # log_model offline too: the checkpoint is an artifact that `wandb sync` uploads
+    (artifact,) = [a for a in run["artifacts"] if a["type"] == "model"]
+    assert artifact["files"] == ["model.ckpt"]
 
     config = run["config"]  # the whole resolved configuration, not only the module's hyper-parameters
     assert {"trainer", "model", "seed_everything"} <= set(config)

@@ -136,12 +136,17 @@ def log_audit_to_wandb(
         for key, path in outputs.figures.items():
             payload[f"figures/{key}"] = wandb.Image(str(path))
         run.log(payload)
+        # the report's words (its Glossary): "flagged" by the scan-level score; "outlier for any class" by the forests
         run.summary["n_scans"] = summary["n_scans"]
-        run.summary["n_outlier_scans"] = summary["anomaly"]["n_outlier_scans"]
+        run.summary["n_outlier_scans"] = summary["anomaly"]["n_outlier_scans"]  # outlier for any class (the paper's rule)
+        scan = summary.get("scan_anomaly") or {}
+        if "n_flagged" in scan:
+            run.summary["scan_level/n_flagged"] = scan["n_flagged"]
+            run.summary["scan_level/expected_false_alarm_rate"] = scan["expected_false_positive_rate"]
         for c, v in summary["per_class"].items():
-            if v["rho"] is not None:
-                run.summary[f"rho/{c}"] = v["rho"]
-                run.summary[f"q/{c}"] = v["q"]
+            if v["rho"] is not None:  # Spearman of the class's forest score and Dice
+                run.summary[f"forest_score_vs_dice/rho/{c}"] = v["rho"]
+                run.summary[f"forest_score_vs_dice/q/{c}"] = v["q"]
         model = _use_model(wandb, run, mode, model_artifact, None if model_file is None else Path(model_file))
         metadata = {"n_scans": summary["n_scans"], "n_outlier_scans": summary["anomaly"]["n_outlier_scans"], "model": model}
         run.log_artifact(audit_artifact(wandb, outputs, metadata=metadata))

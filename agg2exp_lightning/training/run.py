@@ -84,6 +84,17 @@ def _disk_errors(run_dir: Path) -> Iterator[None]:
         ) from err
 
 
+@contextlib.contextmanager
+def _loggers_detached(trainer: Any) -> Iterator[None]:
+    """No logger during the block (the best checkpoint's final validation); they are back afterwards."""
+    loggers = list(trainer.loggers)
+    trainer.loggers = []
+    try:
+        yield
+    finally:
+        trainer.loggers = loggers
+
+
 def _write_dice_table(trainer: Any, run_dir: Path, name: str, heading: str, table: str) -> None:
     if trainer.is_global_zero:
         from agg2exp_lightning.utils import atomic_write_text
@@ -119,7 +130,11 @@ def fit(trainer: Any, model: Any, datamodule: Any, *, resume: str, ckpt_path: st
         if trainer.fast_dev_run or trainer.interrupted:
             return result
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-        trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+        with _loggers_detached(trainer):  # a repeat of the best epoch: not a new point one epoch after the last
+            trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+        from agg2exp_lightning.loggers import log_best_validation
+
+        log_best_validation(trainer, best, model.class_names, model.last_val_dice)
         table, means = dice_table(model.class_names, model.last_val_dice)
         _write_dice_table(trainer, run_dir, "dice_table.md",
                           f"Validation Dice of the best checkpoint ({best}) on scans never trained on", table)

@@ -104,3 +104,16 @@ def test_anomaly_monitor_exposes_the_calibrated_scan_level_score(tmp_path):
                              target_names=["organ", "bone"], region_names=["background", "organ", "bone"])
     monitor.on_explanations(trainer, SimpleNamespace(), small)
     assert monitor.latest_scan is None and monitor.history[-1]["scan_flagged"] is None  # 6 scans, no reference: too few
+
+
+def test_a_skipped_scan_level_score_is_said_in_the_log(caplog):
+    """5 validation scans and no reference: the scan-level score cannot be cross-fitted, and the log says so."""
+    import logging
+
+    from agg2exp_lightning.callbacks.anomaly_monitor import _scan_level
+
+    roi = np.random.default_rng(0).dirichlet(np.ones(3), size=(5, 2))
+    with caplog.at_level(logging.INFO, logger="agg2exp_lightning.callbacks.anomaly_monitor"):
+        assert _scan_level(roi, ["a", "b"], None, 123) is None
+    (record,) = [r for r in caplog.records if "scan-level score skipped" in r.getMessage()]
+    assert record.levelno == logging.INFO and "5 validation and 0 reference scans, need 10" in record.getMessage()

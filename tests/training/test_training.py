@@ -31,8 +31,11 @@ def test_fast_dev_run_through_train(tiny_cohort, tiny_model_args, tmp_path):
     assert out["best_checkpoint"] is None and out["run_dir"] == str(tmp_path / "run")
 
 
-def test_short_run_with_the_demo_monitors(tiny_cohort, tiny_model_args, tmp_path):
-    """The demo config end to end: train, validate the best checkpoint, explanation monitors at the end."""
+def test_short_run_with_the_demo_monitors(tiny_cohort, tiny_model_args, tmp_path, monkeypatch):
+    """The demo config end to end: train, validate the best checkpoint, explanation monitors at the end; its
+    offline W&B run as a W&B user reads it."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     run = tmp_path / "run"
     out = train(_args(tiny_cohort, run, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
                       "--trainer.check_val_every_n_epoch=1", model_args=tiny_model_args))
@@ -44,6 +47,20 @@ def test_short_run_with_the_demo_monitors(tiny_cohort, tiny_model_args, tmp_path
     figures = sorted(p.name for p in run.rglob("agg2exp/figures/*.png"))
     assert any(n.startswith("agg2exp_global_roi_importance") for n in figures), figures
     assert any(p.name.startswith("agg2exp_anomaly_scores") for p in run.rglob("agg2exp/tables/*.csv"))
+    import wandb
+
+    from agg2exp_lightning.wandb_files import find_offline_runs, read_offline_run
+
+    wandb.finish()
+    wandb.teardown()
+    (path,) = find_offline_runs(run)
+    logged = read_offline_run(path)
+    val = [r for r in logged["history"] if "val/mean_dice_fg" in r]
+    assert [r["epoch"] for r in val] == [0]  # the best checkpoint's final validation is not a point at epoch 1
+    assert [r["epoch"] for r in logged["history"] if "val/loss" in r] == [0] and all(math.isfinite(r["val/loss"]) for r in val)
+    assert logged["summary"]["best/mean_dice_fg"] == pytest.approx(out["dice"]["mean_foreground"])
+    assert logged["summary"]["best/checkpoint"] == str(best) and logged["summary"]["best/epoch"] == 0
+    assert "model" in logged["config"] and "feature_size" not in logged["config"]  # one config tree
     # the checkpoint loads safely (weights_only) into an identical module
     module = load_segmentation_checkpoint(best, num_classes=17, in_channels=1)
     assert isinstance(module, SegmentationModule) and not module.training
