@@ -99,9 +99,26 @@ def log_masked_images(trainer: pl.Trainer, key: str, images: list[Any], masks: l
 
     if not trainer.is_global_zero or not images:
         return
-    scaled = []
-    for image in images:
+    scaled, grown = [], []
+    for image, mask in zip(images, masks):
         a = np.asarray(image, dtype=np.float32)
         low, high = float(a.min()), float(a.max())
-        scaled.append(((a - low) / (high - low) * 255 if high > low else np.zeros_like(a)).astype(np.uint8))
-    _log_to_wandb(trainer, key, lambda wandb: [wandb.Image(a, masks=m, caption=c) for a, m, c in zip(scaled, masks, captions)])
+        k = overlay_scale(a.shape)
+        scaled.append(_repeat(((a - low) / (high - low) * 255 if high > low else np.zeros_like(a)).astype(np.uint8), k))
+        grown.append({name: {**m, "mask_data": _repeat(np.asarray(m["mask_data"]), k)} for name, m in mask.items()})
+    _log_to_wandb(trainer, key, lambda wandb: [wandb.Image(a, masks=m, caption=c) for a, m, c in zip(scaled, grown, captions)])
+
+
+#: Shortest side (pixels) of a W&B mask overlay: a 52 x 63 slice is a stamp in the W&B panel, and its mask
+#: outlines cannot be told apart; slices are enlarged by a whole factor (nearest neighbour: no new values).
+MIN_OVERLAY_SIDE = 256
+
+
+def overlay_scale(shape: tuple[int, ...], min_side: int = MIN_OVERLAY_SIDE) -> int:
+    """The whole factor that brings the shorter side of a 2D ``shape`` to at least ``min_side`` (1 if it is already)."""
+    return max(1, -(-min_side // max(1, min(shape[:2]))))
+
+
+def _repeat(a: Any, k: int) -> Any:
+    """``a`` with every pixel repeated ``k`` x ``k`` times (nearest-neighbour enlargement)."""
+    return a if k == 1 else a.repeat(k, axis=0).repeat(k, axis=1)

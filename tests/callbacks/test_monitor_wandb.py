@@ -59,6 +59,8 @@ def test_epoch_axis_best_dice_and_masked_overlays_are_in_the_offline_run(offline
     (masks,) = last["agg2exp/overlay_masks/all_masks"]
     assert set(masks) == {"prediction", "top_attribution"}  # two masks the W&B UI can toggle
     assert masks["prediction"]["_type"] == "mask"
+    # a readable size in the W&B panel: the small test slice is enlarged to a shorter side of at least 256 pixels
+    assert min(last["agg2exp/overlay_masks/width"], last["agg2exp/overlay_masks/height"]) >= 256
     own = [r for r in run["history"] if "agg2exp/own_share/organ" in r]
     assert [r["epoch"] for r in own] == [0, 1, 2]
 
@@ -94,3 +96,12 @@ def test_the_monitor_writes_maps_in_the_scans_own_grid(tmp_path):
         expected = module.net(item["image"].as_tensor()[None]).argmax(1)[0].numpy()[::-1]  # back to the file's x order
         np.testing.assert_array_equal(np.asarray(prediction.dataobj), expected)
         assert nib.load(paths["organ"]).shape == (8, 8, 8)
+
+
+def test_overlay_scale_enlarges_the_issues_52_by_63_slice_by_a_whole_factor():
+    from agg2exp_lightning.callbacks._plumbing import _repeat, overlay_scale
+
+    assert overlay_scale((52, 63)) == 5 and overlay_scale((300, 400)) == 1 and overlay_scale((256, 1)) == 256
+    a = np.arange(6).reshape(2, 3)
+    grown = _repeat(a, 2)
+    assert grown.shape == (4, 6) and (grown[::2, ::2] == a).all() and (grown[1::2, 1::2] == a).all()
