@@ -314,7 +314,8 @@ def kernelshap(
 
     Returns:
         ``([T, *S] attributions, diagnostics)``; diagnostics hold ``shapley_values`` ``[M][T]``,
-        ``kernelshap_features``, ``kernelshap_samples``, ``kernelshap_exact``, ``kernelshap_estimator``
+        ``kernelshap_features``, ``kernelshap_samples`` (coalitions evaluated besides the full and the
+        empty one: ``n_samples - 2`` for captum), ``kernelshap_exact``, ``kernelshap_estimator``
         and ``kernelshap_efficiency_gap`` (``sum phi - (f(x) - f(b))`` per target: zero up to rounding
         for constrained, small for captum) and, with windows, ``kernelshap_window_passes_saved``.
     """
@@ -363,7 +364,7 @@ def kernelshap(
     return attr, diag | {
         "shapley_values": phi.tolist(),
         "kernelshap_features": int(num_features),
-        "kernelshap_samples": int(z.shape[0]) + (2 if estimator == "captum" and num_features > 1 else 0),
+        "kernelshap_samples": int(z.shape[0]),
         "kernelshap_exact": bool(exact),
         "kernelshap_estimator": estimator,
         "kernelshap_efficiency_gap": (phi.sum(0) - delta).tolist(),

@@ -65,7 +65,7 @@ def test_paper_cubes_equal_captum_kernelshap_for_the_same_seed_class_by_class(sm
     assert (ours[1].attributions - captum).abs().max() > 100 * 1e-5 * scale  # another seed: other draws, other values
     assert ours[0].diagnostics["kernelshap_features"] == 8 and ours[0].diagnostics["kernelshap_estimator"] == "captum"
     # one set of passes for all targets: the prediction, the empty coalition, n - 2 sampled ones
-    assert ours[0].diagnostics["forward_samples"] == 1 + 1 + (n - 2)
+    assert ours[0].diagnostics["forward_samples"] == 1 + 1 + (n - 2) and ours[0].diagnostics["kernelshap_samples"] == n - 2
 
 
 def test_paper_semantic_features_equal_captum_with_the_label_map_as_feature_mask(smooth_setup):
