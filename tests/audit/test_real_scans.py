@@ -140,13 +140,17 @@ def test_real_crops_unlabelled_with_a_real_tumour_region_and_maps_on_their_own_g
                                protocol="paper")
     frame = pd.read_csv(out.per_scan_csv).set_index("patient")
     assert sorted(frame.index) == ["chest", "lung2"] and not any(c.endswith("_dice") for c in frame.columns)
-    # maps: NIfTI with the shape and affine the reader gives for the original file (NRRD and LPS NIfTI alike)
+    # maps: NIfTI with the shape and affine MONAI's LoadImage gives for the original file (NRRD and LPS NIfTI alike)
+    from monai.transforms import LoadImage
+
     for sid, src in (("chest", "chest_cta_crop.nii.gz"), ("lung2", "lung2_image_crop.nrrd")):
+        original = LoadImage(image_only=True)(str(REAL / src))
         data, affine = read_volume(REAL / src)
+        np.testing.assert_allclose(affine, original.affine.numpy(), atol=1e-6)
         for path in map_paths(out.out_dir / "maps", sid, ["heart"]).values():
             img = nib.load(str(path))
-            assert img.shape == data.shape, (path, img.shape)
-            np.testing.assert_allclose(img.affine, affine, atol=1e-4)
+            assert img.shape == tuple(original.shape) == data.shape, (path, img.shape)
+            np.testing.assert_allclose(img.affine, original.affine.numpy(), atol=1e-4)
     # the tumour region's shares: PointwiseNet's VG of class c is 2 p_c on its predicted region, so its share in
     # the tumour is |pred_c & tumour| / |pred_c| on the model's grid
     (record,) = [r for r in manifest_records(manifest) if r.subject_id == "lung2"]
