@@ -60,8 +60,8 @@ METRIC_COLUMNS: tuple[str, ...] = (
 #: The method comparison's explainer: ``explainer(model, image [C, *S], method, targets) -> attributions [T, *S]``
 #: (method and targets per call, maps only; the audit's :data:`~agg2exp_lightning.audit.scan_prediction.ScanExplainer` returns
 #: the whole explanation of one scan). Under a protocol whose ``sensitivity_prediction`` is ``"clean"`` (the
-#: paper's) KernelSHAP's noisy copies are explained as ``explainer(..., prediction=labels [*S])``: the clean
-#: scan's prediction held as feature and proxy mask.
+#: paper's) KernelSHAP is called as ``explainer(..., prediction=labels [*S])`` for the clean scan and its noisy
+#: copies: one prediction of the clean scan held as feature and proxy mask.
 MethodAttributor = Callable[[nn.Module, Tensor, str, list[int]], Tensor]
 #: A scan: its tensor ``[C, *S]``, or a zero-argument callable loading it (not called for finished scans).
 ScanSource = Union[Tensor, Callable[[], Tensor]]
@@ -273,9 +273,15 @@ class _ScanContext:
 
 def _evaluate_method(ctx: _ScanContext, method: str, explainer: MethodAttributor, names: list[str]) -> pd.DataFrame:
     s, model, image, targets = ctx.s, ctx.model, ctx.image, ctx.targets
+    keep = {}
+    if method.startswith("kernelshap") and s.sensitivity_prediction == "clean":
+        # the paper's KernelSHAP: one prediction of the clean scan is the feature and proxy mask of the clean
+        # scan's explanation and of every noisy copy's (the authors' wrapper closes over one out_max)
+        _check_takes_prediction(explainer)
+        keep = {"prediction": ctx.prediction()}
 
     def explain_targets(ts: Sequence[int]) -> Tensor:
-        return explainer(model, image, method, list(ts))
+        return explainer(model, image, method, list(ts), **keep)
 
     if s.time_one_class:
         eff, attributions = explanation_efficiency(explain_targets, targets)
@@ -297,10 +303,6 @@ def _evaluate_method(ctx: _ScanContext, method: str, explainer: MethodAttributor
     if rest:
         sums = attribution_sums(a[rest], ctx.subsets(), check_distinct=False)
         faith[rest] = pearson_rows(sums, ctx.drops()[rest], names=("attribution sums", "output drops"))
-    keep = {}
-    if method.startswith("kernelshap") and s.sensitivity_prediction == "clean":
-        _check_takes_prediction(explainer)
-        keep = {"prediction": ctx.prediction()}  # the paper's KernelSHAP: the clean scan's mask for every noisy copy
     with warnings.catch_warnings():  # the all-zero maps were reported once above
         warnings.simplefilter("ignore", UndefinedScoreWarning)
         sens = sensitivity(lambda x: explainer(model, x, method, list(targets), **keep), image, a, noise=ctx.noise())

@@ -93,8 +93,8 @@ def _recording(explainer, calls):
 
 @pytest.mark.parametrize(("protocol", "prediction"), [("paper", None), ("corrected", None), ("paper", "noisy")])
 def test_paper_kernelshap_explains_noisy_copies_with_the_clean_prediction(net, image, tmp_path, protocol, prediction):
-    """Under paper the noisy copies' KernelSHAP holds the clean scan's prediction as feature and proxy mask
-    (the authors' wrapper closes over the clean ``out_max``); under corrected (or paper with
+    """Under paper KernelSHAP of the clean scan and of its noisy copies holds one prediction of the clean scan
+    as feature and proxy mask (the authors' wrapper closes over the clean ``out_max``); under corrected (or paper with
     sensitivity_prediction="noisy") each copy is predicted anew. The sensitivity is then the relative
     distance to explain(noisy, prediction=clean labels)."""
     settings = ComparisonSettings(protocol=protocol, n_runs=3, subset_size=50, noise_samples=2, time_one_class=False,
@@ -108,17 +108,18 @@ def test_paper_kernelshap_explains_noisy_copies_with_the_clean_prediction(net, i
                                 explainer=explainer, class_names=["a", "b", "c"], progress=False)
     with torch.no_grad():
         clean = net(image[None]).argmax(1)[0]
-    assert len(calls) == 3 and calls[0] is None  # the clean scan, then two noisy copies
+    assert len(calls) == 3  # the clean scan, then two noisy copies
     if settings.sensitivity_prediction == "noisy":
-        assert calls[1:] == [None, None]
+        assert calls == [None, None, None]
         return
-    assert all(torch.equal(c, clean) for c in calls[1:])
+    assert all(torch.equal(c, clean) for c in calls)
     from agg2exp_lightning.evaluation.compare import _ScanContext
     from agg2exp_lightning.evaluation.sensitivity import relative_distance
 
     noise = _ScanContext(net, "s1", image, [0, 2], settings, "").noise()
     seed_of = lambda x: zlib.crc32(x.contiguous().numpy().tobytes())  # noqa: E731
-    ref = explain(net, image, method="ks_semantic", targets=[0, 2], n_samples=8, seed=seed_of(image), protocol="paper").attributions
+    ref = explain(net, image, method="ks_semantic", targets=[0, 2], n_samples=8, seed=seed_of(image), protocol="paper",
+                  prediction=clean).attributions
     distances = []
     for u in noise:
         noisy = (image.double() + torch.as_tensor(u)).float()
