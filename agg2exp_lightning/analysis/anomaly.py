@@ -17,8 +17,8 @@ class was not predicted, so its map is all zero) gets a NaN score and is not fla
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -161,8 +161,9 @@ DEFAULT_FOLDS = 5
 MIN_REFERENCE_SCANS = 2 * DEFAULT_FOLDS
 #: How the scan-level score is built (written into ``summary.json``).
 SCAN_SCORE_DESCRIPTION = (
-    "per class: conformal p-value of the Isolation Forest score against cross-fitted reference scores "
-    "(a class the scan lacks counts as most anomalous); Fisher's -2 sum log p over the scored classes, "
+    "per evidence family and class: conformal p-value of the Isolation Forest score against cross-fitted reference "
+    "scores (shares: a class the scan lacks counts as most anomalous; prediction and attribution: left out where not "
+    "computable); Fisher's -2 sum log p over the scored families and classes, "
     "as -log10 of its chi-square tail (higher = more anomalous); calibrated p = share of reference scans "
     "at least as anomalous (conformal)"
 )
@@ -190,6 +191,10 @@ class ScanAnomalyResult:
             outlier (``predict == -1``) for at least one class: the false-positive rate of the
             per-class "outlier for any class" rule, estimated by cross-fitting.
         self_reference: the audited scans were their own reference (no separate reference set).
+        family_p: evidence family -> ``[N, A]`` per-class p-values of that family (the shares'
+            are ``class_p``; NaN where the family was left out for the scan and class).
+        reference_family_p: family -> ``[M, A]`` the reference scans' (leave-one-out).
+        families: the evidence families combined into the score, shares first when used.
     """
 
     classes: tuple[str, ...]
@@ -204,6 +209,9 @@ class ScanAnomalyResult:
     expected_fpr: float
     heldout_class_fpr: float
     self_reference: bool
+    family_p: dict[str, np.ndarray] = field(default_factory=dict)
+    reference_family_p: dict[str, np.ndarray] = field(default_factory=dict)
+    families: tuple[str, ...] = ("shares",)
 
     @property
     def n_reference(self) -> int:
@@ -286,7 +294,7 @@ def cross_fit_folds(m: int, n_folds: int, seed: int) -> np.ndarray:
 def _cross_fit_class(
     ref: np.ndarray, audited: np.ndarray | None, *, folds: np.ndarray, random_state: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
-    """Cross-fitted scores of one class.
+    """Cross-fitted scores of one class's shares.
 
     Returns ``(oof [M], oof_outlier [M], audited_p [N] or None)``: each reference scan's score from
     the forest of the folds it is not in (``+inf`` where the scan lacks the class), whether that
@@ -295,13 +303,28 @@ def _cross_fit_class(
     when a fold's training part has fewer than 2 scans with shares.
     """
     ref_x, ref_ok = _features(ref)
-    oof = np.full(len(ref), np.inf)
+    aud = None if audited is None else _features(audited)
+    return _cross_fit(ref_x, ref_ok, aud, folds=folds, random_state=random_state, absent_most_anomalous=True)
+
+
+def _cross_fit(
+    ref_x: np.ndarray, ref_ok: np.ndarray, audited: tuple[np.ndarray, np.ndarray] | None, *, folds: np.ndarray,
+    random_state: int, absent_most_anomalous: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """:func:`_cross_fit_class` on ready features ``[M, F]`` with the rows that can be scored.
+
+    ``absent_most_anomalous``: a row that cannot be scored counts as ``+inf`` (a class the scan lacks,
+    the shares' rule); otherwise it is left out: no reference score (NaN, not counted in ``M``) and
+    no p-value for an audited scan (the evidence families' rule).
+    """
+    fill = np.inf if absent_most_anomalous else np.nan
+    oof = np.full(len(ref_x), fill)
     oof_out = ~ref_ok
     k = int(folds.max()) + 1
     counts = None
     if audited is not None:
-        aud_x, aud_ok = _features(audited)
-        counts = np.zeros(len(audited))
+        aud_x, aud_ok = audited
+        counts = np.zeros(len(aud_x))
     for f in range(k):
         train, test = ref_ok & (folds != f), folds == f
         if train.sum() < 2:
@@ -315,10 +338,15 @@ def _cross_fit_class(
         oof[scored] = s[:n_ref]
         oof_out[scored] = s[:n_ref] > 0  # predict == -1 <=> decision_function < 0 (contamination "auto")
         if counts is not None:
-            aud_s = np.full(len(audited), np.inf)
+            aud_s = np.full(len(aud_x), fill)
             aud_s[aud_ok] = s[n_ref:]
-            counts += (oof[test][None, :] >= aud_s[:, None]).sum(axis=1)
-    audited_p = None if counts is None else (1.0 + counts) / (len(ref) + 1.0)
+            counts += (oof[test][None, :] >= aud_s[:, None]).sum(axis=1)  # NaN reference scores never count
+    audited_p = None
+    if counts is not None:
+        m = len(ref_x) if absent_most_anomalous else int(ref_ok.sum())
+        audited_p = (1.0 + counts) / (m + 1.0)
+        if not absent_most_anomalous:
+            audited_p[~aud_ok] = np.nan
     return oof, oof_out, audited_p
 
 
@@ -330,6 +358,8 @@ def scan_anomaly_scores(
     contamination: float = DEFAULT_CONTAMINATION,
     n_folds: int = DEFAULT_FOLDS,
     random_state: int = DEFAULT_RANDOM_STATE,
+    families: Mapping[str, tuple[np.ndarray, np.ndarray | None]] | None = None,
+    shares: bool = True,
 ) -> ScanAnomalyResult:
     """One anomaly score per scan on a calibrated scale, and a flag with a known false-positive rate.
 
@@ -380,6 +410,11 @@ def scan_anomaly_scores(
         contamination: share of clean scans the flag may raise, in ``(0, 0.5]``.
         n_folds: cross-fitting folds (at least 2).
         random_state: seed of the forests and of the fold assignment.
+        families: further evidence (:mod:`~agg2exp_lightning.analysis.evidence`): family name ->
+            ``(audited [N, A, F], reference [M, A, F] or None)`` forest features (NaN rows: not
+            computable, left out for that scan and class). Each family and class gets its own
+            cross-fitted forests and p-values (``family_p``), combined with the shares' in step 3.
+        shares: whether the shares' p-values enter the score (``False``: the families alone).
 
     Returns:
         A :class:`ScanAnomalyResult`.
@@ -423,8 +458,32 @@ def scan_anomaly_scores(
         ref_p[:, i] = _loo_p(oof)
         oof_outlier[:, i] = oof_out
         class_p[:, i] = ref_p[:, i] if self_reference else aud_p
-    ref_score = fisher_combination(ref_p)
-    score = ref_score.copy() if self_reference else fisher_combination(class_p)
+    family_p, reference_family_p = {}, {}
+    for fam, (aud_x, ref_x) in dict(families or {}).items():
+        aud_x = np.asarray(aud_x, dtype=float)
+        ref_x = aud_x if self_reference else np.asarray(ref_x, dtype=float)
+        if aud_x.shape[:2] != (n, a_count) or ref_x.shape[:2] != (m, a_count) or aud_x.shape[2:] != ref_x.shape[2:]:
+            raise ValueError(f"Expected evidence family {fam!r} of shapes [{n}, {a_count}, F] and [{m}, {a_count}, F], "
+                             f"got {aud_x.shape} and {ref_x.shape}")
+        fp, rp = np.full((n, a_count), np.nan), np.full((m, a_count), np.nan)
+        for i, name in enumerate(classes):
+            r_ok = np.isfinite(ref_x[:, i]).all(axis=1)
+            a_ok = np.isfinite(aud_x[:, i]).all(axis=1)
+            fitted = _cross_fit(np.nan_to_num(ref_x[:, i]), r_ok, None if self_reference else (np.nan_to_num(aud_x[:, i]), a_ok),
+                                folds=folds, random_state=random_state, absent_most_anomalous=False)
+            if fitted is None:
+                log.warning("class %r: too few %s with %s evidence to cross-fit %d folds; left out of the scan-level score",
+                            name, what, fam, n_folds)
+                continue
+            rp[:, i] = _loo_p(fitted[0])
+            fp[:, i] = rp[:, i] if self_reference else fitted[2]
+        family_p[fam], reference_family_p[fam] = fp, rp
+    used_ref = ([ref_p] if shares else []) + list(reference_family_p.values())
+    used_aud = ([class_p] if shares else []) + list(family_p.values())
+    if not used_ref:
+        raise ValueError("Expected the shares or at least one evidence family in the scan-level score, got none")
+    ref_score = fisher_combination(np.concatenate(used_ref, axis=1))
+    score = ref_score.copy() if self_reference else fisher_combination(np.concatenate(used_aud, axis=1))
     if self_reference:
         p_value = _loo_p(ref_score)
         calib = ref_score[np.isfinite(ref_score)]
@@ -448,6 +507,8 @@ def scan_anomaly_scores(
         classes=tuple(classes), class_p=class_p, score=score, p_value=p_value, flagged=flagged,
         reference_score=ref_score, reference_class_p=ref_p, threshold=threshold, contamination=contamination,
         expected_fpr=k / (m_cal + 1), heldout_class_fpr=heldout, self_reference=self_reference,
+        family_p=family_p, reference_family_p=reference_family_p,
+        families=(("shares",) if shares else ()) + tuple(family_p),
     )
 
 
@@ -482,6 +543,40 @@ def moved_regions(shares: np.ndarray, reference: np.ndarray, regions: Sequence[s
              "direction": "up" if x[j] >= med[j] else "down", "tail": float(tail[j])} for j in order]
 
 
+def moved_features(values: np.ndarray, reference: np.ndarray, family: str, cls: str, *, k: int = 2) -> list[dict[str, object]]:
+    """The features of an evidence family that moved most against the reference, for one scan and class.
+
+    As :func:`moved_regions`: a two-sided conformal tail of each feature among the reference scans'
+    finite values, smallest first, ties broken by the relative distance to the reference median.
+
+    Args:
+        values: ``[F]`` the scan's features (raw, as recorded).
+        reference: ``[M, F]`` the reference scans' features (NaN rows are left out).
+        family: the family (:data:`~agg2exp_lightning.analysis.evidence.FAMILIES`).
+        cls: the class name (goes into the feature's words).
+        k: how many features to return.
+
+    Returns:
+        ``[{"feature", "words", "unit", "value", "reference_median", "tail"}]``.
+    """
+    from agg2exp_lightning.analysis.evidence import FAMILIES
+
+    x = np.asarray(values, dtype=float)
+    ref = np.asarray(reference, dtype=float)
+    ref = ref[np.isfinite(ref).all(axis=1)]
+    if not len(ref) or not np.isfinite(x).all():
+        return []
+    med = np.median(ref, axis=0)
+    above = (1 + (ref >= x).sum(axis=0)) / (len(ref) + 1)
+    below = (1 + (ref <= x).sum(axis=0)) / (len(ref) + 1)
+    tail = np.minimum(above, below)
+    rel = np.abs(x - med) / np.where(np.abs(med) > 0, np.abs(med), 1.0)
+    order = np.lexsort((-rel, tail))[:k]
+    feats = FAMILIES[family]
+    return [{"feature": feats[j].key, "words": feats[j].words.format(cls=cls), "unit": feats[j].unit, "value": float(x[j]),
+             "reference_median": float(med[j]), "tail": float(tail[j])} for j in order]
+
+
 def anomaly_worklist(
     result: ScanAnomalyResult,
     ids: Sequence[str],
@@ -492,12 +587,16 @@ def anomaly_worklist(
     min_rows: int = 10,
     k_classes: int = 3,
     k_regions: int = 2,
+    evidence: Mapping[str, tuple[np.ndarray, np.ndarray | None]] | None = None,
+    left_out: Sequence[str] | None = None,
 ) -> list[dict[str, object]]:
     """The scans to look at first, most anomalous first, each with why.
 
     Every flagged scan, and at least ``min_rows`` scans in all, in order of the scan-level score.
-    Why: the ``k_classes`` classes with the smallest per-class p-values and, for each, the
-    ``k_regions`` regions whose share moved most against the reference (:func:`moved_regions`).
+    Why: the ``k_classes`` (family, class) pairs with the smallest per-class p-values over the
+    families in the score and, for each, what moved most against the reference: for the shares the
+    ``k_regions`` regions (:func:`moved_regions`), for another family its features
+    (:func:`moved_features`).
 
     Args:
         result: the scan-level result of the ``N`` audited scans.
@@ -506,38 +605,60 @@ def anomaly_worklist(
         reference_mass: ``[M, A, B]`` the reference shares (``None``: the audited scans).
         regions: the ``B`` region names.
         min_rows: how many scans to list at least (flagged or not).
-        k_classes, k_regions: how many classes and regions to name per scan.
+        k_classes, k_regions: how many (family, class) pairs and regions/features to name per scan.
+        evidence: family -> ``(audited [N, A, F], reference [M, A, F] or None)`` raw features, for the words.
+        left_out: per audited scan, the evidence left out (``""``: none), copied into its row.
 
     Returns:
-        ``[{"rank", "id", "score", "p_value", "flagged", "classes": [{"class", "p", "regions": [...]}]}]``.
+        ``[{"rank", "id", "score", "p_value", "flagged", "evidence_left_out",
+        "classes": [{"family", "class", "p", "absent", "regions" | "features": [...]}]}]``.
     """
     ref = mass if reference_mass is None else reference_mass
     scored = np.flatnonzero(np.isfinite(result.score))
     order = scored[np.argsort(-result.score[scored], kind="stable")]
     n_rows = max(int(result.flagged.sum()), min(min_rows, len(order)))
+    blocks = ([("shares", result.class_p)] if "shares" in result.families else []) + [
+        (f, result.family_p[f]) for f in result.families if f != "shares"]
     rows = []
     for rank, n in enumerate(order[:n_rows], start=1):
-        p = result.class_p[n]
-        finite = np.flatnonzero(np.isfinite(p))
-        top = finite[np.argsort(p[finite], kind="stable")][:k_classes]
-        classes = [{"class": result.classes[a], "p": float(p[a]),
-                    "absent": bool(not np.isfinite(mass[n, a]).any()),
-                    "regions": [] if not np.isfinite(mass[n, a]).any() else moved_regions(mass[n, a], ref[:, a], regions, k=k_regions)}
-                   for a in top]
+        cands = [(float(p[n, a]), b, a) for b, (_, p) in enumerate(blocks) for a in range(len(result.classes)) if np.isfinite(p[n, a])]
+        cands.sort(key=lambda t: (t[0], t[1], t[2]))
+        classes = []
+        for pv, b, a in cands[:k_classes]:
+            fam, cls = blocks[b][0], result.classes[a]
+            if fam == "shares":
+                absent = bool(not np.isfinite(mass[n, a]).any())
+                classes.append({"family": fam, "class": cls, "p": pv, "absent": absent,
+                                "regions": [] if absent else moved_regions(mass[n, a], ref[:, a], regions, k=k_regions)})
+            else:
+                aud, ref_f = (evidence or {}).get(fam, (None, None))
+                ref_f = aud if ref_f is None else ref_f
+                feats = [] if aud is None else moved_features(aud[n, a], ref_f[:, a], fam, cls, k=k_regions)
+                classes.append({"family": fam, "class": cls, "p": pv, "absent": False, "features": feats})
         rows.append({"rank": rank, "id": str(ids[n]), "score": float(result.score[n]), "p_value": float(result.p_value[n]),
-                     "flagged": bool(result.flagged[n]), "classes": classes})
+                     "flagged": bool(result.flagged[n]), "evidence_left_out": "" if left_out is None else str(left_out[n]),
+                     "classes": classes})
     return rows
 
 
 def describe_worklist_row(row: dict[str, object]) -> str:
     """One line of why for a worklist row, in words with the reference named.
 
-    e.g. ``"heart (per-class p 0.02): background share 0.41, reference median 0.22: 19 points higher"``.
+    e.g. ``"heart (per-class p 0.02): background share 0.41, reference median 0.22: 19 points higher"``
+    (the shares) or ``"heart prediction (per-class p 0.01): heart volume 412 ml, reference median 665 ml:
+    38 % lower"`` (another family); the evidence left out for the scan, if any, is named last.
     Regions whose share is unchanged at the printed precision are left out (they are named only when
     nothing else moved).
     """
     parts = []
     for c in row["classes"]:  # type: ignore[union-attr]
+        family = c.get("family", "shares")
+        if family != "shares":
+            head = f"{c['class']} {family} (per-class p {c['p']:.2g})"
+            moved = [f for f in c.get("features", []) if not is_unchanged(f["unit"], f["value"], f["reference_median"])]
+            parts.append(f"{head}: " + (", ".join(describe_against_reference(f["words"], f["unit"], f["value"], f["reference_median"])
+                                                  for f in moved) or "no feature differs visibly from the reference median"))
+            continue
         head = f"{c['class']} (per-class p {c['p']:.2g})"
         if c["absent"]:
             parts.append(f"{head}: class not predicted")
@@ -548,4 +669,6 @@ def describe_worklist_row(row: dict[str, object]) -> str:
             continue
         parts.append(f"{head}: " + ", ".join(describe_against_reference(f"{r['region']} share", SHARE, r["share"], r["reference_median"])
                                              for r in moved))
+    if row.get("evidence_left_out"):
+        parts.append(str(row["evidence_left_out"]))
     return "; ".join(parts)

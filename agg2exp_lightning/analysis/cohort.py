@@ -35,10 +35,13 @@
       "scan_anomaly": {"method": str, "notes": [str],     # calibrated scan-level score (analysis.anomaly)
                        "reference": str, "n_reference": int, "n_folds": int, "contamination": float,
                        "threshold": float|null, "flag": str, "expected_false_positive_rate": float,
-                       "any_class_outlier_rate_held_out": float|null, "n_flagged": int},  # absent when skipped
+                       "any_class_outlier_rate_held_out": float|null, "n_flagged": int,
+                       "evidence": [str]},                 # families in the score; absent when skipped
       "worklist": [{"rank": int, "id": str, "score": float, "p_value": float, "flagged": bool, "why": str,
-                    "classes": [{"class": str, "p": float, "absent": bool,
-                                 "regions": [{"region", "share", "reference_median", "direction", "tail"}]}]}],
+                    "evidence_left_out": str,              # families left out for this scan, in words ("" none)
+                    "classes": [{"family": str, "class": str, "p": float, "absent": bool,
+                                 "regions": [{"region", "share", "reference_median", "direction", "tail"}],   # shares
+                                 "features": [{"feature", "words", "unit", "value", "reference_median", "tail"}]}]}],  # other families
       "score_tests": [{"group": "scan_score", "column": str, "kind": str, "test": str, "n": int,
                        "n_groups": int|null, "statistic": float, "p": float, "q": float, "effect": str,
                        "effect_size": float, "ci_low": float|null, "ci_high": float|null, "detail": str}],
@@ -135,6 +138,15 @@ class CohortAnalysis:
         if self.scan is not None:  # the calibrated scan-level score (analysis.anomaly.scan_anomaly_scores)
             for i, a in enumerate(self.table.classes):
                 extra[f"{PUBLISHED_SPELLING.get(a, a)}_anomaly_p"] = self.scan.class_p[:, i]
+            for fam, fp in self.scan.family_p.items():
+                for i, a in enumerate(self.table.classes):
+                    extra[f"{PUBLISHED_SPELLING.get(a, a)}_{fam}_anomaly_p"] = fp[:, i]
+            if self.scan.family_p:
+                from agg2exp_lightning.analysis.evidence import missing_evidence
+
+                fams = list(self.scan.family_p)
+                extra["evidence_left_out"] = np.array(missing_evidence({f: self.table.evidence[f] for f in fams}, self.table.classes, fams),
+                                                      dtype=object)
             extra["scan_anomaly_score"] = self.scan.score
             extra["scan_anomaly_p"] = self.scan.p_value
             extra["scan_flagged"] = self.scan.flagged
@@ -191,6 +203,7 @@ class CohortAnalysis:
             block.update({
                 "reference": "audited scans (their own reference)" if scan.self_reference else "reference scans",
                 "n_reference": scan.n_reference, "n_folds": DEFAULT_FOLDS, "contamination": scan.contamination,
+                "evidence": list(scan.families),
                 "threshold": _num(scan.threshold), "flag": "p_value <= contamination (equivalently score > threshold)",
                 "expected_false_positive_rate": scan.expected_fpr,
                 "any_class_outlier_rate_held_out": _num(scan.heldout_class_fpr),
@@ -240,6 +253,7 @@ def analyze_cohort(
     contamination: float = DEFAULT_CONTAMINATION,
     n_bootstrap: int | None = None,
     reference_notes: Sequence[str] = (),
+    evidence: str | Sequence[str] | None = None,
 ) -> CohortAnalysis:
     """Run the cohort analysis: RoI importance, anomalies, correlation with Dice, bias tests.
 
@@ -262,6 +276,10 @@ def analyze_cohort(
             :data:`~agg2exp_lightning.analysis.bias.N_BOOTSTRAP`).
         reference_notes: what the caller knows about the reference set that limits the flag's bound
             (e.g. it is the training split): logged and written first among ``scan_anomaly.notes``.
+        evidence: the evidence families of the scan-level score (``"shares,prediction,attribution"`` or
+            a list; :mod:`~agg2exp_lightning.analysis.evidence`); default every family, the paper
+            protocol the shares alone. A family the table does not hold for any scan (tables of shares)
+            is left out with a note.
 
     Returns:
         A :class:`CohortAnalysis`.
@@ -293,7 +311,10 @@ def analyze_cohort(
         flags[np.isnan(anomaly.scores[:, i])] = pd.NA
         groups[a] = flags
     bias = bias_tests(table.metadata, groups, seed=seed)
-    scan, worklist, notes = _scan_level(table, reference, contamination, random_state, reference_notes)
+    from agg2exp_lightning.analysis.evidence import ALL_EVIDENCE, PAPER_EVIDENCE, parse_evidence
+
+    chosen = parse_evidence(evidence, default=PAPER_EVIDENCE if protocol.name == "paper" else ALL_EVIDENCE)
+    scan, worklist, notes = _scan_level(table, reference, contamination, random_state, reference_notes, chosen)
     score_bias = None
     if scan is not None:
         from agg2exp_lightning.analysis.bias import N_BOOTSTRAP
@@ -327,7 +348,8 @@ def analyze_cohort(
 
 
 def _scan_level(table: ExplanationTable, reference: ExplanationTable | None, contamination: float,
-                random_state: int, reference_notes: Sequence[str] = ()) -> tuple[ScanAnomalyResult | None, list[dict[str, Any]], list[str]]:
+                random_state: int, reference_notes: Sequence[str] = (),
+                evidence: Sequence[str] = ("shares",)) -> tuple[ScanAnomalyResult | None, list[dict[str, Any]], list[str]]:
     """The calibrated scan-level score and worklist, falling back to the audited scans as their own
     reference when the reference set is too small; notes say what was done instead or skipped."""
     from agg2exp_lightning.analysis.anomaly import check_contamination
@@ -345,13 +367,37 @@ def _scan_level(table: ExplanationTable, reference: ExplanationTable | None, con
         for note in notes:
             log.warning("%s", note)
         return None, [], notes
-    scan = scan_anomaly_scores(table.mass, table.classes, ref_mass, contamination=contamination, random_state=random_state)
+    from agg2exp_lightning.analysis.evidence import forest_features, missing_evidence
+
+    ref_table = None if ref_mass is None else reference
+    families: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    unavailable = []
+    for fam in evidence:
+        if fam == "shares":
+            continue
+        aud = table.evidence.get(fam)
+        ref = None if ref_table is None else ref_table.evidence.get(fam)
+        if aud is None or (ref_table is not None and ref is None) or not np.isfinite(aud).all(axis=2).any():
+            unavailable.append(fam)
+            continue
+        families[fam] = (aud, ref)
+    if unavailable:
+        notes.append(f"{' and '.join(unavailable)} evidence not available for any audited scan (a table of shares holds none): "
+                     "left out of the scan-level score")
+    shares = "shares" in evidence
+    if not shares and not families:
+        notes.append("no evidence family left for the scan-level score; the shares are used")
+        shares = True
+    scan = scan_anomaly_scores(table.mass, table.classes, ref_mass, contamination=contamination, random_state=random_state,
+                               families={f: (forest_features(a, f), None if r is None else forest_features(r, f)) for f, (a, r) in families.items()},
+                               shares=shares)
+    left_out = missing_evidence({f: a for f, (a, _) in families.items()}, table.classes, list(families)) if families else None
     if scan.expected_fpr == 0:
         notes.append(f"{scan.n_reference} reference scans cannot calibrate a false-positive rate of {contamination:g}: no scan "
                      "can be flagged; give more reference scans or a larger contamination")
     for note in notes:
         log.warning("%s", note)
-    return scan, anomaly_worklist(scan, table.ids, table.mass, ref_mass, table.regions), notes
+    return scan, anomaly_worklist(scan, table.ids, table.mass, ref_mass, table.regions, evidence=families, left_out=left_out), notes
 
 
 def _prepare(table: ExplanationTable, protocol: Protocol, merges: Mapping[str, Sequence[str]]) -> ExplanationTable:

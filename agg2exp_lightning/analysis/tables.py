@@ -59,6 +59,8 @@ class ExplanationTable:
         iou: ``[N, A]`` IoU per explained class, or ``None``.
         stats: other per-class columns (``{a}_explanation_var``/``_mean``), our spelling, index = ids.
         metadata: metadata columns, index = ids (may have no columns).
+        evidence: evidence families beside the shares, family -> ``[N, A, F]`` raw features (NaN where
+            not computable; :mod:`~agg2exp_lightning.analysis.evidence`); empty for tables of shares only.
     """
 
     ids: tuple[str, ...]
@@ -70,9 +72,13 @@ class ExplanationTable:
     iou: np.ndarray | None = None
     stats: pd.DataFrame = field(default_factory=pd.DataFrame)
     metadata: pd.DataFrame = field(default_factory=pd.DataFrame)
+    evidence: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n, a, b = len(self.ids), len(self.classes), len(self.regions)
+        for fam, arr in self.evidence.items():
+            if arr.ndim != 3 or arr.shape[:2] != (n, a):
+                raise ValueError(f"Expected evidence family {fam!r} of shape [{n}, {a}, F], got {arr.shape}")
         if self.mass.shape != (n, a, b):
             raise ValueError(f"Expected `mass` of shape {(n, a, b)}, got {self.mass.shape}")
         if self.mean is not None and self.mean.shape != (n, a, b):

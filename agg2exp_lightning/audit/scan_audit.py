@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -200,7 +201,8 @@ def run_scan_audit(
     log.info("%d of %d scans to explain (%d finished earlier)", len(pending), n_all, n_all - len(pending))
     if pending:
         module = ScanAuditModule(model, explainer, class_names, map_writer=map_writer,
-                                 extra_mask_names=list(extra_masks[0]) if extra_masks else ())
+                                 extra_mask_names=list(extra_masks[0]) if extra_masks else (),
+                                 voxel_ml=math.prod(float(v) for v in spacing) / 1000.0)
         transform = PerScanTransform(mapping, len(class_names), spacing, class_names, crop_to_body=resolve_protocol(protocol).crop_to_body,
                                      extra_masks=extra_masks)
         if _predict(module, pending, out, transform, dict(trainer_kwargs or {}), num_workers) != 0:

@@ -88,11 +88,19 @@ class ScanAuditModule(pl.LightningModule):
             attribution maps).
         map_writer: writes each audited scan's maps in its own grid
             (:class:`~agg2exp_lightning.audit.maps.MapWriter`; ``None``: no maps).
+        extra_mask_names: names of the extra masks (regions after the classes).
+        voxel_ml: volume of one voxel in ml (``None``: predicted volumes are not computable).
+
+    Each record also holds the evidence families beside the shares (:mod:`~agg2exp_lightning.analysis.evidence`):
+    the prediction's per-class volume, components, softmax confidence and entropy, and the attribution's
+    per-class mass and share outside the body; a feature that cannot be computed is stored as null.
     """
 
     def __init__(self, model: nn.Module, explainer: ScanExplainer, class_names: Sequence[str], *, save_slices: bool = True,
-                 map_writer: Callable[..., Any] | None = None, extra_mask_names: Sequence[str] = ()) -> None:
+                 map_writer: Callable[..., Any] | None = None, extra_mask_names: Sequence[str] = (),
+                 voxel_ml: float | None = None) -> None:
         super().__init__()
+        self.voxel_ml = voxel_ml  # volume of one voxel of the model's grid, for the predicted volumes
         self.model = model
         self.explainer = explainer
         self.class_names = list(class_names)
@@ -119,8 +127,9 @@ class ScanAuditModule(pl.LightningModule):
         dice = None
         if label is not None:
             dice = dice_per_class(prediction, label.reshape(prediction.shape).long().cpu(), len(self.class_names))[ids]
-        out: dict[str, Any] = {"record": scan_record(sid, classes, regions, roi, roi_mean, dice)}
         attribution = getattr(result, "attribution", None)
+        evidence = _evidence(result, image, prediction, ids, self.voxel_ml, attribution, t)
+        out: dict[str, Any] = {"record": scan_record(sid, classes, regions, roi, roi_mean, dice, evidence=evidence)}
         if self.save_slices and attribution is not None:
             attr = _plain(attribution).detach().float().cpu().reshape(t, *prediction.shape).numpy()
             out["slices"] = slice_bundle(image[0, 0].detach().float().cpu().numpy(), prediction.numpy(), attr)
@@ -146,6 +155,25 @@ class ScanAuditModule(pl.LightningModule):
                 log.warning("scan %s failed: %s", sid, _describe(err))
                 outputs.append({"audit_set": audit_set, "failure": {"id": sid, "error": _describe(err)}})
         return outputs
+
+
+def _evidence(result: Any, image: Tensor, prediction: Tensor, ids: Sequence[int], voxel_ml: float | None,
+              attribution: Any, t: int) -> dict[str, dict[str, list[float]]]:
+    """The prediction and attribution families of one scan (NaN where a feature cannot be computed)."""
+    import math
+
+    from agg2exp_lightning.analysis.evidence import attribution_evidence, prediction_evidence
+    from agg2exp_lightning.data.transforms import BODY_THRESHOLD
+
+    diag = getattr(result, "diagnostics", None) or {}
+    pred = prediction_evidence(prediction.numpy(), ids, math.nan if voxel_ml is None else voxel_ml,
+                               diag.get("prediction_confidence"), diag.get("prediction_entropy"))
+    if attribution is None:
+        attr = {"mass": [math.nan] * t, "outside_body": [math.nan] * t}
+    else:
+        maps = _plain(attribution).detach().float().cpu().reshape(t, *prediction.shape).numpy()
+        attr = attribution_evidence(maps, image[0, 0].detach().float().cpu().numpy() > BODY_THRESHOLD)
+    return {"prediction": pred, "attribution": attr}
 
 
 def _duration(seconds: float) -> str:

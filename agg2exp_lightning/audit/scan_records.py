@@ -4,7 +4,12 @@ A record (``scans/<id>.json``) holds::
 
     {"id": str, "classes": [str], "regions": [str],
      "mass": [[float|null]] (T x R), "mean": [[float|null]] (T x R),
-     "dice": [float|null] (T) | null, "iou": [float|null] (T) | null}
+     "dice": [float|null] (T) | null, "iou": [float|null] (T) | null,
+     "evidence": {"prediction": {"volume_ml": [T], "components": [T], "confidence": [T], "entropy": [T]},
+                  "attribution": {"mass": [T], "outside_body": [T]}}}   # optional; null: not computable
+
+Records written before the evidence families existed have no ``evidence``: those families are then left
+out for the scan (and named in its row), never read as zeros.
 
 A failed scan is written as ``scans/<id>.failed.json`` = ``{"id": str, "error": str}``.
 Optional slices for the anomaly-case figures go to ``scans/<id>.slices.npz``.
@@ -57,6 +62,7 @@ def scan_record(
     mass: Any,
     mean: Any,
     dice: Any | None = None,
+    evidence: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
 ) -> dict[str, Any]:
     """Build a scan's record (see the module docstring); NaN becomes ``null``.
 
@@ -67,6 +73,7 @@ def scan_record(
         mass: ``[T, R]`` mass shares (array-like or tensor).
         mean: ``[T, R]`` mean |attribution| per region.
         dice: ``[T]`` Dice per explained class, or ``None`` without labels.
+        evidence: ``{family: {feature: [T]}}`` (:mod:`~agg2exp_lightning.analysis.evidence`), or ``None``.
 
     Raises:
         ValueError: shapes do not fit the names.
@@ -83,6 +90,12 @@ def scan_record(
         if d.shape != (len(classes),):
             raise ValueError(f"Expected `dice` of length {len(classes)} for scan {scan_id!r}, got {d.shape}")
         record["dice"] = _list(d)
+    if evidence is not None:
+        record["evidence"] = {fam: {k: _list(np.asarray(v, dtype=float).reshape(-1)) for k, v in feats.items()}
+                              for fam, feats in evidence.items()}
+        for fam, feats in record["evidence"].items():
+            if any(len(v) != len(classes) for v in feats.values()):
+                raise ValueError(f"Expected every {fam} evidence feature to have {len(classes)} values for scan {scan_id!r}")
     return record
 
 
@@ -147,6 +160,10 @@ def read_record(path: str | Path, scan_id: str) -> dict[str, Any]:
     t, r = len(classes), len(regions)
     if not (_is_matrix(rec["mass"], t, r) and _is_matrix(rec["mean"], t, r)) or not (rec.get("dice") is None or _is_vector(rec["dice"], t)):
         raise DataError(f"{path}: expected {expected} with T={t} classes and R={r} regions of numbers or null")
+    ev = rec.get("evidence")
+    if ev is not None and not (isinstance(ev, dict) and all(isinstance(f, dict) and all(_is_vector(v, t) for v in f.values())
+                                                             for f in ev.values())):
+        raise DataError(f"{path}: expected 'evidence' to map families to {{feature: [T={t} numbers or null]}}")
     return rec
 
 
@@ -222,8 +239,22 @@ def records_to_table(records: Sequence[Mapping[str, Any]], metadata: Mapping[str
     Every region is a known name, also one that is not an explained class (its columns would
     otherwise be taken for metadata).
     """
+    import dataclasses
+
+    from agg2exp_lightning.analysis.evidence import FAMILIES, family_matrix
+
     names = list(dict.fromkeys([*records[0]["regions"], *records[0]["classes"]])) if records else []
-    return parse_explanation_table(records_to_frame(records, metadata), names, source=source)
+    table = parse_explanation_table(records_to_frame(records, metadata), names, source=source)
+    by_id = {rec["id"]: rec for rec in records}
+    evidence = {}
+    for fam in FAMILIES:  # per table class, by name (the table orders classes by label id)
+        rows = []
+        for sid in table.ids:
+            rec = by_id[sid]
+            m = family_matrix((rec.get("evidence") or {}).get(fam), fam, len(rec["classes"]))
+            rows.append(m[[rec["classes"].index(c) for c in table.classes]])
+        evidence[fam] = np.stack(rows)
+    return dataclasses.replace(table, evidence=evidence)
 
 
 def _stride(shape: Sequence[int]) -> int:

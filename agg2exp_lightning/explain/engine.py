@@ -49,7 +49,9 @@ class ExplanationResult:
         prediction: ``[*S]`` argmax labels of the unperturbed (blended) prediction.
         seconds: wall time of the call.
         method: canonical method name (or the Captum class name).
-        diagnostics: pass counts, IG completeness gaps, KernelSHAP details, absent targets.
+        diagnostics: pass counts, IG completeness gaps, KernelSHAP details, absent targets, and per class
+            the mean softmax confidence and entropy over its predicted voxels (``prediction_confidence``,
+            ``prediction_entropy``, ``[C]``, NaN for a class not predicted).
         region_names: column names (label ids as strings, then the extra masks' names).
     """
 
@@ -353,6 +355,8 @@ class _Passes:
 
 def _run_passes(model: nn.Module, request: _ExplainRequest, *, eval_mode: bool, progress: bool) -> _Passes:
     """Predict once, check the targets and the memory against the real class count, then attribute."""
+    from agg2exp_lightning.analysis.evidence import softmax_summary
+
     x = request.image.to(request.device)
     window = request.window
     with explanation_mode(model, eval_mode=eval_mode):
@@ -374,9 +378,11 @@ def _run_passes(model: nn.Module, request: _ExplainRequest, *, eval_mode: bool, 
             predictor.labels = request.prediction
         labels = predictor.labels
         proxy_at_image = proxy_output(logits, labels, target_ids)[0]
+        confidence, entropy = softmax_summary(logits, labels, num_classes)  # the audit's prediction evidence
         del logits
         attr, diag = _attribute(request.name, request.spec, predictor, x, labels, num_classes, target_ids, proxy_at_image, plan, window,
                                 request.options)
+        diag["prediction_confidence"], diag["prediction_entropy"] = confidence.tolist(), entropy.tolist()
     return _Passes(attributions=attr, diagnostics=diag, labels=labels, num_classes=num_classes, target_ids=target_ids,
                    predictor=predictor, plan=plan)
 

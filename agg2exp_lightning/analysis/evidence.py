@@ -1,0 +1,221 @@
+"""Evidence families of the scan-level score beside the explanation's shares (pure functions).
+
+The paper's aggregates (the **shares** ``e_{b->a}`` of each class's attribution mass over the regions)
+stay within clean variation for faults that change *how much* the model predicts or attributes
+rather than *where*: a missing lobe, a metal artefact. Every audit computes the evidence for that
+and used to throw it away. Two more families, per explained class ``a``:
+
+- **prediction**: predicted volume (ml), number of connected components (26-connected), mean
+  softmax confidence (the predicted class's probability) and mean softmax entropy (nats) over the
+  voxels predicted as ``a``;
+- **attribution**: total attribution mass ``sum |attribution|`` of ``a``'s map, and the share of
+  it outside the body (voxels at or below :data:`~agg2exp_lightning.data.transforms.BODY_THRESHOLD`).
+
+Each family is scored like the shares (:func:`~agg2exp_lightning.analysis.anomaly.scan_anomaly_scores`:
+one cross-fitted Isolation Forest per family and class, a conformal p-value per family and class), and
+all p-values are combined and calibrated together. Scale-like features (volume, components, mass)
+enter the forests as ``log1p`` so that a halving counts the same for a small and a large structure
+(a general choice, made before any benchmark).
+
+Missing evidence. A class that is not predicted has no confidence, entropy or components to speak of,
+and a scan without body voxels has no outside-the-body share: the family is **left out** for that scan
+and class (NaN, no p-value, not a zero) and the reason is named in the scan's row
+(:func:`missing_evidence`). The shares keep their own rule (a class the scan lacks is most anomalous).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "ALL_EVIDENCE",
+    "FAMILIES",
+    "PAPER_EVIDENCE",
+    "EvidenceFeature",
+    "attribution_evidence",
+    "family_matrix",
+    "missing_evidence",
+    "parse_evidence",
+    "prediction_evidence",
+    "softmax_summary",
+]
+
+
+@dataclass(frozen=True)
+class EvidenceFeature:
+    """One feature of a family: its key in the records, how a person names it, its unit, its transform."""
+
+    key: str
+    words: str  # "{cls} volume": the class name goes in
+    unit: str  # "ml", "" (a count or plain number), "nats" or "share" (a fraction in [0, 1])
+    log: bool  # enters the forest as log1p
+
+
+#: The families beside the shares, and their features in record order.
+FAMILIES: dict[str, tuple[EvidenceFeature, ...]] = {
+    "prediction": (
+        EvidenceFeature("volume_ml", "{cls} volume", "ml", True),
+        EvidenceFeature("components", "{cls} connected components", "", True),
+        EvidenceFeature("confidence", "{cls} mean softmax confidence", "", False),
+        EvidenceFeature("entropy", "{cls} mean softmax entropy", "nats", False),
+    ),
+    "attribution": (
+        EvidenceFeature("mass", "{cls} attribution mass", "", True),
+        EvidenceFeature("outside_body", "{cls} attribution share outside the body", "share", False),
+    ),
+}
+#: Every family, the default of ``--evidence``.
+ALL_EVIDENCE = ("shares", "prediction", "attribution")
+#: The paper protocol's evidence: the shares alone.
+PAPER_EVIDENCE = ("shares",)
+
+
+def parse_evidence(value: str | Sequence[str] | None, *, default: Sequence[str] = ALL_EVIDENCE) -> tuple[str, ...]:
+    """``"shares,prediction"`` (or a list) as a tuple of family names in canonical order.
+
+    Raises:
+        ValueError: naming the unknown family and the known ones, or an empty selection.
+    """
+    if value is None:
+        return tuple(default)
+    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v and v.strip()]
+    unknown = [v for v in items if v not in ALL_EVIDENCE]
+    if unknown or not items:
+        raise ValueError(f"Expected `evidence` to be a comma-separated selection of {', '.join(ALL_EVIDENCE)}, got {value!r}")
+    return tuple(f for f in ALL_EVIDENCE if f in items)
+
+
+def softmax_summary(logits, labels, num_classes: int, *, chunk_voxels: int = 1 << 21):
+    """Per class, the mean softmax confidence and entropy over the voxels predicted as that class.
+
+    Args:
+        logits: ``[1, C, *S]`` (or ``[C, *S]``) logits, any float dtype (a torch tensor).
+        labels: ``[*S]`` predicted labels (the argmax of ``logits``).
+        num_classes: ``C``.
+        chunk_voxels: voxels per softmax chunk (memory stays ``O(C chunk)`` for any volume).
+
+    Returns:
+        ``(confidence [C], entropy [C])`` float64 numpy arrays; NaN for a class with no voxel.
+    """
+    import torch
+
+    x = logits.detach().reshape(num_classes, -1)
+    lab = labels.detach().reshape(-1).to(x.device).long()
+    conf = torch.zeros(num_classes, dtype=torch.float64, device=x.device)
+    ent = torch.zeros(num_classes, dtype=torch.float64, device=x.device)
+    count = torch.bincount(lab, minlength=num_classes).double()
+    for start in range(0, x.shape[1], chunk_voxels):
+        part = x[:, start : start + chunk_voxels].float()
+        logp = torch.log_softmax(part, dim=0)
+        p = logp.exp()
+        top = p.max(dim=0).values.double()
+        h = -(p * logp).sum(dim=0).double()
+        idx = lab[start : start + chunk_voxels]
+        conf.index_add_(0, idx, top)
+        ent.index_add_(0, idx, h)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c, n = conf.cpu().numpy(), count.cpu().numpy()
+        return np.where(n > 0, c / np.maximum(n, 1), np.nan), np.where(n > 0, ent.cpu().numpy() / np.maximum(n, 1), np.nan)
+
+
+def prediction_evidence(labels: np.ndarray, class_ids: Sequence[int], voxel_ml: float, confidence: Sequence[float] | None = None,
+                        entropy: Sequence[float] | None = None) -> dict[str, list[float]]:
+    """The prediction family of one scan, per explained class (NaN where not computable).
+
+    Args:
+        labels: ``[*S]`` predicted labels.
+        class_ids: the explained classes' label ids (row order).
+        voxel_ml: volume of one voxel in ml.
+        confidence, entropy: ``[C]`` from :func:`softmax_summary` (``None``: not available, NaN).
+
+    Returns:
+        ``{feature key: [T]}``; a class with no predicted voxel gets NaN throughout (not computable).
+    """
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=max(class_ids, default=0) + 1)
+    out: dict[str, list[float]] = {f.key: [] for f in FAMILIES["prediction"]}
+    structure = np.ones((3,) * labels.ndim, dtype=bool)
+    for c in class_ids:
+        n = int(counts[c]) if c < len(counts) else 0
+        if n == 0:
+            for key in out:
+                out[key].append(math.nan)
+            continue
+        out["volume_ml"].append(n * float(voxel_ml))
+        out["components"].append(float(ndimage.label(labels == c, structure=structure)[1]))
+        out["confidence"].append(math.nan if confidence is None else float(confidence[c]))
+        out["entropy"].append(math.nan if entropy is None else float(entropy[c]))
+    return out
+
+
+def attribution_evidence(attribution: np.ndarray, body: np.ndarray) -> dict[str, list[float]]:
+    """The attribution family of one scan: per map, ``sum |a|`` and the share of it outside the body.
+
+    Args:
+        attribution: ``[T, *S]`` maps.
+        body: ``[*S]`` bool, the body's voxels.
+
+    Returns:
+        ``{"mass": [T], "outside_body": [T]}``; NaN throughout when the body is empty, and a NaN share
+        for a map with no mass (not computable).
+    """
+    a = np.abs(np.asarray(attribution, dtype=np.float64)).reshape(len(attribution), -1)
+    body = np.asarray(body, dtype=bool).reshape(-1)
+    if not body.any():
+        return {"mass": [math.nan] * len(a), "outside_body": [math.nan] * len(a)}
+    total = a.sum(axis=1)
+    outside = a[:, ~body].sum(axis=1)
+    share = np.where(total > 0, outside / np.where(total > 0, total, 1.0), np.nan)
+    return {"mass": [float(v) for v in total], "outside_body": [float(v) for v in share]}
+
+
+def family_matrix(values: Mapping[str, Sequence[float]] | None, family: str, n_classes: int) -> np.ndarray:
+    """``[T, F]`` features of one scan and family from its record's ``{key: [T]}`` (NaN where absent)."""
+    feats = FAMILIES[family]
+    if not values:
+        return np.full((n_classes, len(feats)), np.nan)
+    return np.stack([np.asarray([np.nan if v is None else v for v in values.get(f.key, [None] * n_classes)], dtype=float)
+                     for f in feats], axis=1)
+
+
+def forest_features(x: np.ndarray, family: str) -> np.ndarray:
+    """``[..., F]`` features as the forests see them (``log1p`` of the scale-like ones)."""
+    x = np.array(x, dtype=float, copy=True)
+    for j, f in enumerate(FAMILIES[family]):
+        if f.log:
+            x[..., j] = np.log1p(np.clip(x[..., j], 0.0, None))
+    return x
+
+
+def missing_evidence(evidence: Mapping[str, np.ndarray], classes: Sequence[str], families: Sequence[str]) -> list[str]:
+    """Per scan, which family was left out for which classes, in words (``""`` when nothing was).
+
+    Args:
+        evidence: family -> ``[N, A, F]`` features (NaN where not computable).
+        classes: the ``A`` class names.
+        families: the families in use.
+
+    Returns:
+        ``N`` strings such as ``"prediction left out for heart, trachea (not computable: class not
+        predicted or no softmax); attribution left out for every class (empty body or no maps)"``.
+    """
+    rows: list[list[str]] = []
+    n = next((len(v) for v in evidence.values()), 0)
+    for k in range(n):
+        parts = []
+        for fam in families:
+            if fam not in evidence:
+                continue
+            bad = ~np.isfinite(evidence[fam][k]).all(axis=1)
+            if not bad.any():
+                continue
+            who = "every class" if bad.all() else ", ".join(c for c, b in zip(classes, bad) if b)
+            why = "class not predicted or no softmax" if fam == "prediction" else "empty body, no maps or no mass"
+            parts.append(f"{fam} left out for {who} (not computable: {why})")
+        rows.append(parts)
+    return ["; ".join(p) for p in rows]

@@ -1,0 +1,151 @@
+"""Evidence families beside the shares: known answers for each feature and the families in the scan-level score."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+from agg2exp_lightning.analysis.anomaly import describe_worklist_row, scan_anomaly_scores
+from agg2exp_lightning.analysis.cohort import analyze_cohort
+from agg2exp_lightning.analysis.evidence import (
+    attribution_evidence,
+    forest_features,
+    missing_evidence,
+    parse_evidence,
+    prediction_evidence,
+    softmax_summary,
+)
+from agg2exp_lightning.analysis.tables import parse_explanation_table
+
+
+def test_softmax_summary_is_the_mean_over_each_predicted_region():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 4, 6, 5, 7, generator=g) * 3
+    labels = logits[0].argmax(0)
+    labels[labels == 3] = 0  # class 3 not predicted
+    conf, ent = softmax_summary(logits, labels, 4, chunk_voxels=17)  # chunks that cut through the volume
+    p = torch.softmax(logits[0].double(), dim=0)
+    for c in range(3):
+        m = labels == c
+        assert conf[c] == pytest.approx(p.max(0).values[m].mean().item(), rel=1e-6)
+        assert ent[c] == pytest.approx((-(p * p.log()).sum(0))[m].mean().item(), rel=1e-6)
+    assert np.isnan(conf[3]) and np.isnan(ent[3])
+
+
+def test_prediction_evidence_volumes_components_and_a_class_not_predicted():
+    labels = np.zeros((10, 10, 10), dtype=np.int64)
+    labels[1:3, 1:3, 1:3] = 1  # 8 voxels
+    labels[6:9, 6:9, 6:9] = 1  # 27 voxels, a second component
+    labels[4, 4, 4] = 2
+    labels[5, 5, 5] = 2  # touches the first diagonally: one 26-connected component
+    conf = np.array([0.9, 0.8, 0.7, np.nan])
+    out = prediction_evidence(labels, [1, 2, 3], voxel_ml=0.5, confidence=conf, entropy=conf / 2)
+    assert out["volume_ml"][:2] == [35 * 0.5, 2 * 0.5]
+    full = ndimage.generate_binary_structure(3, 3)
+    assert out["components"][:2] == [float(ndimage.label(labels == 1, full)[1]), 1.0] == [2.0, 1.0]
+    assert out["confidence"][:2] == [0.8, 0.7] and out["entropy"][1] == 0.35
+    assert all(np.isnan(v[2]) for v in out.values())  # class 3: not computable, never a zero
+
+
+def test_attribution_evidence_mass_and_share_outside_the_body():
+    attr = np.zeros((2, 4, 4, 4))
+    attr[0, 0, 0, 0] = -3.0  # outside
+    attr[0, 2, 2, 2] = 1.0  # inside
+    body = np.zeros((4, 4, 4), dtype=bool)
+    body[1:, 1:, 1:] = True
+    out = attribution_evidence(attr, body)
+    assert out["mass"] == [4.0, 0.0] and out["outside_body"][0] == 0.75 and np.isnan(out["outside_body"][1])
+    empty = attribution_evidence(attr, np.zeros_like(body))
+    assert all(np.isnan(v) for vals in empty.values() for v in vals)
+
+
+def test_evidence_selection_is_parsed_and_refused_by_name():
+    assert parse_evidence("prediction, shares") == ("shares", "prediction")
+    assert parse_evidence(None) == ("shares", "prediction", "attribution")
+    with pytest.raises(ValueError, match="shares, prediction, attribution"):
+        parse_evidence("shares,volume")
+
+
+def _cohort(rng, n, *, shrink=1.0, missing=()):
+    """Shares from one Dirichlet (no signal there); a prediction family whose class-0 volume shrinks by ``shrink``."""
+    mass = rng.dirichlet(np.ones(4) * 30, size=(n, 2))
+    pred = np.stack([rng.normal(600, 40, (n, 2)), rng.poisson(1, (n, 2)) + 1.0, rng.uniform(0.9, 0.95, (n, 2)),
+                     rng.uniform(0.1, 0.2, (n, 2))], axis=-1)
+    pred[:, 0, 0] *= shrink
+    for k in missing:
+        pred[k, 1] = np.nan
+    return mass, pred
+
+
+def test_a_fault_seen_only_in_the_prediction_is_found_by_its_family_and_not_by_the_shares():
+    rng = np.random.default_rng(0)
+    ref_mass, ref_pred = _cohort(rng, 40)
+    clean_mass, clean_pred = _cohort(rng, 30, missing=[0])
+    bad_mass, bad_pred = _cohort(rng, 10, shrink=0.6)
+    mass, pred = np.concatenate([clean_mass, bad_mass]), np.concatenate([clean_pred, bad_pred])
+    truth = np.r_[np.zeros(30), np.ones(10)]
+    shares_only = scan_anomaly_scores(mass, ["a", "b"], ref_mass)
+    both = scan_anomaly_scores(mass, ["a", "b"], ref_mass,
+                               families={"prediction": (forest_features(pred, "prediction"), forest_features(ref_pred, "prediction"))})
+    # conformal p-values stop at 1 / (M + 1) and Fisher's sum carries the three other p-values' noise, so the
+    # family lifts the ranking a lot without making it perfect
+    auc_shares, auc_both = roc_auc_score(truth, shares_only.score), roc_auc_score(truth, both.score)
+    assert auc_shares < 0.7 and auc_both > 0.8 and auc_both > auc_shares + 0.2
+    assert both.families == ("shares", "prediction")
+    # a scan whose prediction family cannot be computed for class b: left out there (no p), scored on the rest
+    assert np.isnan(both.family_p["prediction"][0, 1]) and np.isfinite(both.family_p["prediction"][0, 0]) and np.isfinite(both.score[0])
+    assert missing_evidence({"prediction": pred}, ["a", "b"], ["prediction"])[0] == (
+        "prediction left out for b (not computable: class not predicted or no softmax)")
+    # the shares alone switched off: the family alone finds it too
+    alone = scan_anomaly_scores(mass, ["a", "b"], ref_mass, shares=False,
+                                families={"prediction": (forest_features(pred, "prediction"), forest_features(ref_pred, "prediction"))})
+    assert alone.families == ("prediction",) and roc_auc_score(truth, alone.score) > 0.8
+
+
+def test_cohort_analysis_scores_the_families_and_names_what_was_left_out(make_frame):
+    rng = np.random.default_rng(1)
+    ref = parse_explanation_table(make_frame(30, 0, seed=3))
+    aud = parse_explanation_table(make_frame(20, 0, seed=4))
+    a = len(aud.classes)
+
+    def evidence(n, shrink_first=0):
+        pred = np.stack([rng.normal(600, 30, (n, a)), np.ones((n, a)), rng.uniform(0.9, 0.95, (n, a)), rng.uniform(0.1, 0.2, (n, a))], -1)
+        pred[:shrink_first, 0, 0] = 372.0  # 38 % below 600
+        attr = np.stack([rng.normal(50, 3, (n, a)), rng.uniform(0, 0.05, (n, a))], -1)
+        attr[1, :, :] = np.nan  # scan 1: attribution not computable (e.g. an empty body)
+        return {"prediction": pred, "attribution": attr}
+
+    ref = dataclasses.replace(ref, evidence=evidence(30))
+    aud = dataclasses.replace(aud, evidence=evidence(20, shrink_first=1))
+    analysis = analyze_cohort(aud, ref, n_bootstrap=0)
+    s = analysis.summary()
+    assert s["scan_anomaly"]["evidence"] == ["shares", "prediction", "attribution"]
+    assert {c["family"] for r in s["worklist"] for c in r["classes"]} <= {"shares", "prediction", "attribution"}
+    assert np.isfinite(analysis.scan.family_p["prediction"][0, 0]) and np.isnan(analysis.scan.family_p["attribution"][1]).all()
+    frame = analysis.per_scan_frame()
+    assert "attribution left out for every class" in frame["evidence_left_out"].iloc[1] and frame["evidence_left_out"].iloc[0] == ""
+    row = next(r for r in s["worklist"] if r["id"] == aud.ids[1])
+    assert "attribution left out for every class" in describe_worklist_row(row)
+    # --evidence shares, and the paper protocol by default, use the shares alone
+    assert analyze_cohort(aud, ref, n_bootstrap=0, evidence="shares").scan.families == ("shares",)
+    assert analyze_cohort(aud, ref, n_bootstrap=0, protocol="paper").scan.families == ("shares",)
+    # a table of shares only (published tables): the families are left out with one note, not a crash
+    plain = analyze_cohort(parse_explanation_table(make_frame(20, 0, seed=4)), parse_explanation_table(make_frame(30, 0, seed=3)),
+                           n_bootstrap=0)
+    assert plain.scan.families == ("shares",) and any("not available" in n for n in plain.notes)
+
+
+def test_the_worklist_says_which_family_and_feature_moved_in_words():
+    from agg2exp_lightning.analysis.anomaly import moved_features
+
+    ref = np.column_stack([np.linspace(560, 640, 21), np.ones(21), np.full(21, 0.93), np.full(21, 0.15)])
+    moved = moved_features(np.array([372.0, 1.0, 0.93, 0.15]), ref, "prediction", "heart", k=2)
+    assert moved[0]["feature"] == "volume_ml" and moved[0]["reference_median"] == 600.0
+    row = {"classes": [{"family": "prediction", "class": "heart", "p": 0.02, "absent": False, "features": moved}],
+           "evidence_left_out": ""}
+    assert describe_worklist_row(row) == ("heart prediction (per-class p 0.02): heart volume 372 ml, reference median 600 ml: "
+                                          "38 % lower")
