@@ -33,10 +33,16 @@ class AnomalyMonitor(Callback):
         random_state: seed of the forests.
         source: the ``name`` of the :class:`ExplanationMonitor` to follow (needed only when the Trainer
             holds several).
+        evidence: the evidence families of the scan-level score, as the audit's ``--evidence``
+            (``"shares,prediction,attribution"``, default all; :mod:`~agg2exp_lightning.analysis.evidence`):
+            the same scoring code as the audit's.
     """
 
-    def __init__(self, random_state: int = 123, source: str | None = None) -> None:
+    def __init__(self, random_state: int = 123, source: str | None = None, evidence: str | list[str] | None = None) -> None:
         super().__init__()
+        from agg2exp_lightning.analysis.evidence import parse_evidence
+
+        self.evidence = parse_evidence(evidence)
         self.random_state = random_state
         self.source = source
         self.prefix = "agg2exp" if source is None else f"agg2exp/{source}"
@@ -79,7 +85,8 @@ class AnomalyMonitor(Callback):
             metrics[f"{self.prefix}/anomaly_score_mean/{cls}"] = float(np.nanmean(result.scores[:, i])) if np.isfinite(result.scores[:, i]).any() else float("nan")
         metrics[f"{self.prefix}/outliers_any"] = float(result.any_outlier.sum())
         # a skipped analysis is said once at INFO (then at DEBUG each check), never silently
-        scan = self.latest_scan = _scan_level(check.roi, targets, reference, self.random_state,
+        ref_evidence = check.reference_evidence if reference is not None else None
+        scan = self.latest_scan = _scan_level(check.roi, targets, reference, self.random_state, self.evidence, check.evidence, ref_evidence,
                                               level=logging.DEBUG if self._skip_said else logging.INFO)
         self._skip_said = self._skip_said or scan is None
         if scan is not None:
@@ -110,11 +117,15 @@ class AnomalyMonitor(Callback):
         self.history = list(state_dict.get("history", []))
 
 
-def _scan_level(roi: np.ndarray, targets: list[str], reference: np.ndarray | None, random_state: int, *, level: int = logging.INFO) -> Any:
+def _scan_level(roi: np.ndarray, targets: list[str], reference: np.ndarray | None, random_state: int,
+                evidence: tuple[str, ...] = ("shares",), families: dict[str, np.ndarray] | None = None,
+                reference_families: dict[str, np.ndarray] | None = None, *, level: int = logging.INFO) -> Any:
     """The calibrated scan-level score (:func:`~agg2exp_lightning.analysis.anomaly.scan_anomaly_scores`)
     against the reference scans when there are enough, else the validation scans themselves; ``None``
-    when neither has enough scans to cross-fit."""
+    when neither has enough scans to cross-fit. The evidence families in ``evidence`` that the check
+    holds for some scan enter as in the audit."""
     from agg2exp_lightning.analysis.anomaly import MIN_REFERENCE_SCANS, scan_anomaly_scores
+    from agg2exp_lightning.analysis.evidence import forest_features
 
     basis = reference if reference is not None and len(reference) >= MIN_REFERENCE_SCANS else None
     if basis is None and len(roi) < MIN_REFERENCE_SCANS:
@@ -122,4 +133,12 @@ def _scan_level(roi: np.ndarray, targets: list[str], reference: np.ndarray | Non
                 "need %d of either to cross-fit its forests; the per-class anomaly scores are logged as usual", len(roi),
                 0 if reference is None else len(reference), MIN_REFERENCE_SCANS)
         return None
-    return scan_anomaly_scores(roi, targets, basis, random_state=random_state)
+    chosen = {}
+    for fam in evidence:
+        aud = (families or {}).get(fam)
+        ref = None if basis is None else (reference_families or {}).get(fam)
+        if fam == "shares" or aud is None or (basis is not None and ref is None) or not np.isfinite(aud).all(axis=2).any():
+            continue
+        chosen[fam] = (forest_features(aud, fam), None if ref is None else forest_features(ref, fam))
+    shares = "shares" in evidence or not chosen
+    return scan_anomaly_scores(roi, targets, basis, random_state=random_state, families=chosen, shares=shares)

@@ -67,6 +67,8 @@ class ExplanationCheck:
         target_names: their names.
         region_names: the ``R`` region (class) names (columns of ``roi``).
         source: the ``name`` of the monitor that made it (``None`` when unnamed).
+        evidence / reference_evidence: the evidence families beside the shares, family -> ``[N, T, F]``
+            (``[M, T, F]`` for the reference; :mod:`~agg2exp_lightning.analysis.evidence`), NaN where not computable.
     """
 
     epoch: int
@@ -81,6 +83,8 @@ class ExplanationCheck:
     target_names: list[str] = field(default_factory=list)
     region_names: list[str] = field(default_factory=list)
     source: str | None = None
+    evidence: dict[str, np.ndarray] = field(default_factory=dict)
+    reference_evidence: dict[str, np.ndarray] | None = None
 
 
 @dataclass

@@ -182,9 +182,12 @@ class ExplanationMonitor(Callback):
 
     def _explain_items(
         self, pl_module, dataset, indices, deadline, maps_writer: Any = None
-    ) -> tuple[list[tuple[str, np.ndarray, dict]], int, dict, list[str]]:
+    ) -> tuple[list[tuple[str, np.ndarray, dict, dict]], int, dict, list[str]]:
         """Explain ``dataset[indices]``: ``(done, skipped by the budget, overlay data, non-finite scan ids)``;
-        with ``maps_writer``, each scan's maps are written as NIfTI in its own grid."""
+        ``done`` holds ``(id, shares, metadata, evidence)`` (the audit's evidence families,
+        :func:`~agg2exp_lightning.analysis.evidence.scan_evidence`); with ``maps_writer``, each scan's maps
+        are written as NIfTI in its own grid."""
+        from agg2exp_lightning.analysis.evidence import scan_evidence, voxel_ml_from_affine
         from agg2exp_lightning.explain import explain
 
         window = sliding_window_options(pl_module)
@@ -200,7 +203,7 @@ class ExplanationMonitor(Callback):
             try:
                 with torch.inference_mode(False):
                     x = image.detach().clone().to(pl_module.device)
-                    result = explain(net, x, method=self.method, targets=self._target_ids, keep_attributions=want_maps,
+                    result = explain(net, x, method=self.method, targets=self._target_ids, keep_attributions=True,  # for the evidence
                                      protocol=self.protocol, **window, **self.method_options)
             except NonFiniteError as err:
                 # NaN/infinite logits, image or attributions: a diverging model must be reported, not kill
@@ -211,9 +214,10 @@ class ExplanationMonitor(Callback):
             roi = result.roi.detach().cpu().double().numpy()
             if not np.all(np.isfinite(roi) | np.isnan(roi)):
                 log.warning("ExplanationMonitor: non-finite shares for scan %s", sid)
-            done.append((sid, roi, meta))
+            first = item[0] if isinstance(item, list) else item
+            evidence = scan_evidence(result, image, result.targets, voxel_ml_from_affine(getattr(first["image"], "affine", None)))
+            done.append((sid, roi, meta, evidence))
             if maps_writer is not None and result.attributions is not None:
-                first = item[0] if isinstance(item, list) else item
                 maps_writer(sid, getattr(first["image"], "meta", {}), result.attributions.detach().cpu(),
                             result.prediction.detach().cpu(), self._target_ids)
             if want_maps and result.attributions is not None:
@@ -242,7 +246,7 @@ class ExplanationMonitor(Callback):
                     write_colour_table(folder, self._class_names)
                 maps_writer = MapWriter(folder, self._class_names)
             mine, skipped, overlay, nonfinite = self._explain_items(pl_module, dataset, indices[rank::world], deadline, maps_writer)
-            ref: list[tuple[str, np.ndarray, dict]] = []
+            ref: list[tuple[str, np.ndarray, dict, dict]] = []
             if self.reference_scans:
                 ds = reference_dataset(trainer, self.reference_scans)
                 if ds is not None:
@@ -270,6 +274,8 @@ class ExplanationMonitor(Callback):
             metadata=[v[2] for v in val],
             reference_ids=[r[0] for r in refs],
             reference_roi=np.stack([r[1] for r in refs]) if refs else None,
+            evidence=_stack_evidence([v[3] for v in val]),
+            reference_evidence=_stack_evidence([r[3] for r in refs]) if refs else None,
             skipped=skipped,
             nonfinite=nonfinite,
             target_ids=self.target_ids,
@@ -352,3 +358,13 @@ class ExplanationMonitor(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.scan_ids = list(state_dict.get("scan_ids", []))
         self.history = list(state_dict.get("history", []))
+
+
+def _stack_evidence(per_scan: Sequence[dict[str, dict[str, list[float]]]]) -> dict[str, np.ndarray]:
+    """Per-scan evidence records as family -> ``[N, T, F]`` (NaN where not computable)."""
+    from agg2exp_lightning.analysis.evidence import FAMILIES, family_matrix
+
+    if not per_scan:
+        return {}
+    n_classes = len(next(iter(per_scan[0]["prediction"].values())))
+    return {fam: np.stack([family_matrix(ev.get(fam), fam, n_classes) for ev in per_scan]) for fam in FAMILIES}

@@ -40,6 +40,8 @@ __all__ = [
     "missing_evidence",
     "parse_evidence",
     "prediction_evidence",
+    "scan_evidence",
+    "voxel_ml_from_affine",
     "softmax_summary",
 ]
 
@@ -172,6 +174,50 @@ def attribution_evidence(attribution: np.ndarray, body: np.ndarray) -> dict[str,
     outside = a[:, ~body].sum(axis=1)
     share = np.where(total > 0, outside / np.where(total > 0, total, 1.0), np.nan)
     return {"mass": [float(v) for v in total], "outside_body": [float(v) for v in share]}
+
+
+def scan_evidence(result, image, class_ids: Sequence[int], voxel_ml: float | None) -> dict[str, dict[str, list[float]]]:
+    """Both families of one scan from an :class:`~agg2exp_lightning.explain.ExplanationResult` (the audit's and the
+    monitors' one way of computing them).
+
+    Args:
+        result: what ``explain`` returned (``prediction``, ``diagnostics`` with the softmax summary,
+            ``attributions`` or ``None`` when they were not kept).
+        image: ``[1, 1, *S]`` (or ``[*S]``) the preprocessed scan (intensities scaled to [0, 1]).
+        class_ids: the explained classes' label ids (the rows of the maps).
+        voxel_ml: volume of one voxel in ml (``None``: volumes not computable).
+
+    Returns:
+        ``{"prediction": {feature: [T]}, "attribution": {feature: [T]}}`` with NaN where not computable
+        (no maps kept, an empty body, a class not predicted).
+    """
+    import torch
+
+    from agg2exp_lightning.data.transforms import BODY_THRESHOLD
+
+    spatial = tuple(torch.as_tensor(image).shape[-3:])  # one 3D volume
+    prediction = torch.as_tensor(result.prediction).detach().cpu().long().reshape(spatial)
+    diag = getattr(result, "diagnostics", None) or {}
+    t = len(class_ids)
+    pred = prediction_evidence(prediction.numpy(), class_ids, math.nan if voxel_ml is None else float(voxel_ml),
+                               diag.get("prediction_confidence"), diag.get("prediction_entropy"))
+    maps = getattr(result, "attributions", None)
+    maps = getattr(result, "attribution", None) if maps is None else maps
+    if maps is None:
+        attr = {"mass": [math.nan] * t, "outside_body": [math.nan] * t}
+    else:
+        maps = torch.as_tensor(maps).detach().float().cpu().reshape(t, *spatial).numpy()
+        body = torch.as_tensor(image).detach().float().cpu().reshape(spatial).numpy() > BODY_THRESHOLD
+        attr = attribution_evidence(maps, body)
+    return {"prediction": pred, "attribution": attr}
+
+
+def voxel_ml_from_affine(affine) -> float | None:
+    """Volume of one voxel in ml from a ``4 x 4`` affine in mm (``|det|`` of its 3 x 3 part / 1000); ``None`` without one."""
+    if affine is None:
+        return None
+    a = np.asarray(affine.detach().cpu() if hasattr(affine, "detach") else affine, dtype=float).reshape(-1, 4, 4)[0]
+    return float(abs(np.linalg.det(a[:3, :3]))) / 1000.0
 
 
 def family_matrix(values: Mapping[str, Sequence[float]] | None, family: str, n_classes: int) -> np.ndarray:

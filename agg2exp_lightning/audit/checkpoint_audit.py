@@ -107,6 +107,7 @@ def run_checkpoint_audit(
     num_workers: int = 0,
     random_state: int = DEFAULT_RANDOM_STATE,
     contamination: float = DEFAULT_CONTAMINATION,
+    evidence: str | Sequence[str] | None = None,
     n_dependencies: int = 12,
     explainer: ScanExplainer | None = None,
     wandb: bool = False,
@@ -147,6 +148,8 @@ def run_checkpoint_audit(
         num_workers: DataLoader workers.
         random_state: seed of the Isolation Forests.
         contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``.
+        evidence: evidence families of the scan-level score (``"shares,prediction,attribution"`` or a list;
+            default all, the paper protocol the shares alone; :mod:`~agg2exp_lightning.analysis.evidence`).
         n_dependencies: how many region -> class dependencies to report.
         explainer: overrides :func:`make_scan_explainer` (same call signature).
         wandb: also log tables and figures to one W&B run.
@@ -243,7 +246,7 @@ def run_checkpoint_audit(
                                                                             targets=target_ids, window=window),
         config=config, spacing=spacing, mapping=mapping, inputs=inputs, overwrite=overwrite,
         trainer_kwargs={"accelerator": accelerator, "devices": devices, "strategy": strategy}, num_workers=num_workers,
-        random_state=random_state, n_dependencies=n_dependencies, contamination=contamination, wandb=wandb, wandb_project=wandb_project,
+        random_state=random_state, n_dependencies=n_dependencies, contamination=contamination, evidence=evidence, wandb=wandb, wandb_project=wandb_project,
         save_maps=save_maps, figures_for=figures_for, wandb_model_artifact=wandb_model_artifact,
         model_file=loaded.source if loaded.kind == "checkpoint" else None,
         protocol=chosen, merges=merged, extra_masks=masks, reference_notes=reference_notes,

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
+from agg2exp_lightning.analysis.evidence import parse_evidence
 from agg2exp_lightning.analysis.regions import PRESET_MERGES
 from agg2exp_lightning.cli_common import (
     METHOD_OPTION_HELP,
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-state", type=int, default=DEFAULT_RANDOM_STATE, help="seed of the Isolation Forests (default %(default)s)")
     p.add_argument("--contamination", type=float, default=DEFAULT_CONTAMINATION, metavar="C",
                    help="share of clean scans the scan-level flag may raise, in (0, 0.5] (default %(default)s)")
+    p.add_argument("--evidence", metavar="FAMILIES",
+                   help="evidence of the scan-level score, comma-separated from shares,prediction,attribution "
+                        "(default: all; with --protocol paper: shares)")
     p.add_argument("--dependencies", type=int, default=12, metavar="K", help="strongest region->class dependencies to report (default %(default)s)")
     p.add_argument("--protocol", default=DEFAULT_PROTOCOL, metavar="NAME",
                    help=f"bundle of choices, one of {', '.join(PROTOCOLS)} (default %(default)s; paper = as published: "
@@ -140,7 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"agg2exp-audit: error: {err}", file=sys.stderr)
         return 2
-    common = dict(overwrite=args.overwrite, random_state=args.random_state, n_dependencies=args.dependencies, contamination=args.contamination,
+    if args.evidence is not None:
+        try:
+            parse_evidence(args.evidence)
+        except ValueError as err:
+            parser.error(f"--evidence: {err}")
+    common = dict(overwrite=args.overwrite, random_state=args.random_state, n_dependencies=args.dependencies, contamination=args.contamination, evidence=args.evidence,
                   wandb=args.wandb, wandb_project=args.wandb_project, protocol=args.protocol, merges=args.merge)
     try:
         if args.from_table is not None:

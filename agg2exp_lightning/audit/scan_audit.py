@@ -117,6 +117,7 @@ def run_scan_audit(
     num_workers: int = 0,
     random_state: int = DEFAULT_RANDOM_STATE,
     contamination: float = DEFAULT_CONTAMINATION,
+    evidence: str | Sequence[str] | None = None,
     n_dependencies: int = 12,
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
@@ -147,6 +148,8 @@ def run_scan_audit(
         num_workers: DataLoader workers.
         random_state: seed of the Isolation Forests.
         contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``.
+        evidence: evidence families of the scan-level score (``"shares,prediction,attribution"`` or a list;
+            default all, the paper protocol the shares alone; :mod:`~agg2exp_lightning.analysis.evidence`).
         n_dependencies: how many region -> class dependencies to report.
         wandb: also log tables and figures to one W&B run.
         wandb_project: the W&B project.
@@ -221,7 +224,7 @@ def run_scan_audit(
             raise DataError(f"no {s} scan finished; failures are listed in {out / 'failed_scans.json'}")
     tables = {s: records_to_table(done, meta, source=f"{s} scans in {out / SET_FOLDERS[s]}") for s, done in finished.items()}
     analysis = analyze_cohort(tables["audited"], tables.get("reference"), random_state=random_state, n_dependencies=n_dependencies,
-                              contamination=contamination, protocol=protocol, merges=merges,
+                              contamination=contamination, evidence=evidence, protocol=protocol, merges=merges,
                               reference_notes=reference_notes if "reference" in tables else ())
     rows = {
         **dict(inputs or {}),

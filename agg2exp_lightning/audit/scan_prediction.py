@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor, nn
 
+from agg2exp_lightning.analysis.evidence import scan_evidence
 from agg2exp_lightning.audit.scan_records import record_stem, scan_record, slice_bundle
 from agg2exp_lightning.segmentation_metrics import dice_per_class
 from agg2exp_lightning.utils import atomic_write_bytes, atomic_write_json, plain_tensor
@@ -128,7 +129,7 @@ class ScanAuditModule(pl.LightningModule):
         if label is not None:
             dice = dice_per_class(prediction, label.reshape(prediction.shape).long().cpu(), len(self.class_names))[ids]
         attribution = getattr(result, "attribution", None)
-        evidence = _evidence(result, image, prediction, ids, self.voxel_ml, attribution, t)
+        evidence = scan_evidence(result, image, ids, self.voxel_ml)
         out: dict[str, Any] = {"record": scan_record(sid, classes, regions, roi, roi_mean, dice, evidence=evidence)}
         if self.save_slices and attribution is not None:
             attr = _plain(attribution).detach().float().cpu().reshape(t, *prediction.shape).numpy()
@@ -155,25 +156,6 @@ class ScanAuditModule(pl.LightningModule):
                 log.warning("scan %s failed: %s", sid, _describe(err))
                 outputs.append({"audit_set": audit_set, "failure": {"id": sid, "error": _describe(err)}})
         return outputs
-
-
-def _evidence(result: Any, image: Tensor, prediction: Tensor, ids: Sequence[int], voxel_ml: float | None,
-              attribution: Any, t: int) -> dict[str, dict[str, list[float]]]:
-    """The prediction and attribution families of one scan (NaN where a feature cannot be computed)."""
-    import math
-
-    from agg2exp_lightning.analysis.evidence import attribution_evidence, prediction_evidence
-    from agg2exp_lightning.data.transforms import BODY_THRESHOLD
-
-    diag = getattr(result, "diagnostics", None) or {}
-    pred = prediction_evidence(prediction.numpy(), ids, math.nan if voxel_ml is None else voxel_ml,
-                               diag.get("prediction_confidence"), diag.get("prediction_entropy"))
-    if attribution is None:
-        attr = {"mass": [math.nan] * t, "outside_body": [math.nan] * t}
-    else:
-        maps = _plain(attribution).detach().float().cpu().reshape(t, *prediction.shape).numpy()
-        attr = attribution_evidence(maps, image[0, 0].detach().float().cpu().numpy() > BODY_THRESHOLD)
-    return {"prediction": pred, "attribution": attr}
 
 
 def _duration(seconds: float) -> str:

@@ -29,6 +29,7 @@ def run_table_audit(
     overwrite: bool = False,
     random_state: int = DEFAULT_RANDOM_STATE,
     contamination: float = DEFAULT_CONTAMINATION,
+    evidence: str | Sequence[str] | None = None,
     n_dependencies: int = 12,
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
@@ -48,6 +49,8 @@ def run_table_audit(
         overwrite: replace another audit's results in ``out_dir``.
         random_state: seed of the Isolation Forests.
         contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``.
+        evidence: evidence families of the scan-level score (``"shares,prediction,attribution"`` or a list;
+            default all, the paper protocol the shares alone; :mod:`~agg2exp_lightning.analysis.evidence`).
         n_dependencies: how many region -> class dependencies to report.
         wandb: also log tables and figures to one W&B run.
         wandb_project: the W&B project.
@@ -88,7 +91,7 @@ def run_table_audit(
     config.update(protocol=protocol.as_dict(), merges={k: list(v) for k, v in merged.items()})
     open_output_folder(out_dir, config, overwrite=overwrite)
     log.info("auditing %d scans from %s%s", len(cohort), table, f" (forests fitted on {len(reference)} reference scans)" if reference else "")
-    analysis = analyze_cohort(cohort, reference, random_state=random_state, n_dependencies=n_dependencies, contamination=contamination,
+    analysis = analyze_cohort(cohort, reference, random_state=random_state, n_dependencies=n_dependencies, contamination=contamination, evidence=evidence,
                               protocol=protocol, merges=merged)
     inputs = {
         "audit": "table of aggregated explanations (--from-table); the explanations were made elsewhere",

@@ -235,3 +235,37 @@ def test_gpu_audit_matches_the_cpu_audit(tmp_path, records, conv_audit):
     ours, reference = _per_scan(outputs.per_scan_csv), _per_scan(conv_audit[1].per_scan_csv)
     cols = [c for c in reference.columns if c.endswith(("_mass", "_mean", "_dice"))]
     np.testing.assert_allclose(ours[cols].to_numpy(float), reference[cols].to_numpy(float), rtol=1e-4, atol=1e-6)
+
+
+def test_records_hold_the_prediction_and_attribution_evidence(tmp_path, records):
+    from scipy import ndimage
+
+    from agg2exp_lightning.audit.checkpoint_audit import make_scan_explainer
+    from agg2exp_lightning.data.transforms import BODY_THRESHOLD
+    from agg2exp_lightning.explain import explain
+
+    out = tmp_path / "out"
+    audit(out, PointwiseNet(), {"audited": records[:1]}, explainer=make_scan_explainer("vanilla_gradient"))
+    rec = json.loads((out / "scans" / f"{records[0].subject_id}.json").read_text())
+    ev = rec["evidence"]
+    # independent: the model's softmax and argmax on the same preprocessing, scipy's labelling, explain's maps
+    item = PerScanTransform(load_structure_mapping(), NUM_CLASSES, SPACING)(dataclasses.asdict(records[0]))
+    image = item["image"].as_tensor()[None].float()
+    logits = PointwiseNet()(image)[0].double()
+    p, pred = torch.softmax(logits, 0), logits.argmax(0)
+    maps = explain(PointwiseNet(), image, method="vanilla_gradient").attributions.abs().double()
+    body = image[0, 0] > BODY_THRESHOLD
+    full = ndimage.generate_binary_structure(3, 3)
+    for i, name in enumerate(rec["classes"]):
+        c = THORAX_CLASSES.index(name) if name in THORAX_CLASSES else i
+        m = pred == c
+        if not m.any():
+            assert ev["prediction"]["volume_ml"][i] is None  # not predicted: left out, never 0
+            continue
+        assert ev["prediction"]["volume_ml"][i] == pytest.approx(int(m.sum()) * 8 * 8 * 8 / 1000)
+        assert ev["prediction"]["components"][i] == ndimage.label(m.numpy(), full)[1]
+        assert ev["prediction"]["confidence"][i] == pytest.approx(p.max(0).values[m].mean().item(), rel=1e-5)
+        assert ev["prediction"]["entropy"][i] == pytest.approx((-(p * p.clamp_min(1e-300).log()).sum(0))[m].mean().item(), rel=1e-4, abs=1e-9)
+        assert ev["attribution"]["mass"][i] == pytest.approx(maps[i].sum().item(), rel=1e-5)
+        if maps[i].sum() > 0:
+            assert ev["attribution"]["outside_body"][i] == pytest.approx((maps[i][~body].sum() / maps[i].sum()).item(), abs=1e-6)

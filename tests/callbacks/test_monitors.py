@@ -38,6 +38,10 @@ def test_monitors_log_scalars_tables_and_figures_and_history_survives_resume(tmp
     assert [h["epoch"] for h in explainer.history] == [0, 1]
     assert explainer.history[1]["drift"] is not None and explainer.history[0]["drift"] is None
     assert len(anomaly.history) == 2 and len(bias.history) == 2
+    # the check carries the audit's evidence families, one row per explained scan and class
+    ev = explainer.latest.evidence
+    assert set(ev) == {"prediction", "attribution"} and ev["prediction"].shape[:2] == explainer.latest.roi.shape[:2]
+    assert np.isfinite(ev["attribution"][:, :, 0]).all()  # the attribution mass of every map
     metrics = pd.read_csv(next((tmp_path / "csv").rglob("metrics.csv")))
     for col in ("agg2exp/own_share/organ", "agg2exp/background_share/bone", "agg2exp/drift", "agg2exp/outliers/organ"):
         assert col in metrics.columns and metrics[col].notna().any(), col
@@ -98,6 +102,19 @@ def test_anomaly_monitor_exposes_the_calibrated_scan_level_score(tmp_path):
     expected = scan_anomaly_scores(roi, ["organ", "bone"], ref, random_state=123)
     np.testing.assert_allclose(monitor.latest_scan.score, expected.score)
     assert np.argmax(monitor.latest_scan.score) == 0 and monitor.history[-1]["scan_flagged"] == int(expected.flagged.sum())
+    # with evidence families the monitor scores them with the audit's code
+    from agg2exp_lightning.analysis.evidence import forest_features
+
+    pred, ref_pred = rng.normal(500, 20, (6, 2, 4)), rng.normal(500, 20, (12, 2, 4))
+    pred[1, 1] = np.nan  # not computable for one scan and class: left out, no crash
+    with_ev = ExplanationCheck(**{**check.__dict__, "evidence": {"prediction": pred}, "reference_evidence": {"prediction": ref_pred}})
+    m2 = AnomalyMonitor()
+    m2.on_explanations(trainer, SimpleNamespace(), with_ev)
+    both = scan_anomaly_scores(roi, ["organ", "bone"], ref, random_state=123,
+                               families={"prediction": (forest_features(pred, "prediction"), forest_features(ref_pred, "prediction"))})
+    assert m2.latest_scan.families == ("shares", "prediction") and np.isnan(m2.latest_scan.family_p["prediction"][1, 1])
+    np.testing.assert_allclose(m2.latest_scan.score, both.score)
+    assert AnomalyMonitor(evidence="shares").evidence == ("shares",)
     table = pd.read_csv(next(tmp_path.rglob("*anomaly_scores*.csv")))
     assert {"scan_score", "scan_p", "scan_flagged"} <= set(table.columns)
     small = ExplanationCheck(epoch=1, subject_ids=check.subject_ids, roi=roi, metadata=[{}] * 6, target_ids=[1, 2],
