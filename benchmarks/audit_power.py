@@ -74,15 +74,24 @@ def explain_pool(checkpoint: str, pool: Path, out: Path, *, method: str, targets
         log.info("split %s: %d scans explained or reused in %.0f s", split, n, time.perf_counter() - t0)
 
 
-def load_pool(pool: Path, out: Path) -> pd.DataFrame:
-    """Every pool scan explained so far (records in ``out/explained/<split>/scans``) with its metadata, one frame."""
+def explain_training(checkpoint: str, data: Path, out: Path, *, method: str, targets: list[str] | None) -> None:
+    """Explain the model's own training split once (cached in ``out/explained_training``): the training-split reference."""
+    from agg2exp_lightning.audit.checkpoint_audit import run_checkpoint_audit
+
+    run_checkpoint_audit(checkpoint, out / "explained_training", data=str(data), split="train", method=method, targets=targets,
+                         reference_split=None, accelerator="cpu")
+
+
+def load_pool(pool: Path, out: Path, folder_name: str = "explained", splits: tuple[str, ...] = ("test", "val", "train")) -> pd.DataFrame:
+    """Every pool scan explained so far (records in ``out/explained/<split>/scans``) with its metadata, one frame;
+    the records themselves (with the evidence families) in ``frame.attrs["records"]``."""
     from agg2exp_lightning.audit.scan_records import load_records, records_to_frame
 
     meta = _pool_meta(pool)
-    frames = []
-    for split in ("test", "val", "train"):
+    frames, records = [], {}
+    for split in splits:
         ids = meta.loc[meta["split"] == split, "image_id"].tolist()
-        folder = out / "explained" / split
+        folder = out / folder_name / split if folder_name == "explained" else out / folder_name
         if not ids or not (folder / "scans").is_dir():
             continue
         done, failed = load_records(folder / "scans", ids)
@@ -90,11 +99,14 @@ def load_pool(pool: Path, out: Path) -> pd.DataFrame:
             log.warning("pool scan %s failed: %s", sid, err)
         if done:
             frames.append(records_to_frame(done))
+            records.update({rec["id"]: rec for rec in done})
     if not frames:
-        raise SystemExit(f"no explained pool scan under {out / 'explained'}")
+        raise SystemExit(f"no explained scan under {out / folder_name}")
     frame = pd.concat(frames, ignore_index=True)
     keep = [c for c in meta.columns if c not in ("split",)]
-    return frame.merge(meta[keep], left_on="patient", right_on="image_id", how="left").drop(columns=["image_id"])
+    frame = frame.merge(meta[keep], left_on="patient", right_on="image_id", how="left").drop(columns=["image_id"])
+    frame.attrs["records"] = records
+    return frame
 
 
 def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -108,10 +120,20 @@ def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.ones(len(positive)), np.zeros(len(negative))], s))
 
 
-def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int, classes: list[str]) -> tuple[dict, object, pd.DataFrame]:
-    """Draw one reference set and one audited cohort from the explained pool and audit it."""
-    from agg2exp_lightning.analysis.cohort import analyze_cohort
+def _table(frame: pd.DataFrame, rows: np.ndarray, classes: list[str], records: dict) -> object:
+    """The explanation table of ``frame.loc[rows]`` (truth columns dropped) with its records' evidence families."""
     from agg2exp_lightning.analysis.tables import parse_explanation_table
+    from agg2exp_lightning.audit.scan_records import with_record_evidence
+
+    part = frame.loc[rows].drop(columns=[c for c in TRUTH_COLUMNS if c in frame.columns])
+    return with_record_evidence(parse_explanation_table(part, classes), records)
+
+
+def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int, classes: list[str], *,
+                 evidence: str | None = None, training: pd.DataFrame | None = None) -> tuple[dict, object, pd.DataFrame]:
+    """Draw one reference set and one audited cohort from the explained pool and audit it; with ``training`` (the
+    model's own training scans, explained), also audit the same cohort against ``n_reference`` of those."""
+    from agg2exp_lightning.analysis.cohort import analyze_cohort
 
     rng = np.random.default_rng(seed)
     clean = pool.index[(pool["planted_condition"] == "none") & (pool["degraded"].astype(str) != "1")].to_numpy()
@@ -119,9 +141,9 @@ def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int
     rest = np.setdiff1d(pool.index.to_numpy(), reference)
     audited = rng.choice(rest, size=min(n_audited, len(rest)), replace=False)
     truth = pool.loc[audited, ["patient", *TRUTH_COLUMNS]].reset_index(drop=True)
-    ref_table = parse_explanation_table(pool.loc[reference].drop(columns=list(TRUTH_COLUMNS)), classes)
-    aud_table = parse_explanation_table(pool.loc[audited].drop(columns=list(TRUTH_COLUMNS)), classes)
-    analysis = analyze_cohort(aud_table, ref_table, n_bootstrap=0, seed=seed)
+    records = pool.attrs.get("records", {})
+    ref_table, aud_table = _table(pool, reference, classes, records), _table(pool, audited, classes, records)
+    analysis = analyze_cohort(aud_table, ref_table, n_bootstrap=0, seed=seed, evidence=evidence)
     scan = analysis.scan
     score, flagged = scan.score, scan.flagged
     cond = truth["planted_condition"].to_numpy()
@@ -131,7 +153,12 @@ def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int
                     "n_clean": int(is_clean.sum()), "n_clean_flagged": int(flagged[is_clean].sum()), "expected_fpr": scan.expected_fpr,
                     "fpr_flag": float(flagged[is_clean].mean()) if is_clean.any() else float("nan"),
                     "fpr_any_class_outlier": float(analysis.anomaly.any_outlier[is_clean].mean()) if is_clean.any() else float("nan"),
-                    "heldout_any_class_outlier_rate": scan.heldout_class_fpr, "conditions": {}}
+                    "heldout_any_class_outlier_rate": scan.heldout_class_fpr, "evidence": list(scan.families), "conditions": {}}
+    if training is not None:  # the same audited cohort against the model's training scans as the reference
+        rows = rng.choice(training.index.to_numpy(), size=min(n_reference, len(training)), replace=False)
+        train_scan = analyze_cohort(aud_table, _table(training, rows, classes, training.attrs.get("records", {})), n_bootstrap=0,
+                                    seed=seed, evidence=evidence).scan
+        result["n_clean_flagged_training_reference"] = int(train_scan.flagged[is_clean].sum())
     for name in sorted(set(cond) - {"none"}) + ["degraded_scanner"]:
         hit = degraded & (cond == "none") if name == "degraded_scanner" else cond == name
         result["conditions"][name] = {"n": int(hit.sum()), "auc": roc_auc(score[hit], score[is_clean]),
@@ -201,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="+", default=["all"],
                         help="classes to explain (default 'all': every class, as agg2exp-audit explains by default)")
     parser.add_argument("--analyse-only", action="store_true", help="skip explaining: analyse the pool scans explained so far")
+    parser.add_argument("--evidence", default=None, help="evidence families of the scan-level score (default: all)")
+    parser.add_argument("--training-data", default=str(ROOT / "data" / "synthetic_thorax"),
+                        help="the model's training data: its train split is explained to measure the training-split reference "
+                             "(default %(default)s; 'none' to skip)")
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -224,6 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.analyse_only:
         explain_pool(matches[0], pool_dir, out, method=args.method, targets=targets)
     pool = load_pool(pool_dir, out)
+    training = None
+    train_dir = Path(args.training_data)
+    if args.training_data != "none" and (train_dir / "meta.csv").is_file():
+        if not args.analyse_only:
+            explain_training(matches[0], train_dir, out, method=args.method, targets=targets)
+        if (out / "explained_training" / "scans").is_dir():
+            training = load_pool(train_dir, out, folder_name="explained_training", splits=("train",))
+    elif args.training_data != "none":
+        log.warning("--training-data %s has no meta.csv: the training-split reference is not measured", train_dir)
     t_explain = time.perf_counter()
     classes = sorted({c.split("_explanation_in_")[0] for c in pool.columns if c.endswith("_mass")}, key=lambda c: c)
     from agg2exp_lightning.labels import THORAX_CLASSES
@@ -232,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("pool: %d scans explained (%s)", len(pool), ", ".join(f"{k} {v}" for k, v in pool["planted_condition"].value_counts().items()))
     per_seed, first = [], None
     for seed in range(args.cohort_seeds):
-        res, analysis, _ = audit_cohort(pool, seed, args.n_reference, args.n_audited, known)
+        res, analysis, _ = audit_cohort(pool, seed, args.n_reference, args.n_audited, known, evidence=args.evidence, training=training)
         per_seed.append(res)
         first = first or analysis
         log.info("seed %d: %s", seed, json.dumps(res))
@@ -255,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         "conditions": agg,
         "fpr_flag_mean": float(np.nanmean([s["fpr_flag"] for s in per_seed])),
         "clean_flagged": int(sum(s["n_clean_flagged"] for s in per_seed)), "clean": int(sum(s["n_clean"] for s in per_seed)),
+        "clean_flagged_training_reference": (int(sum(s["n_clean_flagged_training_reference"] for s in per_seed))
+                                             if all("n_clean_flagged_training_reference" in s for s in per_seed) else None),
         "fpr_any_class_outlier_mean": float(np.nanmean([s["fpr_any_class_outlier"] for s in per_seed])),
         "expected_fpr": per_seed[0]["expected_fpr"],
         "scanner_found": int(sum(s["scanner_q"] < 0.05 for s in per_seed)),
@@ -272,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     n_null, alarms = null["permutations"], null["alarms"]
     lines += [f"clean scans flagged: {format_rate(a['clean_flagged'], a['clean'])} (bound {a['expected_fpr']:.3f}); "
               f"paper's any-class outliers among clean scans: {a['fpr_any_class_outlier_mean']:.3f}",
+              ("clean scans flagged with the model's training scans as the reference: "
+               + (format_rate(a["clean_flagged_training_reference"], a["clean"]) if a["clean_flagged_training_reference"] is not None
+                  else "not measured (no --training-data)")),
+              f"evidence families: {', '.join(per_seed[0]['evidence'])}",
               f"degraded scanner found (scanner_model q < 0.05) in {a['scanner_found']} of {a['seeds']} seeds; q = " + ", ".join(f"{q:.3g}" for q in a["scanner_q"]),
               f"bias false alarms under shuffled metadata ({n_null} shuffles): score tests {format_rate(alarms['score'], n_null)}, "
               f"outlier-proportion tests {format_rate(alarms['outliers'], n_null)}, either family {format_rate(alarms['either'], n_null)}, "

@@ -239,21 +239,32 @@ def records_to_table(records: Sequence[Mapping[str, Any]], metadata: Mapping[str
     Every region is a known name, also one that is not an explained class (its columns would
     otherwise be taken for metadata).
     """
+    names = list(dict.fromkeys([*records[0]["regions"], *records[0]["classes"]])) if records else []
+    table = parse_explanation_table(records_to_frame(records, metadata), names, source=source)
+    return with_record_evidence(table, {rec["id"]: rec for rec in records})
+
+
+def with_record_evidence(table: ExplanationTable, records: Mapping[str, Mapping[str, Any]]) -> ExplanationTable:
+    """``table`` with the evidence families of its scans' records (``id -> record``; NaN where a scan has no record
+    or its record no evidence).
+
+    Classes are matched by name: the table orders them by label id, a record in its own order.
+    """
     import dataclasses
 
     from agg2exp_lightning.analysis.evidence import FAMILIES, family_matrix
 
-    names = list(dict.fromkeys([*records[0]["regions"], *records[0]["classes"]])) if records else []
-    table = parse_explanation_table(records_to_frame(records, metadata), names, source=source)
-    by_id = {rec["id"]: rec for rec in records}
     evidence = {}
-    for fam in FAMILIES:  # per table class, by name (the table orders classes by label id)
+    for fam in FAMILIES:
         rows = []
         for sid in table.ids:
-            rec = by_id[sid]
+            rec = records.get(sid)
+            if rec is None:  # no record of this scan: not computable
+                rows.append(family_matrix(None, fam, len(table.classes)))
+                continue
             m = family_matrix((rec.get("evidence") or {}).get(fam), fam, len(rec["classes"]))
             rows.append(m[[rec["classes"].index(c) for c in table.classes]])
-        evidence[fam] = np.stack(rows)
+        evidence[fam] = np.stack(rows) if rows else np.empty((0, len(table.classes), len(FAMILIES[fam])))
     return dataclasses.replace(table, evidence=evidence)
 
 

@@ -216,3 +216,23 @@ def test_records_of_other_classes_or_none_are_refused():
         records_to_frame([_record("s1"), other])
     with pytest.raises(DataError, match="no finished scan"):
         records_to_frame([])
+
+
+def test_evidence_round_trips_and_old_records_leave_it_out(tmp_path):
+    from agg2exp_lightning.audit.scan_records import read_record, records_to_table, scan_record
+
+    ev = {"prediction": {"volume_ml": [10.0, None], "components": [1.0, None], "confidence": [0.9, None], "entropy": [0.2, None]},
+          "attribution": {"mass": [3.0, 4.0], "outside_body": [0.1, 0.0]}}
+    new = scan_record("a", ["heart", "aorta"], ["heart", "aorta"], [[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]], evidence=ev)
+    old = scan_record("b", ["heart", "aorta"], ["heart", "aorta"], [[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]])
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(new))
+    assert read_record(path, "a")["evidence"] == ev
+    table = records_to_table([new, old], source="test")
+    i, j = table.classes.index("heart"), table.classes.index("aorta")  # the table orders classes by label id
+    np.testing.assert_array_equal(table.evidence["prediction"][0, i], [10.0, 1.0, 0.9, 0.2])
+    assert np.isnan(table.evidence["prediction"][0, j]).all() and np.isnan(table.evidence["attribution"][1]).all()
+    bad = dict(new, evidence={"prediction": {"volume_ml": [1.0]}})
+    path.write_text(json.dumps(bad))
+    with pytest.raises(DataError, match="'evidence'"):
+        read_record(path, "a")
