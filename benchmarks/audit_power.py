@@ -161,7 +161,7 @@ def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int
         result["n_clean_flagged_training_reference"] = int(train_scan.flagged[is_clean].sum())
     for name in sorted(set(cond) - {"none"}) + ["degraded_scanner"]:
         hit = degraded & (cond == "none") if name == "degraded_scanner" else cond == name
-        result["conditions"][name] = {"n": int(hit.sum()), "auc": roc_auc(score[hit], score[is_clean]),
+        result["conditions"][name] = {"n": int(hit.sum()), "n_flagged": int(flagged[hit].sum()), "auc": roc_auc(score[hit], score[is_clean]),
                                       "sensitivity": float(flagged[hit].mean()) if hit.any() else float("nan")}
     tests = pd.concat([analysis.bias.tests.assign(family="outliers"), analysis.score_bias.tests.assign(family="score")], ignore_index=True)
     scanner = tests[(tests["family"] == "score") & (tests["column"] == "scanner_model")]
@@ -290,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     agg = {c: {"auc_mean": float(np.nanmean([s["conditions"][c]["auc"] for s in per_seed])),
                "auc_min": float(np.nanmin([s["conditions"][c]["auc"] for s in per_seed])),
                "sensitivity_mean": float(np.nanmean([s["conditions"][c]["sensitivity"] for s in per_seed])),
-               "n_mean": float(np.mean([s["conditions"][c]["n"] for s in per_seed]))} for c in conds}
+               "n_mean": float(np.mean([s["conditions"][c]["n"] for s in per_seed])),
+               "flagged": int(sum(s["conditions"][c]["n_flagged"] for s in per_seed)),
+               "planted": int(sum(s["conditions"][c]["n"] for s in per_seed))} for c in conds}
     summary["aggregate"] = {
         "conditions": agg,
         "fpr_flag_mean": float(np.nanmean([s["fpr_flag"] for s in per_seed])),
@@ -307,9 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "results.json", json.dumps(summary, indent=1, default=float))
     lines = [f"pool {len(pool)} scans; {args.cohort_seeds} cohorts of {per_seed[0]['n_audited']} audited + {per_seed[0]['n_reference']} reference scans; "
              f"method {args.method}; targets {targets or 'all'}",
-             "| condition | scans per cohort | ROC AUC mean (min) | sensitivity at default threshold |", "|---|---:|---:|---:|"]
+             "| condition | scans per cohort | ROC AUC mean (min) over seeds | flagged at the default threshold, all seeds |", "|---|---:|---:|---:|"]
     for c, v in agg.items():
-        lines.append(f"| {c} | {v['n_mean']:.1f} | {v['auc_mean']:.3f} ({v['auc_min']:.3f}) | {v['sensitivity_mean']:.2f} |")
+        sens = format_rate(v["flagged"], v["planted"]) if v["planted"] else "-"
+        lines.append(f"| {c} | {v['n_mean']:.1f} | {v['auc_mean']:.3f} ({v['auc_min']:.3f}) | {sens} |")
     a = summary["aggregate"]
     n_null, alarms = null["permutations"], null["alarms"]
     lines += [f"clean scans flagged: {format_rate(a['clean_flagged'], a['clean'])} (bound {a['expected_fpr']:.3f}); "
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                + (format_rate(a["clean_flagged_training_reference"], a["clean"]) if a["clean_flagged_training_reference"] is not None
                   else "not measured (no --training-data)")),
               f"evidence families: {', '.join(per_seed[0]['evidence'])}",
-              f"degraded scanner found (scanner_model q < 0.05) in {a['scanner_found']} of {a['seeds']} seeds; q = " + ", ".join(f"{q:.3g}" for q in a["scanner_q"]),
+              f"degraded scanner found (scanner_model q < 0.05) in {format_rate(a['scanner_found'], a['seeds'])} seeds; q = " + ", ".join(f"{q:.3g}" for q in a["scanner_q"]),
               f"bias false alarms under shuffled metadata ({n_null} shuffles): score tests {format_rate(alarms['score'], n_null)}, "
               f"outlier-proportion tests {format_rate(alarms['outliers'], n_null)}, either family {format_rate(alarms['either'], n_null)}, "
               f"both pooled in one BH family {format_rate(alarms['pooled'], n_null)}",

@@ -269,7 +269,7 @@ def _worklist_section(summary: Mapping[str, Any]) -> str:
              "<br>".join(_e(part) for part in str(r.get("why", "")).split("; "))) for r in summary.get("worklist", [])]  # a line per class
     if rows:
         out.append(_table(["rank", "scan", "scan-level score", "calibrated p", "flagged",
-                           "why: the classes with the smallest per-class p, and per class the regions whose share moved most against the reference"],
+                           "why: the classes (and evidence families) with the smallest per-class p, and what moved most against the reference: regions' shares, or the family's features"],
                           rows, numeric=[True, False, True, True, False, False], highlight=[r[4] == "yes" for r in rows], markup=5))
     return "\n".join(out)
 
