@@ -149,3 +149,14 @@ def test_the_worklist_says_which_family_and_feature_moved_in_words():
            "evidence_left_out": ""}
     assert describe_worklist_row(row) == ("heart prediction (per-class p 0.02): heart volume 372 ml, reference median 600 ml: "
                                           "38 % lower")
+
+
+def test_a_bad_evidence_selection_stops_the_cli_in_one_line(tmp_path, capsys):
+    from agg2exp_lightning.audit.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--from-table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out"), "--evidence", "shares,volume"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("agg2exp-audit: error: --evidence:") and "'shares,volume'" in err
+    assert not (tmp_path / "out").exists()
