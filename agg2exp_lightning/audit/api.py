@@ -20,7 +20,7 @@ def audit(
     data: str | Path,
     *,
     method: str = "smoothgrad",
-    reference: str | None = None,
+    reference: str | None = "auto",
     out: str | Path | None = None,
     split: str = "test",
     method_options: Mapping[str, Any] | None = None,
@@ -52,9 +52,9 @@ def audit(
         method: attribution method (``vanilla_gradient``, ``smoothgrad``, ``integrated_gradients``,
             ``kernelshap_cubes``, ``kernelshap_semantic`` or an alias such as ``sg``).
         reference: a split to fit the Isolation Forests on and calibrate the scan-level score against
-            (the paper: ``"train"``); ``"auto"``: a held-out split where the data has one, else the training
-            split with a note that the bound assumes exchangeable scans (the CLI's default); ``None`` fits
-            them on the audited scans.
+            (the paper: ``"train"``); ``"auto"`` (default, as the CLI's ``--reference-split``): a held-out split
+            where the data has one, else the training split with a note that the bound assumes exchangeable
+            scans; ``None`` fits them on the audited scans.
         out: the audit folder (report, tables, figures, per-scan work); rerunning resumes it. ``None``
             writes to a new temporary folder (logged).
         split: the split to audit.

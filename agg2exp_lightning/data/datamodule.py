@@ -54,7 +54,7 @@ class ThoraxDataModule(pl.LightningDataModule):
         pos_neg: relative frequency of crops centred on foreground / background voxels.
         num_workers: DataLoader workers.
         cache_rate: fraction of the preprocessed volumes kept in memory.
-        synthetic_cohort: when given and ``data_root`` holds no ``meta.csv``, a synthetic cohort is
+        synthetic_cohort: when given and ``data_root`` is a folder without ``meta.csv`` (not a manifest file), a synthetic cohort is
             generated there first with these keyword arguments to
             :func:`agg2exp_lightning.data.synthetic.generate_cohort` (e.g. ``{"n_subjects": 36, "seed": 0}``).
         train_split / val_split / test_split: split names in ``meta.csv``.
@@ -104,7 +104,9 @@ class ThoraxDataModule(pl.LightningDataModule):
     # -- set-up -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         cohort = self.hparams.synthetic_cohort
-        if cohort is not None and not (self.data_root / "meta.csv").exists():
+        # a manifest (a CSV/TSV file) is data to read, never a place to generate the demo cohort into
+        manifest = self.data_root.is_file() or self.data_root.suffix.lower() in (".csv", ".tsv")
+        if cohort is not None and not manifest and not (self.data_root / "meta.csv").exists():
             from agg2exp_lightning.data.synthetic import generate_cohort
 
             log.info("generating the synthetic thorax cohort in %s", self.data_root)
