@@ -22,8 +22,14 @@ def doc_commands() -> list[tuple[str, str]]:
     out = []
     for doc in DOCS:
         for block in re.findall(r"```(?:bash|sh)\n(.*?)```", doc.read_text(encoding="utf-8"), re.S):
+            variables: dict[str, str] = {}  # NAME="..." lines of the block, substituted into the commands after them
             for line in re.sub(r"\\\n\s*", " ", block).splitlines():
                 line = re.split(r"\s+#", line)[0].strip()
+                line = re.sub(r"\$\{?([A-Z_][A-Z0-9_]*)\}?", lambda m: variables.get(m.group(1), m.group(0)), line)
+                assignment = re.fullmatch(r"([A-Z_][A-Z0-9_]*)=(.*)", line)
+                if assignment and len(shlex.split(line)) == 1:  # NAME=value alone, not `NAME=1 command ...`
+                    variables[assignment.group(1)] = " ".join(shlex.split(assignment.group(2)))
+                    continue
                 if line and not line.startswith("#"):
                     out.append((doc.relative_to(ROOT).as_posix(), line))
     return out
