@@ -144,7 +144,8 @@ def render_report(
     body = [_figure(figures[k], FIGURE_CAPTIONS[k], k) for k in ("importance_heatmap", "dependency_graph") if k in figures]
     deps = summary.get("strongest_dependencies", [])
     if deps:
-        body.append(_table(["region", "explained class", "mean share"], [(d["region"], d["class"], d["share"]) for d in deps], numeric=[False, False, True]))
+        body.append(_table(["region", "explained class", "mean share (%)"],  # percent, as the figures above
+                           [(d["region"], d["class"], f"{100 * d['share']:.1f}") for d in deps], numeric=[False, False, True]))
     sections.append(("importance", "Global RoI importance", "\n".join(body)))
 
     paper = _paper_section(summary, figures, model_audit=model_audit)
