@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,17 @@ class ExactResume(Callback):
         self._warned_workers = False
         self._fresh_fit = True
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.seed is None:
             env = os.environ.get("PL_GLOBAL_SEED")
             self.seed = int(env) if env is not None else random.SystemRandom().randrange(2**32)
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fresh_fit = True
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seed_torch, seed_numpy, seed_python, seed_data = epoch_seeds(self.seed, trainer.current_epoch)
         torch.manual_seed(seed_torch)  # also every CUDA device
@@ -118,9 +122,11 @@ class ExactResume(Callback):
                 "(num_workers=0 makes it exact)"
             )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         stored = state_dict.get("seed")
         if stored is not None and stored != self.seed:

@@ -1,13 +1,15 @@
-"""Anomalous explanations: one Isolation Forest per class over its RoI mass shares.
+"""Anomalous explanations: one anomaly detector per class over its RoI mass shares.
 
 For class ``a`` each scan is the vector ``(e_{b->a})_b`` of shares of ``a``'s attribution mass
-over the regions ``b``. An :class:`sklearn.ensemble.IsolationForest` (``random_state=123``, every
-other setting at scikit-learn's default) is fitted per class, on a reference cohort if one is
-given (the paper uses the training scans) or else on the audited scans themselves.
+over the regions ``b``. A detector (:mod:`agg2exp_lightning.analysis.detectors`; by default the
+paper's :class:`sklearn.ensemble.IsolationForest`, ``random_state=123``, every other setting at
+scikit-learn's default) is fitted per class, on a reference cohort if one is given (the paper uses
+the training scans) or else on the audited scans themselves.
 
-Sign convention: the **anomaly score is ``-decision_function``**, so *higher = more anomalous*;
-a scan is an **outlier** where ``predict == -1`` (with the default ``contamination="auto"`` this is
-``decision_function < 0``, i.e. anomaly score > 0).
+Sign convention: the **anomaly score is the detector's score** (``-decision_function`` for the
+scikit-learn detectors), so *higher = more anomalous*; a scan is an **outlier** where the score is
+above 0 (the forest's ``predict == -1``: with the default ``contamination="auto"`` this is
+``decision_function < 0``).
 
 Missing shares: a NaN share in a row that has other finite shares means the region was absent
 from that scan (the explanation engine leaves such shares undefined); it enters the forest as 0,
@@ -22,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import IsolationForest
 
+from agg2exp_lightning.analysis.detectors import DEFAULT_DETECTOR, make_detector
 from agg2exp_lightning.analysis.wording import SHARE, describe_against_reference, is_unchanged
 from agg2exp_lightning.utils.options import positive_int
 
@@ -76,15 +78,17 @@ def class_anomaly_scores(
     reference_mass: np.ndarray | None = None,
     *,
     random_state: int = DEFAULT_RANDOM_STATE,
+    detector: str = DEFAULT_DETECTOR,
 ) -> AnomalyResult:
-    """Fit one Isolation Forest per class and score every scan.
+    """Fit one detector per class and score every scan.
 
     Args:
         mass: ``[N, A, B]`` mass shares of the audited scans.
         classes: the ``A`` explained class names.
         reference_mass: ``[M, A, B]`` shares of the reference scans to fit on; ``None`` fits on
             ``mass`` itself.
-        random_state: seed of every forest.
+        random_state: seed of every detector.
+        detector: a name of :data:`~agg2exp_lightning.analysis.detectors.DETECTORS`.
 
     Returns:
         Scores and outlier flags; see :class:`AnomalyResult`.
@@ -114,12 +118,12 @@ def class_anomaly_scores(
         if len(fit_x) < 2:
             log.warning("class %r: %d reference scans with shares, need 2; no anomaly scores", name, len(fit_x))
             continue
-        forest = IsolationForest(random_state=random_state).fit(fit_x)
+        fitted = make_detector(detector, random_state).fit(fit_x)
         n_ref[i] = len(fit_x)
         feats, ok = _features(mass[:, i, :])
         if ok.any():
             x = feats[ok]
-            scores[ok, i] = -forest.decision_function(x)
+            scores[ok, i] = fitted.score(x)
             # forest.predict's rule (decision < 0), less a tolerance: a scan tied with the threshold, e.g. every scan
             # of a class whose shares do not vary, is not an outlier whatever the rounding of the tie
             outliers[ok, i] = scores[ok, i] > TIE_TOLERANCE
@@ -159,14 +163,22 @@ DEFAULT_CONTAMINATION = 0.05
 DEFAULT_FOLDS = 5
 #: Fewest reference scans with shares a class needs for cross-fitted forests (2 per fold).
 MIN_REFERENCE_SCANS = 2 * DEFAULT_FOLDS
-#: How the scan-level score is built (written into ``summary.json``).
-SCAN_SCORE_DESCRIPTION = (
-    "per evidence family and class: conformal p-value of the Isolation Forest score against cross-fitted reference "
-    "scores (shares: a class the scan lacks counts as most anomalous; prediction and attribution: left out where not "
-    "computable); Fisher's -2 sum log p over the scored families and classes, "
-    "as -log10 of its chi-square tail (higher = more anomalous); calibrated p = share of reference scans "
-    "at least as anomalous (conformal)"
-)
+
+
+def scan_score_description(detector: str = DEFAULT_DETECTOR) -> str:
+    """How the scan-level score is built with ``detector`` (written into ``summary.json``)."""
+    from agg2exp_lightning.analysis.detectors import get_detector
+
+    label = get_detector(detector).label.rstrip("s")
+    return (f"per evidence family and class: conformal p-value of the {label} score against cross-fitted reference "
+            "scores (shares: a class the scan lacks counts as most anomalous; prediction and attribution: left out where not "
+            "computable); Fisher's -2 sum log p over the scored families and classes, "
+            "as -log10 of its chi-square tail (higher = more anomalous); calibrated p = share of reference scans "
+            "at least as anomalous (conformal)")
+
+
+#: How the scan-level score is built with the default detector (written into ``summary.json``).
+SCAN_SCORE_DESCRIPTION = scan_score_description()
 
 
 @dataclass(frozen=True)
@@ -292,7 +304,7 @@ def cross_fit_folds(m: int, n_folds: int, seed: int) -> np.ndarray:
 
 
 def _cross_fit_class(
-    ref: np.ndarray, audited: np.ndarray | None, *, folds: np.ndarray, random_state: int
+    ref: np.ndarray, audited: np.ndarray | None, *, folds: np.ndarray, random_state: int, detector: str = DEFAULT_DETECTOR
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
     """Cross-fitted scores of one class's shares.
 
@@ -304,12 +316,12 @@ def _cross_fit_class(
     """
     ref_x, ref_ok = _features(ref)
     aud = None if audited is None else _features(audited)
-    return _cross_fit(ref_x, ref_ok, aud, folds=folds, random_state=random_state, absent_most_anomalous=True)
+    return _cross_fit(ref_x, ref_ok, aud, folds=folds, random_state=random_state, absent_most_anomalous=True, detector=detector)
 
 
 def _cross_fit(
     ref_x: np.ndarray, ref_ok: np.ndarray, audited: tuple[np.ndarray, np.ndarray] | None, *, folds: np.ndarray,
-    random_state: int, absent_most_anomalous: bool,
+    random_state: int, absent_most_anomalous: bool, detector: str = DEFAULT_DETECTOR,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
     """:func:`_cross_fit_class` on ready features ``[M, F]`` with the rows that can be scored.
 
@@ -329,14 +341,14 @@ def _cross_fit(
         train, test = ref_ok & (folds != f), folds == f
         if train.sum() < 2:
             return None
-        forest = IsolationForest(random_state=random_state).fit(ref_x[train])
+        fitted = make_detector(detector, random_state).fit(ref_x[train])
         scored = test & ref_ok
         n_ref = int(scored.sum())
         rows = [ref_x[scored]] + ([aud_x[aud_ok]] if counts is not None else [])
         both = np.concatenate(rows) if sum(len(r) for r in rows) else np.empty((0, ref_x.shape[1]))
-        s = -forest.decision_function(both) if len(both) else np.empty(0)  # one pass over the trees
+        s = fitted.score(both) if len(both) else np.empty(0)  # one pass over the trees
         oof[scored] = s[:n_ref]
-        oof_out[scored] = s[:n_ref] > 0  # predict == -1 <=> decision_function < 0 (contamination "auto")
+        oof_out[scored] = s[:n_ref] > 0  # the detector's outlier call (forest: predict == -1 <=> decision_function < 0)
         if counts is not None:
             aud_s = np.full(len(aud_x), fill)
             aud_s[aud_ok] = s[n_ref:]
@@ -360,6 +372,7 @@ def scan_anomaly_scores(
     random_state: int = DEFAULT_RANDOM_STATE,
     families: Mapping[str, tuple[np.ndarray, np.ndarray | None]] | None = None,
     shares: bool = True,
+    detector: str = DEFAULT_DETECTOR,
 ) -> ScanAnomalyResult:
     """One anomaly score per scan on a calibrated scale, and a flag with a known false-positive rate.
 
@@ -409,12 +422,14 @@ def scan_anomaly_scores(
             ``None``: the audited scans themselves.
         contamination: share of clean scans the flag may raise, in ``(0, 0.5]``.
         n_folds: cross-fitting folds (at least 2).
-        random_state: seed of the forests and of the fold assignment.
+        random_state: seed of the detectors and of the fold assignment.
         families: further evidence (:mod:`~agg2exp_lightning.analysis.evidence`): family name ->
-            ``(audited [N, A, F], reference [M, A, F] or None)`` forest features (NaN rows: not
+            ``(audited [N, A, F], reference [M, A, F] or None)`` detector features (NaN rows: not
             computable, left out for that scan and class). Each family and class gets its own
-            cross-fitted forests and p-values (``family_p``), combined with the shares' in step 3.
+            cross-fitted detectors and p-values (``family_p``), combined with the shares' in step 3.
         shares: whether the shares' p-values enter the score (``False``: the families alone).
+        detector: a name of :data:`~agg2exp_lightning.analysis.detectors.DETECTORS` (the scores, not the
+            calibration, depend on it).
 
     Returns:
         A :class:`ScanAnomalyResult`.
@@ -443,14 +458,17 @@ def scan_anomaly_scores(
     m = len(ref)
     what = "audited scans (no reference set)" if self_reference else "reference scans"
     if m < 2 * n_folds:
-        raise ValueError(f"Expected at least {2 * n_folds} {what} to cross-fit {n_folds} folds of Isolation Forests, got {m}")
+        from agg2exp_lightning.analysis.detectors import get_detector
+
+        raise ValueError(f"Expected at least {2 * n_folds} {what} to cross-fit {n_folds} folds of {get_detector(detector).label}, got {m}")
     folds = cross_fit_folds(m, n_folds, random_state)
     n, a_count = len(mass), len(classes)
     class_p = np.full((n, a_count), np.nan)
     ref_p = np.full((m, a_count), np.nan)
     oof_outlier = np.zeros((m, a_count), dtype=bool)
     for i, name in enumerate(classes):
-        fitted = _cross_fit_class(ref[:, i, :], None if self_reference else mass[:, i, :], folds=folds, random_state=random_state)
+        fitted = _cross_fit_class(ref[:, i, :], None if self_reference else mass[:, i, :], folds=folds, random_state=random_state,
+                                  detector=detector)
         if fitted is None:
             log.warning("class %r: too few %s with shares to cross-fit %d folds; left out of the scan-level score", name, what, n_folds)
             continue
@@ -470,7 +488,7 @@ def scan_anomaly_scores(
             r_ok = np.isfinite(ref_x[:, i]).all(axis=1)
             a_ok = np.isfinite(aud_x[:, i]).all(axis=1)
             fitted = _cross_fit(np.nan_to_num(ref_x[:, i]), r_ok, None if self_reference else (np.nan_to_num(aud_x[:, i]), a_ok),
-                                folds=folds, random_state=random_state, absent_most_anomalous=False)
+                                folds=folds, random_state=random_state, absent_most_anomalous=False, detector=detector)
             if fitted is None:
                 log.warning("class %r: too few %s with %s evidence to cross-fit %d folds; left out of the scan-level score",
                             name, what, fam, n_folds)

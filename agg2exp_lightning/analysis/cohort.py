@@ -7,7 +7,8 @@
       "n_scans": int,
       "classes": [str], "regions": [str],          # our label names, label-id order
       "anomaly": {
-        "method": "IsolationForest", "random_state": int,
+        "method": "IsolationForest" | "LocalOutlierFactor", "random_state": int,   # the estimator's class
+        "detector": str, "detector_label": str,     # analysis.detectors: name (--detector) and the report's plural
         "score": "-decision_function (higher = more anomalous)",
         "outlier": "predict == -1",
         "fitted_on": "audited scans" | "reference scans",
@@ -67,17 +68,14 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from agg2exp_lightning.analysis.anomaly import (
-    DEFAULT_CONTAMINATION,
     DEFAULT_FOLDS,
-    DEFAULT_RANDOM_STATE,
     MIN_REFERENCE_SCANS,
-    SCAN_SCORE_DESCRIPTION,
     AnomalyResult,
     ScanAnomalyResult,
     anomaly_worklist,
@@ -85,15 +83,20 @@ from agg2exp_lightning.analysis.anomaly import (
     describe_worklist_row,
     extreme_cases,
     scan_anomaly_scores,
+    scan_score_description,
 )
 from agg2exp_lightning.analysis.bias import BiasResult, bias_tests, score_tests
 from agg2exp_lightning.analysis.correlation import anomaly_dice_correlation, mean_score_dice_correlation
+from agg2exp_lightning.analysis.detectors import DEFAULT_DETECTOR, get_detector
 from agg2exp_lightning.analysis.graph import ClassClustering, class_clustering, dependency_edges
 from agg2exp_lightning.analysis.importance import context_reliance, global_roi_importance, strongest_dependencies
-from agg2exp_lightning.analysis.regions import apply_empty_regions, merge_table_regions
+from agg2exp_lightning.analysis.regions import apply_empty_regions, merge_table_regions, resolve_merges
 from agg2exp_lightning.analysis.tables import PUBLISHED_SPELLING, ExplanationTable, to_published_frame
 from agg2exp_lightning.errors import DataError
-from agg2exp_lightning.protocols import Protocol, ProtocolLike, resolve_protocol
+from agg2exp_lightning.protocols import Protocol, resolve_protocol
+
+if TYPE_CHECKING:
+    from agg2exp_lightning.audit_settings import AuditSettings
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,7 @@ class CohortAnalysis:
     score_bias: BiasResult | None = None
     worklist: list[dict[str, Any]] = field(default_factory=list)
     notes: tuple[str, ...] = ()
+    detector: str = DEFAULT_DETECTOR
 
     def per_scan_frame(self) -> pd.DataFrame:
         """The audited table in the published column format plus, per class ``a`` (published
@@ -177,7 +181,9 @@ class CohortAnalysis:
             "classes": classes,
             "regions": regions,
             "anomaly": {
-                "method": "IsolationForest",
+                "method": get_detector(self.detector).estimator,
+                "detector": self.detector,
+                "detector_label": get_detector(self.detector).label,
                 "random_state": self.random_state,
                 "score": "-decision_function (higher = more anomalous)",
                 "outlier": "predict == -1",
@@ -198,7 +204,7 @@ class CohortAnalysis:
     def _scan_summary(self) -> dict[str, Any]:
         """The calibrated scan-level score, the worklist and the score's rank tests."""
         scan, tests = self.scan, self.score_bias
-        block: dict[str, Any] = {"method": SCAN_SCORE_DESCRIPTION, "notes": list(self.notes)}
+        block: dict[str, Any] = {"method": scan_score_description(self.detector), "notes": list(self.notes)}
         if scan is not None:
             block.update({
                 "reference": "audited scans (their own reference)" if scan.self_reference else "reference scans",
@@ -243,43 +249,42 @@ def _num(v: Any) -> float | None:
 def analyze_cohort(
     table: ExplanationTable,
     reference: ExplanationTable | None = None,
+    settings: AuditSettings | None = None,
     *,
-    random_state: int = DEFAULT_RANDOM_STATE,
-    n_dependencies: int = 12,
-    n_extremes: int = 3,
-    seed: int = 0,
-    protocol: ProtocolLike = None,
-    merges: Mapping[str, Sequence[str]] | None = None,
-    contamination: float = DEFAULT_CONTAMINATION,
-    n_bootstrap: int | None = None,
     reference_notes: Sequence[str] = (),
-    evidence: str | Sequence[str] | None = None,
+    **fields: Any,
 ) -> CohortAnalysis:
     """Run the cohort analysis: RoI importance, anomalies, correlation with Dice, bias tests.
 
     Args:
         table: the audited scans.
-        reference: scans to fit the Isolation Forests on (e.g. the training split); ``None``
+        reference: scans to fit the detectors on (e.g. the training split); ``None``
             fits on ``table``. Must have the same classes and regions.
-        random_state: seed of the Isolation Forests.
+        settings: the audit's :class:`~agg2exp_lightning.audit_settings.AuditSettings` (already checked);
+            the analysis reads the fields below from it.
+        reference_notes: what the caller knows about the reference set that limits the flag's bound
+            (e.g. it is the training split): logged and written first among ``scan_anomaly.notes``.
+        **fields: fields of :class:`~agg2exp_lightning.audit_settings.AuditSettings` to set on top of
+            ``settings`` (or of the defaults), checked there:
+        random_state: seed of the detectors.
         n_dependencies: how many region -> class dependencies to report.
         n_extremes: how many most/least anomalous scans to report per class.
         seed: seed of the permutation bias tests.
         protocol: ``"corrected"`` (default) or ``"paper"`` (:mod:`agg2exp_lightning.protocols`): the
             share of a region absent from a scan, the dependency-graph rule and the clustering rule.
-        merges: ``{new region: member regions}`` joined before the analysis (e.g. the five lobes into
+        merges: ``{new region: member regions}`` (or ``--merge`` specs) joined before the analysis (e.g. the five lobes into
             ``lung``; see :func:`~agg2exp_lightning.analysis.regions.merge_table_regions`).
         contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``
             (:func:`~agg2exp_lightning.analysis.anomaly.scan_anomaly_scores`; the per-class
             outliers stay the paper's ``predict == -1``).
         n_bootstrap: bootstrap resamples of the score tests' effect-size CIs (default
             :data:`~agg2exp_lightning.analysis.bias.N_BOOTSTRAP`).
-        reference_notes: what the caller knows about the reference set that limits the flag's bound
-            (e.g. it is the training split): logged and written first among ``scan_anomaly.notes``.
         evidence: the evidence families of the scan-level score (``"shares,prediction,attribution"`` or
             a list; :mod:`~agg2exp_lightning.analysis.evidence`); default every family, the paper
             protocol the shares alone. A family the table does not hold for any scan (tables of shares)
             is left out with a note.
+        detector: the per-class anomaly detector, a name of
+            :data:`~agg2exp_lightning.analysis.detectors.DETECTORS` (default: the paper's Isolation Forest).
 
     Returns:
         A :class:`CohortAnalysis`.
@@ -288,8 +293,12 @@ def analyze_cohort(
         DataError: the reference table has other classes or regions than ``table``.
         ValueError: an unknown protocol, or a merge naming a region the table does not have.
     """
-    protocol = resolve_protocol(protocol)
-    merges = {str(k): tuple(v) for k, v in (merges or {}).items()}
+    from agg2exp_lightning.audit_settings import AuditSettings
+
+    settings = AuditSettings.build(settings, **fields)
+    protocol, detector, seed = settings.protocol, settings.detector, settings.seed
+    merges = ({str(k): tuple(v) for k, v in settings.merges.items()} if isinstance(settings.merges, Mapping)
+              else resolve_merges(settings.merges, table.regions))
     table = _prepare(table, protocol, merges)
     reference = None if reference is None else _prepare(reference, protocol, merges)
     if reference is not None and (reference.classes != table.classes or reference.regions != table.regions):
@@ -302,7 +311,8 @@ def analyze_cohort(
     own_classes = [a for a in classes if a in regions]
     own_idx = [classes.index(a) for a in own_classes]
     reliance = context_reliance(table.mass[:, own_idx, :], own_classes, regions)
-    anomaly = class_anomaly_scores(table.mass, classes, None if reference is None else reference.mass, random_state=random_state)
+    anomaly = class_anomaly_scores(table.mass, classes, None if reference is None else reference.mass,
+                                   random_state=settings.random_state, detector=detector)
     dice = table.dice if table.dice is not None else np.full(anomaly.scores.shape, np.nan)
     correlation = anomaly_dice_correlation(anomaly.scores, dice, classes)
     groups: dict[str, pd.Series] = {ANY_CLASS: pd.Series(anomaly.any_outlier)}
@@ -311,15 +321,14 @@ def analyze_cohort(
         flags[np.isnan(anomaly.scores[:, i])] = pd.NA
         groups[a] = flags
     bias = bias_tests(table.metadata, groups, seed=seed)
-    from agg2exp_lightning.analysis.evidence import ALL_EVIDENCE, PAPER_EVIDENCE, parse_evidence
-
-    chosen = parse_evidence(evidence, default=PAPER_EVIDENCE if protocol.name == "paper" else ALL_EVIDENCE)
-    scan, worklist, notes = _scan_level(table, reference, contamination, random_state, reference_notes, chosen)
+    scan, worklist, notes = _scan_level(table, reference, settings.contamination, settings.random_state, detector, reference_notes,
+                                        settings.evidence)
     score_bias = None
     if scan is not None:
         from agg2exp_lightning.analysis.bias import N_BOOTSTRAP
 
-        score_bias = score_tests(table.metadata, scan.score, n_bootstrap=N_BOOTSTRAP if n_bootstrap is None else n_bootstrap, seed=seed)
+        score_bias = score_tests(table.metadata, scan.score, n_bootstrap=N_BOOTSTRAP if settings.n_bootstrap is None else settings.n_bootstrap,
+                                 seed=seed)
         for row in score_bias.skipped.itertuples(index=False):
             log.warning("metadata column %r not tested against the scan-level score: %s", row.column, row.reason)
     graph = dependency_edges(importance, classes, regions, rule=protocol.graph_rule,
@@ -328,13 +337,13 @@ def analyze_cohort(
         table=table,
         importance=importance,
         reliance=reliance,
-        dependencies=strongest_dependencies(importance, classes, regions, k=n_dependencies),
+        dependencies=strongest_dependencies(importance, classes, regions, k=settings.n_dependencies),
         anomaly=anomaly,
         correlation=correlation,
         bias=bias,
-        extremes=extreme_cases(anomaly.scores, table.ids, classes, k=n_extremes),
+        extremes=extreme_cases(anomaly.scores, table.ids, classes, k=settings.n_extremes),
         fitted_on_reference=reference is not None,
-        random_state=random_state,
+        random_state=settings.random_state,
         protocol=protocol,
         graph=graph,
         clustering=class_clustering(importance, classes, regions, rule=protocol.clustering),
@@ -344,17 +353,15 @@ def analyze_cohort(
         score_bias=score_bias,
         worklist=worklist,
         notes=tuple(notes),
+        detector=detector,
     )
 
 
 def _scan_level(table: ExplanationTable, reference: ExplanationTable | None, contamination: float,
-                random_state: int, reference_notes: Sequence[str] = (),
+                random_state: int, detector: str = DEFAULT_DETECTOR, reference_notes: Sequence[str] = (),
                 evidence: Sequence[str] = ("shares",)) -> tuple[ScanAnomalyResult | None, list[dict[str, Any]], list[str]]:
     """The calibrated scan-level score and worklist, falling back to the audited scans as their own
     reference when the reference set is too small; notes say what was done instead or skipped."""
-    from agg2exp_lightning.analysis.anomaly import check_contamination
-
-    contamination = check_contamination(contamination)  # before anything else: a bad value is the caller's
     ref_mass = None if reference is None else reference.mass
     notes: list[str] = list(reference_notes) if ref_mass is not None and len(ref_mass) >= MIN_REFERENCE_SCANS else []
     if ref_mass is not None and len(ref_mass) < MIN_REFERENCE_SCANS:
@@ -390,7 +397,7 @@ def _scan_level(table: ExplanationTable, reference: ExplanationTable | None, con
         shares = True
     scan = scan_anomaly_scores(table.mass, table.classes, ref_mass, contamination=contamination, random_state=random_state,
                                families={f: (forest_features(a, f), None if r is None else forest_features(r, f)) for f, (a, r) in families.items()},
-                               shares=shares)
+                               shares=shares, detector=detector)
     left_out = missing_evidence({f: a for f, (a, _) in families.items()}, table.classes, list(families)) if families else None
     if scan.expected_fpr == 0:
         notes.append(f"{scan.n_reference} reference scans cannot calibrate a false-positive rate of {contamination:g}: no scan "

@@ -20,13 +20,14 @@ from typing import Literal
 import numpy as np
 
 from agg2exp_lightning.analysis.tables import ExplanationTable
+from agg2exp_lightning.labels import LUNG_LOBES
 from agg2exp_lightning.utils import look_up_option
 
 __all__ = ["PRESET_MERGES", "apply_empty_regions", "merge_table_regions", "parse_merge", "resolve_merges"]
 
 #: Merges available by name alone (``--merge lung``), as the authors' ``JOINED_CLASSES``.
 PRESET_MERGES: dict[str, tuple[str, ...]] = {
-    "lung": ("lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right"),
+    "lung": LUNG_LOBES,
     "autochthon": ("autochthon_left", "autochthon_right"),
 }
 

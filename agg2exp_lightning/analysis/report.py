@@ -66,6 +66,11 @@ td.why{min-width:32em}
 """
 
 
+
+def _detector(summary: Mapping[str, Any]) -> str:
+    """The per-class detector in words, singular (``"Isolation Forest"``; summaries before the detector seam have none)."""
+    return str(summary.get("anomaly", {}).get("detector_label", "Isolation Forests")).removesuffix("s")
+
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -158,7 +163,7 @@ def render_report(
                        numeric=[False, True, True, True]))
     sections.append(("distributions", "Per-class distributions and context reliance", "\n".join(body)))
 
-    body = ["<p class=\"note\">Each class has its own Isolation Forest; a scan's <b>forest score</b> for the class is higher the more "
+    body = [f"<p class=\"note\">Each class has its own {_e(_detector(summary))}; a scan's <b>forest score</b> for the class is higher the more "
             "unusual its shares are for that class, and above 0 the forest calls the scan an outlier for the class. "
             "\u03c1: Spearman correlation of forest score and Dice over scans; q: Benjamini-Hochberg across classes. "
             "A negative \u03c1 means scans with more unusual explanations tend to be segmented worse.</p>"]
@@ -203,11 +208,12 @@ def _findings(summary: Mapping[str, Any], sig: Sequence[str], alpha: float) -> s
         why = " ".join(scan.get("notes", [])) or "no scan-level score was computed"
         items.append(f"No scan-level score: {_e(why)}")
     held = scan.get("any_class_outlier_rate_held_out")
-    items.append(f"The paper's per-class rule \u201coutlier for any class\u201d (one Isolation Forest per class; a scan is an outlier "
+    items.append(f"The paper's per-class rule \u201coutlier for any class\u201d (one {_e(_detector(summary))} per class; a scan is an outlier "
                  f"when any of the {len(summary['per_class'])} forests calls it one) marks {anomaly['n_outlier_scans']} of {n} scans"
                  + (f"; the same rule marks {100 * held:.0f} % of held-out reference scans, so it is a description per class, "
                     "not a screen." if held is not None else "."))
-    items.append(f"Forests fitted on the {_e(anomaly['fitted_on'])} (random_state={_e(anomaly['random_state'])}).")
+    items.append(f"{_e(anomaly.get('detector_label', 'Isolation Forests'))} fitted on the {_e(anomaly['fitted_on'])} "
+                 f"(random_state={_e(anomaly['random_state'])}).")
     items.append(f"Forest score correlates with Dice (BH q &lt; {alpha}) for: {_e(', '.join(sig) if sig else 'no class')}.")
     deps = summary.get("strongest_dependencies", [])
     if deps:

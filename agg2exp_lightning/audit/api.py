@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agg2exp_lightning.analysis.anomaly import DEFAULT_RANDOM_STATE
+from agg2exp_lightning.audit_settings import AuditSettings, checked_settings
 
 if TYPE_CHECKING:
     from agg2exp_lightning.analysis.cohort import CohortAnalysis
@@ -19,28 +18,21 @@ def audit(
     model: Any,
     data: str | Path,
     *,
-    method: str = "smoothgrad",
     reference: str | None = "auto",
     out: str | Path | None = None,
-    split: str = "test",
-    method_options: Mapping[str, Any] | None = None,
-    targets: Sequence[str | int] | None = None,
+    settings: AuditSettings | str | Path | None = None,
     label_map: Any = None,
     weights: str | Path | None = None,
     mapping_file: str | Path | None = None,
-    spacing: Sequence[float] | None = None,
-    roi_size: Sequence[int] | None = None,
     accelerator: str = "auto",
     devices: int | str | list[int] = 1,
     strategy: str = "auto",
     num_workers: int = 0,
     overwrite: bool = False,
-    random_state: int = DEFAULT_RANDOM_STATE,
-    n_dependencies: int = 12,
     explainer: Any = None,
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
-    **settings: Any,
+    **fields: Any,
 ) -> CohortAnalysis | None:
     """Explain every scan of a split with ``model`` and audit the cohort; the Python twin of ``agg2exp-audit --model``.
 
@@ -49,33 +41,29 @@ def audit(
             an ``nn.Module`` (name its classes with ``label_map``) or a
             :class:`~agg2exp_lightning.model_loading.LoadedModel`.
         data: a TotalSegmentator v2 root, or a manifest CSV (``image``, ``label``, metadata columns).
-        method: attribution method (``vanilla_gradient``, ``smoothgrad``, ``integrated_gradients``,
-            ``kernelshap_cubes``, ``kernelshap_semantic`` or an alias such as ``sg``).
-        reference: a split to fit the Isolation Forests on and calibrate the scan-level score against
+        reference: a split to fit the detectors on and calibrate the scan-level score against
             (the paper: ``"train"``); ``"auto"`` (default, as the CLI's ``--reference-split``): a held-out split
             where the data has one, else the training split with a note that the bound assumes exchangeable
-            scans; ``None`` fits them on the audited scans.
+            scans; ``None`` fits them on the audited scans (the ``reference_split`` setting; with ``settings``
+            given, ``"auto"`` leaves theirs).
         out: the audit folder (report, tables, figures, per-scan work); rerunning resumes it. ``None``
             writes to a new temporary folder (logged).
-        split: the split to audit.
-        method_options: keyword options of the method, e.g. ``{"n_samples": 10}``.
-        targets: classes to explain, by name or channel id (default: every class).
+        settings: an :class:`~agg2exp_lightning.audit_settings.AuditSettings`, or a JSON/YAML file of its
+            fields (:meth:`~agg2exp_lightning.audit_settings.AuditSettings.from_file`); ``fields`` go on top.
         label_map: names of the model's output channels: a JSON/YAML file, a list or a mapping
             (default: the checkpoint's names or the bundle's metadata).
         weights: state dict of a ``package.module:function`` model.
         mapping_file: TotalSegmentator structures -> labels (default: the shipped thorax mapping).
-        spacing: resampling spacing in mm (default: the model source's, else 1.5).
-        roi_size: sliding-window size (default: the model source's; none: whole volumes).
         accelerator, devices, strategy: Lightning Trainer settings.
         num_workers: DataLoader workers.
         overwrite: replace another audit's results in ``out``.
-        random_state: seed of the Isolation Forests.
-        n_dependencies: how many region -> class dependencies to report.
         explainer: replaces :func:`~agg2exp_lightning.audit.checkpoint_audit.make_scan_explainer`.
         wandb, wandb_project: also log to one W&B run.
-        **settings: further settings of
-            :func:`~agg2exp_lightning.audit.checkpoint_audit.run_checkpoint_audit` (e.g. ``protocol``,
-            ``contamination``).
+        **fields: :class:`~agg2exp_lightning.audit_settings.AuditSettings` fields, e.g. ``method="sg"``
+            (``vanilla_gradient``, ``smoothgrad``, ``integrated_gradients``, ``kernelshap_cubes``,
+            ``kernelshap_semantic``, an alias or a registered method), ``method_options={"n_samples": 10}``,
+            ``split``, ``targets`` (by name or channel id), ``spacing``, ``roi_size``, ``protocol``,
+            ``contamination``, ``detector``, ``random_state``, ``n_dependencies``.
 
     Returns:
         The :class:`~agg2exp_lightning.analysis.cohort.CohortAnalysis` (table, importance matrix,
@@ -94,14 +82,15 @@ def audit(
     """
     from agg2exp_lightning.audit.checkpoint_audit import run_checkpoint_audit
 
+    if settings is None or reference != "auto":
+        fields.setdefault("reference_split", reference)
+    checked = checked_settings(settings, fields)  # the one place they are checked, before any folder is made
     if out is None:
         out = tempfile.mkdtemp(prefix="agg2exp-audit-")
         log.info("writing the audit to %s", out)
     outputs = run_checkpoint_audit(
-        model, out, weights=weights, label_map=label_map, targets=targets, data=data, method=method,
-        method_options=method_options, split=split, reference_split=reference, spacing=spacing, roi_size=roi_size,
-        mapping_file=mapping_file, overwrite=overwrite, accelerator=accelerator, devices=devices, strategy=strategy,
-        num_workers=num_workers, random_state=random_state, n_dependencies=n_dependencies, explainer=explainer,
-        wandb=wandb, wandb_project=wandb_project, **settings,
+        model, out, weights=weights, label_map=label_map, data=data, mapping_file=mapping_file, overwrite=overwrite,
+        accelerator=accelerator, devices=devices, strategy=strategy, num_workers=num_workers, explainer=explainer,
+        settings=checked, wandb=wandb, wandb_project=wandb_project,
     )
     return None if outputs is None else outputs.analysis

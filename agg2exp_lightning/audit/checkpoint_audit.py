@@ -8,13 +8,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
 from agg2exp_lightning.analysis.regions import resolve_merges
 from agg2exp_lightning.audit.outputs import AuditOutputs
 from agg2exp_lightning.audit.reference import TRAINING_REFERENCE_NOTE, choose_reference_split
 from agg2exp_lightning.audit.scan_prediction import ScanExplainer
+from agg2exp_lightning.audit_settings import AuditSettings, checked_settings
 from agg2exp_lightning.errors import DataError
-from agg2exp_lightning.protocols import ProtocolLike, resolve_protocol
 from agg2exp_lightning.utils.files import file_sha256
 
 log = logging.getLogger(__name__)
@@ -54,6 +53,14 @@ def make_scan_explainer(method: str, options: Mapping[str, Any] | None = None, r
     unknown = sorted(set(options or {}) - allowed)
     if unknown:
         raise DataError(f"--method-option: {unknown} not accepted by method {name!r}; accepted: {sorted(allowed)}")
+    return _bound_explainer(name, options, roi_size, targets=targets, window=window)
+
+
+def _bound_explainer(name: str, options: Mapping[str, Any] | None, roi_size: Sequence[int] | None, *,
+                     targets: Sequence[int] | None, window: Mapping[str, Any] | None) -> ScanExplainer:
+    """``explain`` with a checked method name (canonical) and options bound (see :func:`make_scan_explainer`)."""
+    from agg2exp_lightning.explain import explain
+
     bound = {**{k: v for k, v in dict(window or {}).items() if k != "roi_size"}, **dict(options or {})}
     if targets is not None:
         bound["targets"] = list(targets)
@@ -90,34 +97,21 @@ def run_checkpoint_audit(
     *,
     weights: str | Path | None = None,
     label_map: Any = None,
-    targets: Sequence[str | int] | None = None,
     data: str | Path | None = None,
     manifest: str | Path | None = None,
-    method: str = "smoothgrad",
-    method_options: Mapping[str, Any] | None = None,
-    split: str = "test",
-    reference_split: str | None = None,
-    spacing: Sequence[float] | None = None,
-    roi_size: Sequence[int] | None = None,
     mapping_file: str | Path | None = None,
+    extra_masks: str | Path | None = None,
     overwrite: bool = False,
     accelerator: str = "auto",
     devices: int | str = 1,
     strategy: str = "auto",
     num_workers: int = 0,
-    random_state: int = DEFAULT_RANDOM_STATE,
-    contamination: float = DEFAULT_CONTAMINATION,
-    evidence: str | Sequence[str] | None = None,
-    n_dependencies: int = 12,
     explainer: ScanExplainer | None = None,
+    settings: AuditSettings | None = None,
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
-    save_maps: bool = False,
-    figures_for: Sequence[str] = (),
     wandb_model_artifact: str | None = None,
-    protocol: ProtocolLike = None,
-    merges: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
-    extra_masks: str | Path | None = None,
+    **fields: Any,
 ) -> AuditOutputs | None:
     """Explain every scan of a split with a model and audit the cohort.
 
@@ -128,44 +122,29 @@ def run_checkpoint_audit(
         out_dir: output folder; resumed if it holds this audit, refused if another (see ``overwrite``).
         weights: state dict of a ``package.module:function`` model.
         label_map: names of the model's output channels (file, list or mapping); default: the source's.
-        targets: classes to explain, by name or id (default: every class).
         data: a TotalSegmentator v2 root or a manifest CSV.
         manifest: a manifest CSV (columns ``image``, ``label``, metadata); overrides ``data``.
-        method: attribution method passed to the explainer (e.g. ``smoothgrad``).
-        method_options: keyword options of the method (e.g. ``{"n_samples": 10}``).
-        split: the split to audit.
-        reference_split: a split to fit the Isolation Forests on and calibrate the scan-level score
-            against (paper: ``train``); ``"auto"``: a held-out split (``val``) where the data has one
-            besides the audited split, else ``train`` with a note that the bound assumes exchangeable
-            scans (:func:`~agg2exp_lightning.audit.reference.choose_reference_split`); ``None``: the
-            audited scans.
-        spacing: resampling spacing in mm; default the model source's (training data module, bundle
-            preprocessing), else 1.5 mm.
-        roi_size: sliding-window size of the explanations (default: the source's; none: whole volumes).
         mapping_file: TotalSegmentator structure mapping (default: the shipped one).
-        overwrite: replace another audit's results in ``out_dir``.
-        accelerator, devices, strategy: Lightning Trainer settings (e.g. ``"ddp"`` on 2 devices).
-        num_workers: DataLoader workers.
-        random_state: seed of the Isolation Forests.
-        contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``.
-        evidence: evidence families of the scan-level score (``"shares,prediction,attribution"`` or a list;
-            default all, the paper protocol the shares alone; :mod:`~agg2exp_lightning.analysis.evidence`).
-        n_dependencies: how many region -> class dependencies to report.
-        explainer: overrides :func:`make_scan_explainer` (same call signature).
-        wandb: also log tables and figures to one W&B run.
-        wandb_project: the W&B project.
-        save_maps: write each audited scan's maps as NIfTI in its own grid (see :mod:`~agg2exp_lightning.audit.maps`).
-        figures_for: scan ids drawn in three views besides the worklist's (needs ``save_maps``).
-        wandb_model_artifact: the W&B artifact of the checkpoint (e.g. ``model-<run id>:best`` from training with
-            ``log_model``): the audit run uses it, so W&B shows the lineage model -> audit (online).
-        protocol: ``"corrected"`` (default) or ``"paper"`` (:mod:`agg2exp_lightning.protocols`): the
-            explanations' KernelSHAP spread, IG rule and empty-region share, the crop to the body, and the
-            analysis' graph and clustering rules.
-        merges: regions to join before the analysis (``--merge`` specs or a mapping), checked against
-            the model's classes (and the extra masks) before anything is written.
         extra_masks: a folder ``DIR/<subject id>/<name>.<format>`` (NIfTI, NRRD, MetaImage, DICOM) of per-scan masks added as regions
             (:mod:`agg2exp_lightning.audit.extra_masks`); every file is checked against its scan's grid
             before anything is written.
+        overwrite: replace another audit's results in ``out_dir``.
+        accelerator, devices, strategy: Lightning Trainer settings (e.g. ``"ddp"`` on 2 devices).
+        num_workers: DataLoader workers.
+        explainer: overrides :func:`make_scan_explainer` (same call signature).
+        settings: the audit's :class:`~agg2exp_lightning.audit_settings.AuditSettings` (checked where built):
+            the method and its options, the splits (``reference_split="auto"``: a held-out split such as ``val``
+            where the data has one besides the audited split, else ``train`` with a note that the bound assumes
+            exchangeable scans, :func:`~agg2exp_lightning.audit.reference.choose_reference_split`), spacing (default: the model source's, else 1.5 mm), window
+            (default: the source's), the protocol (also the explanations' KernelSHAP spread and IG rule), merges
+            (checked against the model's classes and the extra masks before anything is written), the detector
+            and the analysis' settings, ``save_maps`` and ``figures_for``.
+        wandb: also log tables and figures to one W&B run.
+        wandb_project: the W&B project.
+        wandb_model_artifact: the W&B artifact of the checkpoint (e.g. ``model-<run id>:best`` from training with
+            ``log_model``): the audit run uses it, so W&B shows the lineage model -> audit (online).
+        **fields: :class:`~agg2exp_lightning.audit_settings.AuditSettings` fields set on top of ``settings``
+            (e.g. ``method="vg"``, ``split="test"``, ``spacing=(8, 8, 8)``).
 
     Returns:
         The written outputs (with the analysis) on rank 0; ``None`` on other ranks.
@@ -183,6 +162,8 @@ def run_checkpoint_audit(
     from agg2exp_lightning.labels import DEFAULT_MAPPING_FILE, load_structure_mapping, resolve_targets
     from agg2exp_lightning.model_loading import LoadedModel, load_model
 
+    settings = checked_settings(settings, fields)
+    targets, split, reference_split = settings.targets, settings.split, settings.reference_split
     if data is None and manifest is None:
         raise DataError("an audit of a model needs --data (dataset root or manifest) or --manifest")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights=weights, label_map=label_map)
@@ -195,10 +176,10 @@ def run_checkpoint_audit(
     target_ids = resolve_targets(targets, loaded.class_names, argument="--targets") if targets is not None else None
     if target_ids is not None:  # channel order, as the analysis orders classes (and the case figures their slices)
         target_ids = sorted(target_ids)
-    spacing = tuple(float(s) for s in spacing) if spacing is not None else (loaded.spacing or DEFAULT_SPACING)
+    spacing = settings.spacing if settings.spacing is not None else (loaded.spacing or DEFAULT_SPACING)
     window = dict(loaded.window)
-    if roi_size is not None:
-        window = {**window, "roi_size": tuple(int(r) for r in roi_size)}
+    if settings.roi_size is not None:
+        window = {**window, "roi_size": settings.roi_size}
     roi = window.get("roi_size")
     sets = {"audited": select_split(records, split, source=source)}
     reference_notes: list[str] = []
@@ -216,17 +197,20 @@ def run_checkpoint_audit(
 
         masks = find_extra_masks(extra_masks, [r for recs in sets.values() for r in recs], loaded.class_names)
     try:
-        chosen = resolve_protocol(protocol)
-        merged = resolve_merges(merges, [*loaded.class_names, *(masks[0] if masks else [])])
+        merged = resolve_merges(settings.merges, [*loaded.class_names, *(masks[0] if masks else [])])
     except ValueError as err:
         raise DataError(str(err)) from err
+    chosen = settings.protocol
+    settings = AuditSettings.build(settings, merges=merged)
+    method, method_options = settings.method, settings.method_options
+    fingerprinted = {k: v for k, v in settings.fingerprint_fields().items() if k != "targets"}
     config = {
         "mode": "checkpoint" if loaded.kind == "checkpoint" else loaded.kind, **loaded.identity,
         "data": str(Path(source).resolve()),
-        "manifest_sha256": file_sha256(manifest) if manifest is not None else None, "method": method,
-        "method_options": dict(method_options or {}), "split": split, "reference_split": reference_split,
-        "spacing": list(spacing), "roi_size": list(roi) if roi is not None else None, "random_state": random_state,
-        "n_dependencies": n_dependencies, "mapping_sha256": file_sha256(mapping_file) if mapping_file else None,
+        "manifest_sha256": file_sha256(manifest) if manifest is not None else None, **fingerprinted,
+        "reference_split": reference_split,
+        "spacing": list(spacing), "roi_size": list(roi) if roi is not None else None,
+        "mapping_sha256": file_sha256(mapping_file) if mapping_file else None,
         **({"targets": target_ids} if target_ids is not None else {}),
         **({"sliding_window": {k: v for k, v in window.items() if k != "roi_size"}} if roi is not None else {}),
         "protocol": chosen.as_dict(), "merges": {k: list(v) for k, v in merged.items()},
@@ -242,12 +226,10 @@ def run_checkpoint_audit(
         inputs["explained classes"] = ", ".join(loaded.class_names[i] for i in target_ids)
     return run_scan_audit(
         loaded.model, loaded.class_names, sets, out_dir,
-        explainer=explainer if explainer is not None else make_scan_explainer(method, {**dict(method_options or {}), "protocol": chosen}, roi,
-                                                                            targets=target_ids, window=window),
+        explainer=explainer if explainer is not None else _bound_explainer(settings.method_name, {**method_options, "protocol": chosen}, roi,
+                                                                         targets=target_ids, window=window),
         config=config, spacing=spacing, mapping=mapping, inputs=inputs, overwrite=overwrite,
         trainer_kwargs={"accelerator": accelerator, "devices": devices, "strategy": strategy}, num_workers=num_workers,
-        random_state=random_state, n_dependencies=n_dependencies, contamination=contamination, evidence=evidence, wandb=wandb, wandb_project=wandb_project,
-        save_maps=save_maps, figures_for=figures_for, wandb_model_artifact=wandb_model_artifact,
-        model_file=loaded.source if loaded.kind == "checkpoint" else None,
-        protocol=chosen, merges=merged, extra_masks=masks, reference_notes=reference_notes,
+        settings=settings, wandb=wandb, wandb_project=wandb_project, wandb_model_artifact=wandb_model_artifact,
+        model_file=loaded.source if loaded.kind == "checkpoint" else None, extra_masks=masks, reference_notes=reference_notes,
     )

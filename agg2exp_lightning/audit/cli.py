@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
 
 from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
-from agg2exp_lightning.analysis.evidence import parse_evidence
+from agg2exp_lightning.analysis.detectors import DEFAULT_DETECTOR, DETECTORS
 from agg2exp_lightning.analysis.regions import PRESET_MERGES
+from agg2exp_lightning.audit_settings import AuditSettings, SettingError
 from agg2exp_lightning.cli_common import (
     METHOD_OPTION_HELP,
     METHOD_OPTION_SYNTAX,
@@ -38,7 +40,7 @@ from agg2exp_lightning.cli_common import (
     parse_method_options,
 )
 from agg2exp_lightning.errors import DataError
-from agg2exp_lightning.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
+from agg2exp_lightning.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumed if it holds this audit)")
     t = p.add_argument_group("table mode (--from-table)")
     t.add_argument("--metadata", metavar="CSV", help="metadata joined on the id column (patient / image_id), e.g. meta.csv")
-    t.add_argument("--reference-table", metavar="CSV", help="table to fit the Isolation Forests on (default: the audited scans)")
+    t.add_argument("--reference-table", metavar="CSV", help="table to fit the detectors on (default: the audited scans)")
     c = p.add_argument_group("model mode (--model)")
     add_model_arguments(c, source_group=src)
     c.add_argument("--data", metavar="ROOT", help="TotalSegmentator v2 root or manifest CSV")
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TotalSegmentator structures -> the model's labels (default: the shipped thorax mapping)")
     c.add_argument("--split", default="test", help="split to audit (default %(default)s)")
     c.add_argument("--reference-split", metavar="SPLIT", default="auto",
-                   help="split to fit the Isolation Forests on and to calibrate the scan-level score against (paper: train); "
+                   help="split to fit the detectors on and to calibrate the scan-level score against (paper: train); "
                         "'auto' (default): a held-out split (val) where the data has one besides the audited split, else train "
                         "(with a note: the bound assumes exchangeable scans); 'none': the audited scans")
     c.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="resampling spacing in mm (default: the training data module's)")
@@ -71,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arguments(c)
     c.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace another audit's results in --out")
-    p.add_argument("--random-state", type=int, default=DEFAULT_RANDOM_STATE, help="seed of the Isolation Forests (default %(default)s)")
+    p.add_argument("--settings", metavar="FILE",
+                   help="JSON/YAML file of audit settings (agg2exp_lightning.audit_settings.AuditSettings fields); flags given here win")
+    p.add_argument("--random-state", type=int, default=DEFAULT_RANDOM_STATE, help="seed of the anomaly detectors (default %(default)s)")
+    p.add_argument("--detector", default=DEFAULT_DETECTOR, metavar="NAME",
+                   help=f"per-class anomaly detector, one of {', '.join(DETECTORS)} (default %(default)s, the paper's; "
+                        "local_outlier_factor: scikit-learn's LocalOutlierFactor with novelty=True)")
     p.add_argument("--contamination", type=float, default=DEFAULT_CONTAMINATION, metavar="C",
                    help="share of clean scans the scan-level flag may raise, in (0, 0.5] (default %(default)s)")
     p.add_argument("--evidence", metavar="FAMILIES",
@@ -99,23 +106,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _method_options(method: str, items: Sequence[str]) -> dict[str, Any]:
-    """The audited method's options from ``--method-option`` items; a ``METHOD.`` prefix must name that method.
+#: AuditSettings fields set by flags: field -> argparse dest (the flag is ``--`` + dest with ``-`` for ``_``).
+SETTING_FLAGS: dict[str, str] = {
+    "method": "method", "targets": "targets", "split": "split", "reference_split": "reference_split", "spacing": "spacing",
+    "roi_size": "roi_size", "protocol": "protocol", "merges": "merge", "random_state": "random_state",
+    "contamination": "contamination", "detector": "detector", "evidence": "evidence", "n_dependencies": "dependencies",
+    "save_maps": "save_maps", "figures_for": "figures_for",
+}
+
+
+#: Settings whose flags take a number: a value out of range is reported as argparse reports a bad flag.
+NUMBER_FLAGS = frozenset({"contamination", "n_dependencies", "random_state"})
+#: Settings whose bad value is also reported as argparse reports a bad flag (``--evidence: ...``).
+PARSER_FLAGS = NUMBER_FLAGS | {"evidence"}
+
+
+def _given_flags(argv: Sequence[str] | None) -> set[str]:
+    """The argparse dests given on the command line (not left at their defaults)."""
+    bare = build_parser()
+    for action in bare._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(bare.parse_args(argv)))
+
+
+def settings_from_arguments(args: argparse.Namespace, given: set[str] | None = None) -> AuditSettings:
+    """The audit's :class:`~agg2exp_lightning.audit_settings.AuditSettings`, built (and checked) once: flags given
+    on the command line, over ``--settings FILE``, over the flags' defaults.
 
     Raises:
-        ValueError: an unknown method, a malformed item, or an item for another method.
+        SettingError: a bad value, naming its field; ValueError: a bad ``--settings`` file or ``--method-option``.
     """
-    from agg2exp_lightning.explain import resolve_method_name
-
-    try:
-        name = resolve_method_name(method)
-    except ValueError as err:
-        raise ValueError(f"--method: {err}") from err
-    parsed = parse_method_options(items)
-    other = sorted({o.method for o in parsed if o.method not in (None, name)})
+    given = set(vars(args)) if given is None else given
+    values = {field: getattr(args, dest) for field, dest in SETTING_FLAGS.items()}
+    if args.settings is not None:
+        from_file = AuditSettings.read_file(Path(args.settings))
+        values.update({k: v for k, v in from_file.items() if SETTING_FLAGS.get(k) not in given})
+    settings = AuditSettings(**values)  # the method resolved once, here
+    parsed = parse_method_options(args.method_option)
+    other = sorted({o.method for o in parsed if o.method not in (None, settings.method_name)})
     if other:
-        raise ValueError(f"--method-option names method(s) {other}, but this audit runs {name!r}")
-    return method_options_for(parsed, name)
+        raise ValueError(f"--method-option names method(s) {other}, but this audit runs {settings.method_name!r}")
+    options = method_options_for(parsed, settings.method_name)
+    return AuditSettings.build(settings, method_options={**settings.method_options, **options}) if options else settings
+
+
+def _flag_error(err: SettingError) -> str:
+    """A setting's error in the command line's words: ``--contamination must be ...`` for a number, else ``--flag: ...``."""
+    flag = "--" + (SETTING_FLAGS.get(err.field, err.field) if err.field != "method_options" else "method_option").replace("_", "-")
+    match = re.match(r"Expected (?:argument )?`\w+` to be (.*)", str(err), flags=re.S)
+    return f"{flag} must be {match.group(1)}" if match and err.field in NUMBER_FLAGS else f"{flag}: {err}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,10 +166,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         import lightning.pytorch  # noqa: F401
 
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    if args.dependencies < 1:
-        parser.error(f"--dependencies must be a positive integer, got {args.dependencies}")
-    if not 0 < args.contamination <= 0.5:  # NaN fails too
-        parser.error(f"--contamination must be a number in (0, 0.5] (the share of clean scans the audit may flag), got {args.contamination}")
     if args.from_table is not None:
         given = [f for f, v in (("--data", args.data), ("--manifest", args.manifest), ("--weights", args.weights), ("--extra-masks", args.extra_masks),
                                 ("--targets", args.targets), ("--mapping-file", args.mapping_file)) if v]
@@ -139,18 +174,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model is not None and (args.metadata or args.reference_table):
         parser.error("--metadata/--reference-table belong to --from-table audits (model audits read metadata from the data)")
     try:
-        options, devices = _method_options(args.method, args.method_option), parse_devices(args.devices)
-        get_protocol(args.protocol)  # an unknown name stops here, before anything is written
+        devices = parse_devices(args.devices)
+        settings = settings_from_arguments(args, _given_flags(argv))  # every setting checked here, before anything is written
+    except SettingError as err:
+        if err.field in PARSER_FLAGS:  # e.g. a number out of range: argparse's kind of error (exit 2 by SystemExit)
+            parser.error(_flag_error(err))
+        print(f"agg2exp-audit: error: {err}", file=sys.stderr)
+        return 2
     except ValueError as err:
         print(f"agg2exp-audit: error: {err}", file=sys.stderr)
         return 2
-    if args.evidence is not None:
-        try:
-            parse_evidence(args.evidence)
-        except ValueError as err:
-            parser.error(f"--evidence: {err}")
-    common = dict(overwrite=args.overwrite, random_state=args.random_state, n_dependencies=args.dependencies, contamination=args.contamination, evidence=args.evidence,
-                  wandb=args.wandb, wandb_project=args.wandb_project, protocol=args.protocol, merges=args.merge)
+    common = dict(overwrite=args.overwrite, settings=settings, wandb=args.wandb, wandb_project=args.wandb_project)
     try:
         if args.from_table is not None:
             from agg2exp_lightning.audit.table_audit import run_table_audit
@@ -163,11 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agg2exp_lightning.audit.checkpoint_audit import run_checkpoint_audit
 
             outputs = run_checkpoint_audit(
-                args.model, args.out, weights=args.weights, label_map=args.label_map, targets=args.targets,
-                mapping_file=args.mapping_file, data=args.data, manifest=args.manifest, method=args.method, method_options=options,
-                split=args.split, reference_split=None if args.reference_split == "none" else args.reference_split, spacing=args.spacing, roi_size=args.roi_size,
-                accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_workers=args.num_workers,
-                save_maps=args.save_maps, figures_for=args.figures_for, wandb_model_artifact=args.wandb_model_artifact, extra_masks=args.extra_masks, **common,
+                args.model, args.out, weights=args.weights, label_map=args.label_map, mapping_file=args.mapping_file, data=args.data,
+                manifest=args.manifest, accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_workers=args.num_workers,
+                wandb_model_artifact=args.wandb_model_artifact, extra_masks=args.extra_masks, **common,
             )
     except DataError as err:
         print(f"agg2exp-audit: error: {err}", file=sys.stderr)

@@ -18,16 +18,16 @@ from typing import Any
 
 from torch import nn
 
-from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
 from agg2exp_lightning.analysis.cohort import CohortAnalysis, analyze_cohort
+from agg2exp_lightning.analysis.detectors import get_detector
 from agg2exp_lightning.analysis.figures import case_grid, figure_png
 from agg2exp_lightning.audit.output_folder import open_output_folder
 from agg2exp_lightning.audit.outputs import AuditOutputs, write_audit_outputs
 from agg2exp_lightning.audit.scan_prediction import ScanExplainer
 from agg2exp_lightning.audit.scan_records import is_finished, load_records, read_slices, record_stem, records_to_table
+from agg2exp_lightning.audit_settings import AuditSettings, checked_settings
 from agg2exp_lightning.data.subjects import SubjectRecord
 from agg2exp_lightning.errors import DataError
-from agg2exp_lightning.protocols import ProtocolLike, resolve_protocol
 from agg2exp_lightning.utils.files import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -115,20 +115,14 @@ def run_scan_audit(
     overwrite: bool = False,
     trainer_kwargs: Mapping[str, Any] | None = None,
     num_workers: int = 0,
-    random_state: int = DEFAULT_RANDOM_STATE,
-    contamination: float = DEFAULT_CONTAMINATION,
-    evidence: str | Sequence[str] | None = None,
-    n_dependencies: int = 12,
+    settings: AuditSettings | None = None,
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
-    save_maps: bool = False,
-    figures_for: Sequence[str] = (),
     model_file: str | Path | None = None,
     wandb_model_artifact: str | None = None,
-    protocol: ProtocolLike = None,
-    merges: Mapping[str, Sequence[str]] | None = None,
     extra_masks: tuple[Sequence[str], Mapping[str, Mapping[str, Path]]] | None = None,
     reference_notes: Sequence[str] = (),
+    **fields: Any,
 ) -> AuditOutputs | None:
     """Explain the scans of ``sets`` with ``model`` and audit the ``"audited"`` set.
 
@@ -136,7 +130,7 @@ def run_scan_audit(
         model: ``image [1, C_in, *S] -> logits [1, C, *S]``.
         class_names: the model's ``C`` class names.
         sets: ``"audited"`` records and, optionally, ``"reference"`` records to fit the
-            Isolation Forests on.
+            detectors on.
         out_dir: output folder; resumed if it holds this audit (same ``config``).
         explainer: see :data:`~agg2exp_lightning.audit.scan_prediction.ScanExplainer`.
         config: JSON-serialisable description of the audit (its fingerprint names the folder's audit).
@@ -146,26 +140,22 @@ def run_scan_audit(
         overwrite: replace another audit's results in ``out_dir``.
         trainer_kwargs: ``accelerator``, ``devices``, ``strategy`` ... for ``lightning.Trainer``.
         num_workers: DataLoader workers.
-        random_state: seed of the Isolation Forests.
-        contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``.
-        evidence: evidence families of the scan-level score (``"shares,prediction,attribution"`` or a list;
-            default all, the paper protocol the shares alone; :mod:`~agg2exp_lightning.analysis.evidence`).
-        n_dependencies: how many region -> class dependencies to report.
+        settings: the audit's :class:`~agg2exp_lightning.audit_settings.AuditSettings` (checked where built).
+            Read here: the analysis fields, ``protocol`` (also the crop to the body), ``merges`` (``{region:
+            members}`` joined before the analysis), ``save_maps`` (each audited scan's attribution maps and
+            prediction as NIfTI in its own grid, ``maps/``, see :mod:`~agg2exp_lightning.audit.maps`; refused
+            before any work when the folder cannot hold the estimated size) and ``figures_for`` (scan ids
+            drawn in three views beside the worklist's; needs ``save_maps``).
         wandb: also log tables and figures to one W&B run.
         wandb_project: the W&B project.
-        save_maps: write each audited scan's attribution maps and prediction as NIfTI in its own grid
-            (``maps/``, see :mod:`~agg2exp_lightning.audit.maps`); refused before any work when the
-            folder cannot hold the estimated size.
-        figures_for: scan ids to draw in three views (beside the worklist's scans; needs ``save_maps``).
         model_file: the audited checkpoint, named as the W&B audit's input (see
             :func:`~agg2exp_lightning.audit.wandb_logging.log_audit_to_wandb`).
         wandb_model_artifact: the W&B artifact of the audited model (e.g. ``model-<run id>:best``).
-        protocol: :mod:`agg2exp_lightning.protocols` name or protocol: the crop to the body and the analysis' rules.
-        merges: ``{region: members}`` joined before the analysis.
         extra_masks: ``(names, {subject id: {name: path}})`` from
             :func:`~agg2exp_lightning.audit.extra_masks.find_extra_masks`: regions after the classes.
         reference_notes: notes on the reference set for the summary and report (e.g. the training
             split's exchangeability caveat, :mod:`~agg2exp_lightning.audit.reference`).
+        **fields: :class:`~agg2exp_lightning.audit_settings.AuditSettings` fields set on top of ``settings``.
 
     Returns:
         The written outputs on rank 0; ``None`` on other DDP ranks.
@@ -178,6 +168,8 @@ def run_scan_audit(
 
     from agg2exp_lightning.audit.scan_prediction import ScanAuditModule
 
+    settings = checked_settings(settings, fields)
+    save_maps, figures_for = settings.save_maps, settings.figures_for
     if "audited" not in sets or set(sets) - set(SET_FOLDERS):
         raise ValueError(f"Expected `sets` with key 'audited' and optionally 'reference', got {sorted(sets)}")
     out = Path(out_dir)
@@ -206,7 +198,7 @@ def run_scan_audit(
         module = ScanAuditModule(model, explainer, class_names, map_writer=map_writer,
                                  extra_mask_names=list(extra_masks[0]) if extra_masks else (),
                                  voxel_ml=math.prod(float(v) for v in spacing) / 1000.0)
-        transform = PerScanTransform(mapping, len(class_names), spacing, class_names, crop_to_body=resolve_protocol(protocol).crop_to_body,
+        transform = PerScanTransform(mapping, len(class_names), spacing, class_names, crop_to_body=settings.protocol.crop_to_body,
                                      extra_masks=extra_masks)
         if _predict(module, pending, out, transform, dict(trainer_kwargs or {}), num_workers) != 0:
             return None
@@ -223,13 +215,12 @@ def run_scan_audit(
         if not done:
             raise DataError(f"no {s} scan finished; failures are listed in {out / 'failed_scans.json'}")
     tables = {s: records_to_table(done, meta, source=f"{s} scans in {out / SET_FOLDERS[s]}") for s, done in finished.items()}
-    analysis = analyze_cohort(tables["audited"], tables.get("reference"), random_state=random_state, n_dependencies=n_dependencies,
-                              contamination=contamination, evidence=evidence, protocol=protocol, merges=merges,
+    analysis = analyze_cohort(tables["audited"], tables.get("reference"), settings,
                               reference_notes=reference_notes if "reference" in tables else ())
     rows = {
         **dict(inputs or {}),
         "spacing (mm)": ", ".join(f"{v:g}" for v in spacing),
-        "Isolation Forests fitted on": f"reference scans ({len(tables['reference'])})" if "reference" in tables else "the audited scans",
+        f"{get_detector(settings.detector).label} fitted on": f"reference scans ({len(tables['reference'])})" if "reference" in tables else "the audited scans",
         "scans audited": f"{len(tables['audited'])} of {len(sets['audited'])}",
         "failed scans": ", ".join(failures) or "none",
     }

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
 from agg2exp_lightning.analysis.cohort import analyze_cohort
 from agg2exp_lightning.analysis.regions import resolve_merges
 from agg2exp_lightning.analysis.tables import read_explanation_table
 from agg2exp_lightning.audit.output_folder import open_output_folder
 from agg2exp_lightning.audit.outputs import AuditOutputs, sha256_note, write_audit_outputs
+from agg2exp_lightning.audit_settings import AuditSettings, checked_settings
 from agg2exp_lightning.errors import DataError
-from agg2exp_lightning.protocols import ProtocolLike, resolve_protocol
 from agg2exp_lightning.utils.files import file_sha256
 
 log = logging.getLogger(__name__)
@@ -27,14 +25,10 @@ def run_table_audit(
     reference_table: str | Path | None = None,
     label_map: str | Path | None = None,
     overwrite: bool = False,
-    random_state: int = DEFAULT_RANDOM_STATE,
-    contamination: float = DEFAULT_CONTAMINATION,
-    evidence: str | Sequence[str] | None = None,
-    n_dependencies: int = 12,
+    settings: AuditSettings | None = None,
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
-    protocol: ProtocolLike = None,
-    merges: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    **fields: Any,
 ) -> AuditOutputs:
     """Read a table in the published column format, analyse the cohort, write the audit folder.
 
@@ -47,15 +41,12 @@ def run_table_audit(
             :func:`~agg2exp_lightning.model_loading.read_label_map`), for tables of models other than the
             published thorax one; default: the 17 thorax labels and their published spellings.
         overwrite: replace another audit's results in ``out_dir``.
-        random_state: seed of the Isolation Forests.
-        contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``.
-        evidence: evidence families of the scan-level score (``"shares,prediction,attribution"`` or a list;
-            default all, the paper protocol the shares alone; :mod:`~agg2exp_lightning.analysis.evidence`).
-        n_dependencies: how many region -> class dependencies to report.
+        settings: the audit's :class:`~agg2exp_lightning.audit_settings.AuditSettings` (checked once where
+            built; the analysis fields are used: protocol, merges, detector, random_state, contamination, ...).
         wandb: also log tables and figures to one W&B run.
         wandb_project: the W&B project.
-        protocol: ``"corrected"`` (default) or ``"paper"`` (:mod:`agg2exp_lightning.protocols`).
-        merges: regions to join (``--merge`` specs such as ``"lung"`` or ``"name=a,b"``, or a mapping).
+        **fields: :class:`~agg2exp_lightning.audit_settings.AuditSettings` fields set on top of ``settings``
+            (e.g. ``protocol="paper"``, ``merges=["lung"]``, ``contamination=0.1``).
 
     Returns:
         The written outputs and summary.
@@ -66,6 +57,7 @@ def run_table_audit(
     Example:
         >>> run_table_audit("tsv2_test_aggregated_sg_explanations_with_dice.csv", "audit_out")  # doctest: +SKIP
     """
+    settings = checked_settings(settings, fields)
     table = Path(table)
     config = {
         "mode": "table",
@@ -73,11 +65,10 @@ def run_table_audit(
         "table_sha256": file_sha256(table) if table.is_file() else None,
         "metadata_sha256": file_sha256(metadata) if metadata is not None and Path(metadata).is_file() else None,
         "reference_sha256": file_sha256(reference_table) if reference_table is not None and Path(reference_table).is_file() else None,
-        "random_state": random_state,
-        "n_dependencies": n_dependencies,
+        **settings.fingerprint_fields("analysis"),
     }
     # Read and validate first, so a bad input leaves the output folder untouched.
-    protocol = _checked(resolve_protocol, protocol)
+    protocol = settings.protocol
     if label_map is not None:
         from agg2exp_lightning.model_loading import read_label_map
 
@@ -87,12 +78,11 @@ def run_table_audit(
         from agg2exp_lightning.labels import THORAX_CLASSES as classes
     cohort = read_explanation_table(table, classes, metadata=metadata)
     reference = read_explanation_table(reference_table, classes) if reference_table is not None else None
-    merged = _checked(resolve_merges, merges, cohort.regions)
+    merged = _checked(resolve_merges, settings.merges, cohort.regions)
     config.update(protocol=protocol.as_dict(), merges={k: list(v) for k, v in merged.items()})
     open_output_folder(out_dir, config, overwrite=overwrite)
     log.info("auditing %d scans from %s%s", len(cohort), table, f" (forests fitted on {len(reference)} reference scans)" if reference else "")
-    analysis = analyze_cohort(cohort, reference, random_state=random_state, n_dependencies=n_dependencies, contamination=contamination, evidence=evidence,
-                              protocol=protocol, merges=merged)
+    analysis = analyze_cohort(cohort, reference, settings, merges=merged)
     inputs = {
         "audit": "table of aggregated explanations (--from-table); the explanations were made elsewhere",
         "table": sha256_note(table),

@@ -31,7 +31,14 @@ from agg2exp_lightning.cli_common import (
     single_device,
 )
 from agg2exp_lightning.errors import DataError
-from agg2exp_lightning.evaluation.compare import METHODS, ComparisonSettings, MethodAttributor, compare_methods, make_method_attributor
+from agg2exp_lightning.evaluation.compare import (
+    DEFAULT_TARGETS,
+    METHODS,
+    ComparisonSettings,
+    MethodAttributor,
+    compare_methods,
+    make_method_attributor,
+)
 from agg2exp_lightning.evaluation.faithfulness import PAPER_SUBSET_SIZE
 from agg2exp_lightning.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 
@@ -39,7 +46,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["build_parser", "comparison_options", "main", "run_comparison"]
 
-DEFAULT_TARGETS = ("background", "aorta", "lung_lower_lobe_left", "lung_lower_lobe_right", "trachea", "heart", "ribs")
 
 
 def build_parser() -> argparse.ArgumentParser:

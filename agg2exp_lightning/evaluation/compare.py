@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "METRIC_COLUMNS", "ComparisonSettings", "compare_methods", "make_method_attributor", "resolve_targets"]
 
+#: The classes a comparison explains by default (the paper's comparison).
+DEFAULT_TARGETS: tuple[str, ...] = ("background", "aorta", "lung_lower_lobe_left", "lung_lower_lobe_right", "trachea", "heart", "ribs")
 #: Per-(scan, method, target) columns of the long table.
 METRIC_COLUMNS: tuple[str, ...] = (
     "faithfulness", "sensitivity_avg", "sensitivity_max", "complexity", "seconds_one_class", "seconds_all_classes",
@@ -331,8 +333,7 @@ def compare_methods(
     model: nn.Module,
     images: Iterable[tuple[str, ScanSource]],
     methods: Sequence[str] = METHODS,
-    targets: Sequence[Union[str, int]] = ("background", "aorta", "lung_lower_lobe_left", "lung_lower_lobe_right",
-                                          "trachea", "heart", "ribs"),
+    targets: Sequence[Union[str, int]] = DEFAULT_TARGETS,
     out_dir: Union[str, Path] = "method_comparison",
     *,
     explainer: MethodAttributor | None = None,

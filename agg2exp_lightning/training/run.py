@@ -247,11 +247,11 @@ def train(args: list[str] | None = None) -> dict[str, Any]:
     Example:
         >>> train(["demo", "--trainer.max_epochs=1"])  # doctest: +SKIP
     """
-    from agg2exp_lightning.training.cli import build_cli
+    from agg2exp_lightning.training.lightning_cli import build_cli
 
     args = expand_shortcuts(list(sys.argv[1:] if args is None else args))
     check_config_files(args)
     ckpt = _option(args, "--ckpt_path")
     if ckpt and Path(ckpt).is_file():  # LightningCLI reads its hyper-parameters first: refuse a bad file by name
         read_checkpoint(ckpt, ("state_dict",), "load", "Pass --ckpt_path with a checkpoint written by agg2exp-train.")
-    return build_cli(args).result
+    return build_cli(args, handlers=sys.modules[__name__]).result  # this module's fit/evaluate/predict run the subcommands
