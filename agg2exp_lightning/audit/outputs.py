@@ -60,8 +60,12 @@ def cohort_figures(analysis: CohortAnalysis) -> dict[str, bytes]:
         own = own_region_share(t.mass[:, idx, :], own_classes, t.regions)
         bg = t.mass[:, idx, t.regions.index("background")] if "background" in t.regions else None
         figs["share_distributions"] = share_distributions(own, bg, own_classes)
+    else:
+        log.info("share distributions skipped: no explained class is also a region (no own-region share)")
     if t.dice is not None:
         figs["anomaly_vs_dice"] = anomaly_vs_dice(analysis.anomaly.scores, t.dice, analysis.anomaly.outliers, t.classes, analysis.correlation)
+    else:
+        log.info("forest score vs Dice skipped (figure and Spearman tests): the table has no Dice columns")
     figs.update(paper_figures(analysis))
     return {k: figure_png(f) for k, f in figs.items()}
 
@@ -78,9 +82,13 @@ def paper_figures(analysis: CohortAnalysis) -> dict[str, Any]:
     }
     if analysis.clustering is not None:
         figs["class_clustering"] = pf.clustering_dendrogram(analysis.clustering)
+    else:
+        log.info("class clustering skipped: fewer than 3 classes and regions to cluster (background left out)")
     mean = analysis.mean_correlation
     if mean.get("n", 0) >= 3:
         figs["mean_anomaly_vs_mean_dice"] = pf.mean_anomaly_vs_mean_dice(mean["mean_score"], mean["mean_dice"], mean["rho"], mean["p"])
+    else:
+        log.info("mean forest score vs mean Dice skipped: %d scans with both, need 3", mean.get("n", 0))
     return figs
 
 

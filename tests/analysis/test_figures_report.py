@@ -156,3 +156,21 @@ def test_report_escapes_every_data_string():
     assert "script" not in parsed.tags
     assert parsed.text.count(evil) >= 8 and f"/data/{evil}.csv" in parsed.text
     assert parsed.tags.count("img") == 1
+
+
+def test_figures_an_audit_skips_are_said_in_the_log(make_frame, caplog):
+    """A table without Dice: the forest score vs Dice figure is left out, and the log says which and why."""
+    import logging
+
+    from agg2exp_lightning.analysis.cohort import analyze_cohort
+    from agg2exp_lightning.analysis.tables import parse_explanation_table
+    from agg2exp_lightning.audit.outputs import cohort_figures
+
+    frame = make_frame(12)
+    table = parse_explanation_table(frame.drop(columns=[c for c in frame.columns if c.endswith(("_dice", "_iou"))]))
+    with caplog.at_level(logging.INFO, logger="agg2exp_lightning.audit.outputs"):
+        figures = cohort_figures(analyze_cohort(table))
+    assert "anomaly_vs_dice" not in figures and "mean_anomaly_vs_mean_dice" not in figures
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "forest score vs Dice skipped (figure and Spearman tests): the table has no Dice columns" in said
+    assert "mean forest score vs mean Dice skipped: 0 scans with both, need 3" in said
