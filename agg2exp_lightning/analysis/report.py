@@ -34,7 +34,7 @@ GLOSSARY: tuple[tuple[str, str, str], ...] = (
      "It orders the worklist."),
     ("calibrated p", "scan_anomaly_p", "The share of reference scans whose scan-level score is at least as high (small = unusual)."),
     ("flagged", "scan_flagged", "Calibrated p at most the contamination: a clean scan like the reference scans is flagged with "
-     "probability at most the contamination (the expected false-alarm rate)."),
+     "probability at most the contamination (the expected false-positive rate)."),
     ("contamination", "--contamination", "The share of clean scans the flag may raise (default 0.05)."),
     ("per-class p", "{class}_anomaly_p", "For one class, the share of reference scans whose forest score is at least as high "
      "(a class the scan lacks counts as most unusual)."),
@@ -43,7 +43,7 @@ GLOSSARY: tuple[tuple[str, str, str], ...] = (
      "not comparable between classes."),
     ("outlier for a class", "{class}_outlier", "The class's forest score is above 0 (scikit-learn's predict = \u22121)."),
     ("outlier for any class", "any_class_outlier", "Outlier for at least one class (the paper's rule). With many classes it marks "
-     "most clean scans too: its false-alarm rate on held-out reference scans is printed beside it."),
+     "most clean scans too: its false-positive rate on held-out reference scans is printed beside it."),
     ("share", "{class}_explanation_in_{region}_mass", "The fraction of a class's attribution mass that lies in a region; "
      "a class's shares sum to 1. Differences of shares are told in percentage points."),
     ("own share / context reliance", "own_share, context_reliance",
@@ -196,7 +196,7 @@ def render_report(
 
 
 def _findings(summary: Mapping[str, Any], sig: Sequence[str], alpha: float) -> str:
-    """The findings, calibrated worklist first; the any-class rule with its false-alarm rate where it is stated."""
+    """The findings, calibrated worklist first; the any-class rule with its false-positive rate where it is stated."""
     anomaly, scan, n = summary["anomaly"], summary.get("scan_anomaly") or {}, summary["n_scans"]
     items = []
     if "n_flagged" in scan:
@@ -268,7 +268,7 @@ def _worklist_section(summary: Mapping[str, Any]) -> str:
     out.append(
         f"<p>{scan['n_flagged']} of {summary['n_scans']} scans flagged: their scan-level score is higher than that of all but "
         f"{100 * float(scan['contamination']):g} % of the {scan['n_reference']} {_e(scan['reference'])} "
-        f"(contamination {scan['contamination']:g}; expected false-alarm rate on clean scans "
+        f"(contamination {scan['contamination']:g}; expected false-positive rate on clean scans "
         f"{100 * scan['expected_false_positive_rate']:.1f} %). The list goes on past the flagged scans to at least ten, "
         "most unusual first.</p>")
     out.append(f"<p class=\"note\">How the score is made: {_e(scan['method'])}.</p>")

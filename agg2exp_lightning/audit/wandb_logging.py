@@ -142,7 +142,7 @@ def log_audit_to_wandb(
         scan = summary.get("scan_anomaly") or {}
         if "n_flagged" in scan:
             run.summary["scan_level/n_flagged"] = scan["n_flagged"]
-            run.summary["scan_level/expected_false_alarm_rate"] = scan["expected_false_positive_rate"]
+            run.summary["scan_level/expected_false_positive_rate"] = scan["expected_false_positive_rate"]
         for c, v in summary["per_class"].items():
             if v["rho"] is not None:  # Spearman of the class's forest score and Dice
                 run.summary[f"forest_score_vs_dice/rho/{c}"] = v["rho"]
