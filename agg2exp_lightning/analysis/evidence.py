@@ -90,7 +90,7 @@ def parse_evidence(value: str | Sequence[str] | None, *, default: Sequence[str] 
     return tuple(f for f in ALL_EVIDENCE if f in items)
 
 
-def softmax_summary(logits, labels, num_classes: int, *, chunk_voxels: int = 1 << 21):
+def softmax_summary(logits, labels, num_classes: int, *, chunk_voxels: int = 1 << 18):
     """Per class, the mean softmax confidence and entropy over the voxels predicted as that class.
 
     Args:
