@@ -24,6 +24,7 @@ def audit(
     label_map: Any = None,
     weights: str | Path | None = None,
     mapping_file: str | Path | None = None,
+    extra_masks: str | Path | None = None,
     accelerator: str = "auto",
     devices: int | str | list[int] = 1,
     strategy: str = "auto",
@@ -32,6 +33,7 @@ def audit(
     explainer: Any = None,
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
+    wandb_model_artifact: str | None = None,
     **fields: Any,
 ) -> CohortAnalysis | None:
     """Explain every scan of a split with ``model`` and audit the cohort; the Python twin of ``agg2exp-audit --model``.
@@ -54,11 +56,14 @@ def audit(
             (default: the checkpoint's names or the bundle's metadata).
         weights: state dict of a ``package.module:function`` model.
         mapping_file: TotalSegmentator structures -> labels (default: the shipped thorax mapping).
+        extra_masks: a folder ``DIR/<subject id>/<name>.<format>`` of per-scan masks added as regions
+            (:mod:`agg2exp_lightning.audit.extra_masks`).
         accelerator, devices, strategy: Lightning Trainer settings.
         num_workers: DataLoader workers.
         overwrite: replace another audit's results in ``out``.
         explainer: replaces :func:`~agg2exp_lightning.audit.checkpoint_audit.make_scan_explainer`.
         wandb, wandb_project: also log to one W&B run.
+        wandb_model_artifact: the W&B artifact of the audited checkpoint (the audit run uses it).
         **fields: :class:`~agg2exp_lightning.audit_settings.AuditSettings` fields, e.g. ``method="sg"``
             (``vanilla_gradient``, ``smoothgrad``, ``integrated_gradients``, ``kernelshap_cubes``,
             ``kernelshap_semantic``, an alias or a registered method), ``method_options={"n_samples": 10}``,
@@ -89,8 +94,8 @@ def audit(
         out = tempfile.mkdtemp(prefix="agg2exp-audit-")
         log.info("writing the audit to %s", out)
     outputs = run_checkpoint_audit(
-        model, out, weights=weights, label_map=label_map, data=data, mapping_file=mapping_file, overwrite=overwrite,
-        accelerator=accelerator, devices=devices, strategy=strategy, num_workers=num_workers, explainer=explainer,
-        settings=checked, wandb=wandb, wandb_project=wandb_project,
+        model, out, weights=weights, label_map=label_map, data=data, mapping_file=mapping_file, extra_masks=extra_masks,
+        overwrite=overwrite, accelerator=accelerator, devices=devices, strategy=strategy, num_workers=num_workers, explainer=explainer,
+        settings=checked, wandb=wandb, wandb_project=wandb_project, wandb_model_artifact=wandb_model_artifact,
     )
     return None if outputs is None else outputs.analysis

@@ -145,3 +145,13 @@ def test_checkpoint_audit_fingerprints_the_settings(tmp_path):
     assert {k: config[k] for k in ("method", "detector", "contamination", "n_extremes")} == {
         "method": "vg", "detector": "local_outlier_factor", "contamination": 0.2, "n_extremes": 3}
     assert "save_maps" not in config and "method_name" not in config  # outputs are not fingerprinted
+
+
+def test_anomaly_monitor_takes_the_detector_by_the_same_name():
+    from agg2exp_lightning.callbacks.anomaly_monitor import AnomalyMonitor
+
+    with pytest.raises(ValueError, match=r"`detector`.*'lof'"):
+        AnomalyMonitor(detector="lof")
+    lof = AnomalyMonitor(detector="local_outlier_factor")
+    assert lof.detector == "local_outlier_factor" and lof.state_key != AnomalyMonitor().state_key  # separate state per detector
+    assert AnomalyMonitor().state_key == "AnomalyMonitor{'source': None, 'random_state': 123}"  # the default's key as before
