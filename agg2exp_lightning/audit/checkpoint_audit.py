@@ -204,6 +204,13 @@ def run_checkpoint_audit(
     settings = AuditSettings.build(settings, merges=merged)
     method, method_options = settings.method, settings.method_options
     fingerprinted = {k: v for k, v in settings.fingerprint_fields().items() if k != "targets"}
+    from agg2exp_lightning.explain.precision import precision_choice
+    from agg2exp_lightning.utils.hardware import device_type
+
+    try:  # what the explanations' passes run at on this device (precision "auto": bf16 only where native), and why
+        precision = precision_choice(dict(method_options or {}).get("precision", "auto"), device_type(accelerator))
+    except ValueError as err:
+        raise DataError(f"--method-option precision: {err}") from err
     config = {
         "mode": "checkpoint" if loaded.kind == "checkpoint" else loaded.kind, **loaded.identity,
         "data": str(Path(source).resolve()),
@@ -214,6 +221,7 @@ def run_checkpoint_audit(
         **({"targets": target_ids} if target_ids is not None else {}),
         **({"sliding_window": {k: v for k, v in window.items() if k != "roi_size"}} if roi is not None else {}),
         "protocol": chosen.as_dict(), "merges": {k: list(v) for k, v in merged.items()},
+        "precision": {"asked": precision.asked, "used": precision.used},  # the reason (names the CPU) is in the report
         **({"extra_masks": {sid: {n: file_sha256(p) for n, p in f.items()} for sid, f in masks[1].items()}} if masks else {}),
     }
     digest = next((f"SHA-256 {v}" for k, v in loaded.identity.items() if k.endswith("sha256")), None)
@@ -221,7 +229,8 @@ def run_checkpoint_audit(
               "data": sha256_note(manifest) if manifest is not None else str(source),
               "reference scans": f"split {reference_split!r}" if reference_split else "none: the audited scans are their own reference",
               "split": split, "method": method, "method options": json.dumps(dict(method_options or {})),
-              "sliding window": "x".join(map(str, roi)) if roi is not None else "none (whole volumes)", "protocol": chosen.label}
+              "sliding window": "x".join(map(str, roi)) if roi is not None else "none (whole volumes)", "protocol": chosen.label,
+              "precision": f"{precision.used} (asked {precision.asked}: {precision.why})"}
     if target_ids is not None:
         inputs["explained classes"] = ", ".join(loaded.class_names[i] for i in target_ids)
     return run_scan_audit(

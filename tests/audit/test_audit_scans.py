@@ -210,6 +210,8 @@ def test_checkpoint_cli_on_a_tiny_swin_unetr(tmp_path, scan_cohort):
             np.testing.assert_allclose(shares.sum(1), 1.0, atol=1e-6)
     config = json.loads((tmp_path / "out" / "audit.json").read_text())["config"]
     assert config["roi_size"] == [32, 32, 32] and config["method"] == "vg"
+    assert config["precision"] == {"asked": "auto", "used": "fp32"}  # the suite pins auto to fp32 (tests/conftest.py)
+    assert "fp32 (asked auto: AGG2EXP_AUTO_PRECISION=fp32 pins" in (tmp_path / "out" / "report.html").read_text()
     assert main(args) == 0  # finished: resumes without explaining again
 
 
