@@ -110,7 +110,7 @@ class SegmentationModule(pl.LightningModule):
         self.last_val_dice: dict[str, Tensor] = {}
         #: The same for the last test epoch.
         self.last_test_dice: dict[str, Tensor] = {}
-        #: Training steps skipped because their loss was NaN or infinite (saved in checkpoints).
+        #: Training steps skipped because their loss or gradients were NaN or infinite (saved in checkpoints).
         self.nonfinite_loss_steps = 0
 
     def forward(self, x: Tensor) -> Tensor:
@@ -132,6 +132,19 @@ class SegmentationModule(pl.LightningModule):
             return None  # Lightning skips backward and the optimiser's update; the run goes on
         self.log("train/loss", loss, prog_bar=True, batch_size=label.shape[0])
         return loss
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """A finite loss can still give non-finite gradients (e.g. an overflow in reduced precision): such a step
+        updates nothing (every gradient dropped, so AdamW skips every parameter) and is counted with the skipped
+        losses, instead of turning the weights into NaN for the rest of the run."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return
+        self.nonfinite_loss_steps += 1
+        log.warning("non-finite gradients at global step %d (epoch %d); skipping this update (%d such steps so far)",
+                    self.global_step, self.current_epoch, self.nonfinite_loss_steps)
+        for p in self.parameters():
+            p.grad = None
 
     def on_train_epoch_end(self) -> None:
         # a running total over the run (restored from checkpoints), logged once per epoch

@@ -276,11 +276,13 @@ class _NaNGrad(torch.autograd.Function):
 
 
 class _Faulty(nn.Module):
-    """Wraps the network: NaN logits at the listed training calls (1-based); NaN gradients in eval mode."""
+    """Wraps the network: NaN logits at the listed training calls (1-based); finite logits with NaN gradients at
+    the listed ``nan_grad_train_calls``; NaN gradients in eval mode."""
 
-    def __init__(self, net: nn.Module, nan_train_calls=(), nan_grad_in_eval: bool = False) -> None:
+    def __init__(self, net: nn.Module, nan_train_calls=(), nan_grad_in_eval: bool = False, nan_grad_train_calls=()) -> None:
         super().__init__()
         self.inner, self.nan_train_calls, self.nan_grad_in_eval = net, set(nan_train_calls), nan_grad_in_eval
+        self.nan_grad_train_calls = set(nan_grad_train_calls)
         self.train_calls = 0
 
     def forward(self, x):
@@ -289,6 +291,8 @@ class _Faulty(nn.Module):
             self.train_calls += 1
             if self.train_calls in self.nan_train_calls:
                 out = out * float("nan")
+            if self.train_calls in self.nan_grad_train_calls:
+                out = _NaNGrad.apply(out)
         elif self.nan_grad_in_eval:
             out = _NaNGrad.apply(out)
         return out
@@ -326,6 +330,20 @@ def test_nan_loss_steps_are_skipped_counted_logged_and_the_run_finishes(clean_co
     assert ckpt["nonfinite_loss_steps"] == 2
     assert all(bool(torch.isfinite(v).all()) for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert (run / "dice_table.md").is_file()
+
+
+def test_nonfinite_gradients_of_a_finite_loss_skip_the_update_and_keep_the_weights_finite(clean_cohort, tmp_path, monkeypatch, caplog):
+    """A finite loss whose gradients are NaN (as a reduced-precision overflow gives) must not poison the weights."""
+    _faulty_builder(monkeypatch, nan_grad_train_calls=(2,))
+    run = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        out = train(_args(clean_cohort, run, "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
+                          "--trainer.check_val_every_n_epoch=5"))
+    assert out["nonfinite_loss_steps"] == 1
+    assert [r.getMessage() for r in caplog.records if "non-finite gradients at global step 1" in r.getMessage()]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(bool(torch.isfinite(v).all()) for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert not [r for r in caplog.records if "non-finite training loss" in r.getMessage()]  # step 3's loss stayed finite
 
 
 @pytest.mark.slow
