@@ -70,7 +70,8 @@ def add_model_arguments(parser: argparse.ArgumentParser | Any, *, required: bool
         source_group: a mutually exclusive group to put ``--model`` in (e.g. beside ``--from-table``).
     """
     model_help = ("the model: a checkpoint of this toolkit's training (.ckpt), a MONAI bundle folder "
-                  "(configs/inference.json + models/model.pt), or package.module:function returning a torch.nn.Module")
+                  "(configs/inference.json, run as monai.bundle run runs it), an nnU-Net v2 trained-model folder "
+                  "(dataset.json, plans.json, fold_K/), or package.module:function returning a torch.nn.Module")
     if source_group is not None:
         source_group.add_argument("--model", "--checkpoint", dest="model", metavar="SOURCE", help=model_help)
     else:
@@ -80,6 +81,22 @@ def add_model_arguments(parser: argparse.ArgumentParser | Any, *, required: bool
     parser.add_argument("--label-map", metavar="FILE",
                         help="JSON/YAML naming the model's output channels (list in channel order, name->id or id->name); "
                              "default: the checkpoint's names or the bundle's metadata.json (the thorax labels for --from-table)")
+    parser.add_argument("--bundle-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="override of a MONAI bundle's config in monai's id syntax, repeatable "
+                             "(e.g. inferer#roi_size=[96,96,96]; VALUE parsed as JSON/YAML when it can be)")
+    parser.add_argument("--folds", nargs="+", metavar="K",
+                        help="folds of an nnU-Net folder, ensembled as nnU-Net does (mean of the logits), or 'all' "
+                             "(the fold_all model); default: every fold_K present")
+    parser.add_argument("--checkpoint-name", metavar="FILE",
+                        help="checkpoint file of each nnU-Net fold (default checkpoint_final.pth)")
+
+
+def model_source_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``load_model``'s source options from the parsed ``--bundle-override``, ``--folds`` and ``--checkpoint-name``."""
+    folds = getattr(args, "folds", None)
+    return {"bundle_overrides": list(getattr(args, "bundle_override", None) or []) or None,
+            "folds": None if folds is None else (folds[0] if folds == ["all"] else folds),
+            "checkpoint_name": getattr(args, "checkpoint_name", None)}
 
 
 def add_device_arguments(parser: argparse.ArgumentParser | Any, *, strategy: bool = True, default_devices: str = "1") -> None:

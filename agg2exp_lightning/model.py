@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -301,27 +300,3 @@ def _fixed_class_weights(class_weights: str | Sequence[float] | None, num_classe
     if w.shape != (num_classes,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not bool((w > 0).any()):
         raise ValueError(f"Expected argument `class_weights` to hold {num_classes} non-negative finite weights, but got {list(class_weights)!r}")
     return w
-
-
-def load_segmentation_checkpoint(
-    path: str | Path, *, num_classes: int | None = None, in_channels: int | None = None, map_location: str = "cpu"
-) -> SegmentationModule:
-    """Load a :class:`SegmentationModule` from a Lightning checkpoint without unpickling arbitrary objects.
-
-    Args:
-        path: a ``.ckpt`` written by this toolkit's training.
-        num_classes / in_channels: what the caller needs; a checkpoint for another number is refused.
-        map_location: device to load the weights to.
-
-    Returns:
-        The module in eval mode.
-
-    Raises:
-        DataError: the file is missing, corrupt, not a checkpoint of this module, or for another number
-            of classes or channels.
-    """
-    from agg2exp_lightning.model_loading import read_weights_file
-    from agg2exp_lightning.model_loading.toolkit import segmentation_module_from_checkpoint
-
-    ckpt = read_weights_file(path, what="checkpoint", map_location=map_location)
-    return segmentation_module_from_checkpoint(ckpt, where=str(path), num_classes=num_classes, in_channels=in_channels)

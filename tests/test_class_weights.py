@@ -8,7 +8,8 @@ import torch
 
 from agg2exp_lightning.class_weights import class_weights
 from agg2exp_lightning.data.datamodule import ThoraxDataModule
-from agg2exp_lightning.model import SegmentationModule, load_segmentation_checkpoint
+from agg2exp_lightning.model import SegmentationModule
+from agg2exp_lightning.model_loading import load_segmentation_checkpoint
 from agg2exp_lightning.training import train
 
 NO_MONITORS = ("--config", str(Path(__file__).parent / "configs" / "checkpoints_only.yaml"))

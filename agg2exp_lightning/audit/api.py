@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,12 +35,16 @@ def audit(
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
     wandb_model_artifact: str | None = None,
+    bundle_overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    folds: Sequence[int | str] | str | None = None,
+    checkpoint_name: str | None = None,
     **fields: Any,
 ) -> CohortAnalysis | None:
     """Explain every scan of a split with ``model`` and audit the cohort; the Python twin of ``agg2exp-audit --model``.
 
     Args:
-        model: this toolkit's checkpoint (``.ckpt``), a MONAI bundle folder, ``"package.module:function"``,
+        model: this toolkit's checkpoint (``.ckpt``), a MONAI bundle folder or an nnU-Net v2 trained-model
+            folder (each run with its own preprocessing and inference), ``"package.module:function"``,
             an ``nn.Module`` (name its classes with ``label_map``) or a
             :class:`~agg2exp_lightning.model_loading.LoadedModel`.
         data: a TotalSegmentator v2 root, or a manifest CSV (``image``, ``label``, metadata columns).
@@ -64,6 +69,8 @@ def audit(
         explainer: replaces :func:`~agg2exp_lightning.audit.checkpoint_audit.make_scan_explainer`.
         wandb, wandb_project: also log to one W&B run.
         wandb_model_artifact: the W&B artifact of the audited checkpoint (the audit run uses it).
+        bundle_overrides: a MONAI bundle's config overrides, ``KEY=VALUE`` in monai's syntax.
+        folds, checkpoint_name: an nnU-Net folder's folds (default: all present) and checkpoint file.
         **fields: :class:`~agg2exp_lightning.audit_settings.AuditSettings` fields, e.g. ``method="sg"``
             (``vanilla_gradient``, ``smoothgrad``, ``integrated_gradients``, ``kernelshap_cubes``,
             ``kernelshap_semantic``, an alias or a registered method), ``method_options={"n_samples": 10}``,
@@ -97,5 +104,6 @@ def audit(
         model, out, weights=weights, label_map=label_map, data=data, mapping_file=mapping_file, extra_masks=extra_masks,
         overwrite=overwrite, accelerator=accelerator, devices=devices, strategy=strategy, num_workers=num_workers, explainer=explainer,
         settings=checked, wandb=wandb, wandb_project=wandb_project, wandb_model_artifact=wandb_model_artifact,
+        bundle_overrides=bundle_overrides, folds=folds, checkpoint_name=checkpoint_name,
     )
     return None if outputs is None else outputs.analysis

@@ -14,12 +14,10 @@ from agg2exp_lightning.audit.reference import TRAINING_REFERENCE_NOTE, choose_re
 from agg2exp_lightning.audit.scan_prediction import ScanExplainer
 from agg2exp_lightning.audit_settings import AuditSettings, checked_settings
 from agg2exp_lightning.errors import DataError
+from agg2exp_lightning.model_loading.loading import DEFAULT_SPACING  # noqa: F401 - the default spacing, named here as before
 from agg2exp_lightning.utils.files import file_sha256
 
 log = logging.getLogger(__name__)
-
-#: Spacing (mm) when neither the caller nor the checkpoint gives one (the paper's).
-DEFAULT_SPACING = (1.5, 1.5, 1.5)
 
 
 def make_scan_explainer(method: str, options: Mapping[str, Any] | None = None, roi_size: Sequence[int] | None = None, *,
@@ -111,12 +109,17 @@ def run_checkpoint_audit(
     wandb: bool = False,
     wandb_project: str = "agg2exp-audit",
     wandb_model_artifact: str | None = None,
+    bundle_overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    folds: Sequence[int | str] | str | None = None,
+    checkpoint_name: str | None = None,
     **fields: Any,
 ) -> AuditOutputs | None:
     """Explain every scan of a split with a model and audit the cohort.
 
     Args:
-        model: the model: this toolkit's checkpoint, a MONAI bundle folder, ``package.module:function``, an
+        model: the model: this toolkit's checkpoint, a MONAI bundle folder or nnU-Net v2 folder (each run with its
+            own preprocessing, inference and maps back, :class:`~agg2exp_lightning.model_loading.ScanRunner`;
+            ``audit.json`` records it under ``runner``), ``package.module:function``, an
             ``nn.Module`` (with ``label_map``), or a :class:`~agg2exp_lightning.model_loading.LoadedModel`
             (see :func:`~agg2exp_lightning.model_loading.load_model`; weights read with ``weights_only=True``).
         out_dir: output folder; resumed if it holds this audit, refused if another (see ``overwrite``).
@@ -143,6 +146,9 @@ def run_checkpoint_audit(
         wandb_project: the W&B project.
         wandb_model_artifact: the W&B artifact of the checkpoint (e.g. ``model-<run id>:best`` from training with
             ``log_model``): the audit run uses it, so W&B shows the lineage model -> audit (online).
+        bundle_overrides: a MONAI bundle's config overrides (``KEY=VALUE``, monai's syntax); part of the model's
+            identity in ``audit.json``, like ``weights``.
+        folds, checkpoint_name: an nnU-Net v2 folder's folds (default: all present) and checkpoint file.
         **fields: :class:`~agg2exp_lightning.audit_settings.AuditSettings` fields set on top of ``settings``
             (e.g. ``method="vg"``, ``split="test"``, ``spacing=(8, 8, 8)``).
 
@@ -166,7 +172,8 @@ def run_checkpoint_audit(
     targets, split, reference_split = settings.targets, settings.split, settings.reference_split
     if data is None and manifest is None:
         raise DataError("an audit of a model needs --data (dataset root or manifest) or --manifest")
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights=weights, label_map=label_map)
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        model, weights=weights, label_map=label_map, bundle_overrides=bundle_overrides, folds=folds, checkpoint_name=checkpoint_name)
     source = manifest if manifest is not None else data
     records = manifest_records(manifest) if manifest is not None else discover_records(data)
     mapping = load_structure_mapping(mapping_file)
@@ -176,10 +183,11 @@ def run_checkpoint_audit(
     target_ids = resolve_targets(targets, loaded.class_names, argument="--targets") if targets is not None else None
     if target_ids is not None:  # channel order, as the analysis orders classes (and the case figures their slices)
         target_ids = sorted(target_ids)
-    spacing = settings.spacing if settings.spacing is not None else (loaded.spacing or DEFAULT_SPACING)
-    window = dict(loaded.window)
-    if settings.roi_size is not None:
-        window = {**window, "roi_size": settings.roi_size}
+    runner = loaded.scan_runner(spacing=settings.spacing, roi_size=settings.roi_size, crop_to_body=settings.protocol.crop_to_body)
+    for note in runner.notes:
+        log.info("%s", note)
+    spacing = getattr(runner, "spacing", None) or loaded.spacing
+    window = dict(runner.window)
     roi = window.get("roi_size")
     sets = {"audited": select_split(records, split, source=source)}
     reference_notes: list[str] = []
@@ -216,10 +224,12 @@ def run_checkpoint_audit(
         "data": str(Path(source).resolve()),
         "manifest_sha256": file_sha256(manifest) if manifest is not None else None, **fingerprinted,
         "reference_split": reference_split,
-        "spacing": list(spacing), "roi_size": list(roi) if roi is not None else None,
+        "spacing": list(spacing) if spacing else None, "roi_size": list(roi) if roi is not None else None,
+        "runner": runner.settings(),
         "mapping_sha256": file_sha256(mapping_file) if mapping_file else None,
         **({"targets": target_ids} if target_ids is not None else {}),
-        **({"sliding_window": {k: v for k, v in window.items() if k != "roi_size"}} if roi is not None else {}),
+        **({"sliding_window": {k: (list(v) if isinstance(v, tuple) else v) for k, v in window.items() if k != "roi_size"}}
+           if roi is not None else {}),
         "protocol": chosen.as_dict(), "merges": {k: list(v) for k, v in merged.items()},
         "precision": {"asked": precision.asked, "used": precision.used},  # the reason (names the CPU) is in the report
         **({"extra_masks": {sid: {n: file_sha256(p) for n, p in f.items()} for sid, f in masks[1].items()}} if masks else {}),
@@ -230,7 +240,8 @@ def run_checkpoint_audit(
               "reference scans": f"split {reference_split!r}" if reference_split else "none: the audited scans are their own reference",
               "split": split, "method": method, "method options": json.dumps(dict(method_options or {})),
               "sliding window": "x".join(map(str, roi)) if roi is not None else "none (whole volumes)", "protocol": chosen.label,
-              "precision": f"{precision.used} (asked {precision.asked}: {precision.why})"}
+              "precision": f"{precision.used} (asked {precision.asked}: {precision.why})",
+              "preprocessing and inference": _runner_text(runner)}
     if target_ids is not None:
         inputs["explained classes"] = ", ".join(loaded.class_names[i] for i in target_ids)
     return run_scan_audit(
@@ -241,4 +252,14 @@ def run_checkpoint_audit(
         trainer_kwargs={"accelerator": accelerator, "devices": devices, "strategy": strategy}, num_workers=num_workers,
         settings=settings, wandb=wandb, wandb_project=wandb_project, wandb_model_artifact=wandb_model_artifact,
         model_file=loaded.source if loaded.kind == "checkpoint" else None, extra_masks=masks, reference_notes=reference_notes,
+        runner=runner,
     )
+
+
+def _runner_text(runner: Any) -> str:
+    """The report's line on what produced the prediction."""
+    settings = runner.settings()
+    if settings["runner"] == "toolkit":
+        return "the toolkit's (RAS, spacing, HU window [-1024, 1024] to [0, 1]" + (", crop to the body)" if settings["crop_to_body"] else ")")
+    extra = "; ".join(runner.notes)
+    return f"the model's own ({settings['runner']})" + (f"; {extra}" if extra else "")

@@ -36,6 +36,7 @@ from agg2exp_lightning.cli_common import (
     add_version_argument,
     describe_os_error,
     method_options_for,
+    model_source_options,
     parse_devices,
     parse_method_options,
 )
@@ -168,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if args.from_table is not None:
         given = [f for f, v in (("--data", args.data), ("--manifest", args.manifest), ("--weights", args.weights), ("--extra-masks", args.extra_masks),
-                                ("--targets", args.targets), ("--mapping-file", args.mapping_file)) if v]
+                                ("--targets", args.targets), ("--mapping-file", args.mapping_file), ("--bundle-override", args.bundle_override),
+                                ("--folds", args.folds), ("--checkpoint-name", args.checkpoint_name)) if v]
         if given:
             parser.error(f"{'/'.join(given)} belong to --model audits, not --from-table")
     if args.model is not None and (args.metadata or args.reference_table):
@@ -199,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             outputs = run_checkpoint_audit(
                 args.model, args.out, weights=args.weights, label_map=args.label_map, mapping_file=args.mapping_file, data=args.data,
                 manifest=args.manifest, accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_workers=args.num_workers,
-                wandb_model_artifact=args.wandb_model_artifact, extra_masks=args.extra_masks, **common,
+                wandb_model_artifact=args.wandb_model_artifact, extra_masks=args.extra_masks, **model_source_options(args), **common,
             )
     except DataError as err:
         print(f"agg2exp-audit: error: {err}", file=sys.stderr)

@@ -44,6 +44,7 @@ __all__ = [
     "maps_written",
     "to_original_grid",
     "write_colour_table",
+    "write_scan_grid_maps",
     "write_scan_maps",
 ]
 
@@ -170,13 +171,27 @@ def write_scan_maps(folder: str | Path, scan_id: str, geometry: ScanGeometry, at
     if attr.dim() != 4 or attr.shape[0] != len(classes) or tuple(attr.shape[1:]) != tuple(pred.shape[-3:]):
         raise ValueError(f"Expected attribution [T={len(classes)}, *S] and prediction [*S] on one grid, "
                          f"but got {tuple(attr.shape)} and {tuple(pred.shape)}")
-    paths = map_paths(folder, scan_id, classes)
-    labels = to_original_grid(pred.reshape(1, *pred.shape[-3:]).float(), geometry, mode="nearest")[0]
-    maps = to_original_grid(attr, geometry, mode="bilinear")
-    for i, cls in enumerate(classes):
-        atomic_write_bytes(paths[cls], _nifti_bytes(maps[i], geometry.original_affine))
+    from agg2exp_lightning.model_loading import ToolkitRunner
+
+    return write_scan_grid_maps(folder, scan_id, ToolkitRunner((1.0, 1.0, 1.0)).to_scan_grid(None, geometry, attr, pred), classes)
+
+
+def write_scan_grid_maps(folder: str | Path, scan_id: str, maps: Any, classes: Sequence[str]) -> dict[str, Path]:
+    """Write one scan's maps already on its file's grid (a :class:`~agg2exp_lightning.model_loading.ScanMaps`).
+
+    Raises:
+        ValueError: attribution maps of another count than ``classes`` or another shape than the prediction.
+        OSError: a file cannot be written.
+    """
+    attr = maps.attribution
+    if attr is not None and (attr.shape[0] != len(classes) or tuple(attr.shape[1:]) != tuple(maps.prediction.shape)):
+        raise ValueError(f"Expected attribution [T={len(classes)}, *O] and prediction [*O] on one grid, "
+                         f"but got {tuple(attr.shape)} and {tuple(maps.prediction.shape)}")
+    paths = map_paths(folder, scan_id, classes if attr is not None else [])
+    for i, cls in enumerate(classes if attr is not None else []):
+        atomic_write_bytes(paths[cls], _nifti_bytes(np.asarray(attr[i], dtype=np.float32), maps.affine))
     # the prediction last: its file marks the scan's maps as complete (see maps_written)
-    atomic_write_bytes(paths["prediction"], _nifti_bytes(np.rint(labels).astype(np.uint8), geometry.original_affine, intent="label"))
+    atomic_write_bytes(paths["prediction"], _nifti_bytes(np.asarray(maps.prediction, dtype=np.uint8), maps.affine, intent="label"))
     return paths
 
 
@@ -247,20 +262,28 @@ class MapWriter:
         class_names: all class names of the model (label ids of the prediction maps).
     """
 
-    def __init__(self, folder: str | Path, class_names: Sequence[str]) -> None:
+    def __init__(self, folder: str | Path, class_names: Sequence[str], *, runner: Any = None) -> None:
         self.folder = Path(folder)
         self.class_names = list(class_names)
+        self.runner = runner
         self.failed: dict[str, str] = {}
 
-    def __call__(self, scan_id: str, meta: Mapping[str, Any] | ScanGeometry, attribution: Any, prediction: Any,
-                 target_ids: Sequence[int], *, index: int | None = None) -> dict[str, Path] | None:
-        """Write the maps of one scan; on failure log a warning naming it, write ``<scan>.maps_failed.json``, return None."""
+    def __call__(self, scan_id: str, meta: Mapping[str, Any] | ScanGeometry | Any, attribution: Any, prediction: Any,
+                 target_ids: Sequence[int], *, index: int | None = None, model: Any = None) -> dict[str, Path] | None:
+        """Write the maps of one scan; on failure log a warning naming it, write ``<scan>.maps_failed.json``, return None.
+
+        ``meta``: the preprocessed image (a MetaTensor, with a ``runner``: its
+        :meth:`~agg2exp_lightning.model_loading.ScanRunner.to_scan_grid` maps back), else its metadata or geometry.
+        """
         stem = record_stem(scan_id)
         failed_file = self.folder / f"{stem}.maps_failed.json"
+        classes = [self.class_names[i] for i in target_ids]
         try:
-            geometry = meta if isinstance(meta, ScanGeometry) else ScanGeometry.from_meta(meta, index)
-            paths = write_scan_maps(self.folder, scan_id, geometry, attribution, prediction,
-                                    [self.class_names[i] for i in target_ids])
+            if self.runner is not None and hasattr(meta, "applied_operations"):
+                paths = write_scan_grid_maps(self.folder, scan_id, self.runner.to_scan_grid(model, meta, attribution, prediction), classes)
+            else:
+                geometry = meta if isinstance(meta, ScanGeometry) else ScanGeometry.from_meta(getattr(meta, "meta", meta), index)
+                paths = write_scan_maps(self.folder, scan_id, geometry, attribution, prediction, classes)
         except (DataError, ValueError, RuntimeError, OSError) as err:
             message = f"{type(err).__name__}: {err}"
             self.failed[scan_id] = message

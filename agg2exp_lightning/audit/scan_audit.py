@@ -39,26 +39,19 @@ SET_FOLDERS = {"audited": "scans", "reference": "reference_scans"}
 
 
 class PerScanTransform:
-    """The data module's deterministic preprocessing, with labels for scans that have them."""
+    """The toolkit's deterministic preprocessing (:class:`~agg2exp_lightning.model_loading.ToolkitRunner`), with
+    labels for scans that have them."""
 
     def __init__(self, mapping: Mapping[str, Sequence[str]], num_classes: int, spacing: Sequence[float],
                  class_names: Sequence[str] | None = None, crop_to_body: bool = True,
                  extra_masks: tuple[Sequence[str], Mapping[str, Mapping[str, Path]]] | None = None) -> None:
-        from monai.transforms import Compose
+        from agg2exp_lightning.model_loading import ToolkitRunner
 
-        from agg2exp_lightning.audit.extra_masks import EXTRA_MASKS_KEY, LoadExtraMasksd
-        from agg2exp_lightning.data.transforms import preprocessing
-
-        kw = dict(class_names=class_names, crop_to_body=crop_to_body, extra_keys=(EXTRA_MASKS_KEY,) if extra_masks else ())
-        steps = {labels: preprocessing(mapping, num_classes, spacing, with_labels=labels, **kw) for labels in (True, False)}
-        if extra_masks:  # loaded right after the scan, then through the same spatial transforms
-            for chain in steps.values():
-                chain.insert(1, LoadExtraMasksd(*extra_masks))
-        self.with_labels = Compose(steps[True])
-        self.without = Compose(steps[False])
+        self._transform = ToolkitRunner(spacing, crop_to_body=crop_to_body).record_transform(
+            mapping, num_classes, class_names, extra_masks=extra_masks)
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        return (self.with_labels if item.get("labels") else self.without)(item)
+        return self._transform(item)
 
 
 def _predict(module: Any, items: list[dict[str, Any]], out: Path, transform: Any, trainer_kwargs: Mapping[str, Any], num_workers: int) -> int:
@@ -109,7 +102,7 @@ def run_scan_audit(
     *,
     explainer: ScanExplainer,
     config: Mapping[str, Any],
-    spacing: Sequence[float],
+    spacing: Sequence[float] | None,
     mapping: Mapping[str, Sequence[str]],
     inputs: Mapping[str, Any] | None = None,
     overwrite: bool = False,
@@ -122,6 +115,7 @@ def run_scan_audit(
     wandb_model_artifact: str | None = None,
     extra_masks: tuple[Sequence[str], Mapping[str, Mapping[str, Path]]] | None = None,
     reference_notes: Sequence[str] = (),
+    runner: Any = None,
     **fields: Any,
 ) -> AuditOutputs | None:
     """Explain the scans of ``sets`` with ``model`` and audit the ``"audited"`` set.
@@ -153,6 +147,9 @@ def run_scan_audit(
         wandb_model_artifact: the W&B artifact of the audited model (e.g. ``model-<run id>:best``).
         extra_masks: ``(names, {subject id: {name: path}})`` from
             :func:`~agg2exp_lightning.audit.extra_masks.find_extra_masks`: regions after the classes.
+        runner: how scans reach the model and its maps come back
+            (:class:`~agg2exp_lightning.model_loading.ScanRunner`); default the toolkit's preprocessing at
+            ``spacing`` (crop to the body as the protocol says).
         reference_notes: notes on the reference set for the summary and report (e.g. the training
             split's exchangeability caveat, :mod:`~agg2exp_lightning.audit.reference`).
         **fields: :class:`~agg2exp_lightning.audit_settings.AuditSettings` fields set on top of ``settings``.
@@ -174,6 +171,10 @@ def run_scan_audit(
         raise ValueError(f"Expected `sets` with key 'audited' and optionally 'reference', got {sorted(sets)}")
     out = Path(out_dir)
     maps_folder = out / "maps"
+    if runner is None:
+        from agg2exp_lightning.model_loading import ToolkitRunner
+
+        runner = ToolkitRunner(spacing, crop_to_body=settings.protocol.crop_to_body)
     if save_maps and rank_zero_only.rank == 0:
         from agg2exp_lightning.audit.maps import check_room_for_maps, estimate_map_bytes, maps_written
 
@@ -188,7 +189,7 @@ def run_scan_audit(
         from agg2exp_lightning.audit.maps import MapWriter, maps_written, write_colour_table
 
         write_colour_table(maps_folder, class_names)
-        map_writer = MapWriter(maps_folder, class_names)
+        map_writer = MapWriter(maps_folder, class_names, runner=runner)
     pending = [{**dataclasses.asdict(r), "audit_set": s} for s, recs in sets.items() for r in recs
                if not is_finished(out / SET_FOLDERS[s], r.subject_id)
                or (save_maps and s == "audited" and not maps_written(maps_folder, r.subject_id))]
@@ -197,9 +198,8 @@ def run_scan_audit(
     if pending:
         module = ScanAuditModule(model, explainer, class_names, map_writer=map_writer,
                                  extra_mask_names=list(extra_masks[0]) if extra_masks else (),
-                                 voxel_ml=math.prod(float(v) for v in spacing) / 1000.0)
-        transform = PerScanTransform(mapping, len(class_names), spacing, class_names, crop_to_body=settings.protocol.crop_to_body,
-                                     extra_masks=extra_masks)
+                                 voxel_ml=math.prod(float(v) for v in spacing) / 1000.0 if spacing else None)
+        transform = runner.record_transform(mapping, len(class_names), class_names, extra_masks=extra_masks)
         if _predict(module, pending, out, transform, dict(trainer_kwargs or {}), num_workers) != 0:
             return None
 
@@ -219,7 +219,7 @@ def run_scan_audit(
                               reference_notes=reference_notes if "reference" in tables else ())
     rows = {
         **dict(inputs or {}),
-        "spacing (mm)": ", ".join(f"{v:g}" for v in spacing),
+        "spacing (mm)": ", ".join(f"{v:g}" for v in spacing) if spacing else "the model source's own preprocessing",
         f"{get_detector(settings.detector).label} fitted on": f"reference scans ({len(tables['reference'])})" if "reference" in tables else "the audited scans",
         "scans audited": f"{len(tables['audited'])} of {len(sets['audited'])}",
         "failed scans": ", ".join(failures) or "none",

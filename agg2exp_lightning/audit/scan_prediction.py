@@ -74,6 +74,16 @@ def _describe(err: BaseException) -> str:
     return f"{type(found).__name__}: {found}"
 
 
+def _scan_image(images: Any, index: int) -> Any:
+    """Item ``index`` of a collated batch of MetaTensors with its own metadata and applied operations
+    (what mapping its maps back needs); its batch metadata when it is no MetaTensor."""
+    if hasattr(images, "applied_operations"):
+        from monai.data import decollate_batch
+
+        return decollate_batch(images, detach=True)[index]
+    return getattr(images, "meta", {})
+
+
 def _plain(x: Any) -> Tensor:
     return torch.as_tensor(plain_tensor(x))
 
@@ -136,7 +146,7 @@ class ScanAuditModule(pl.LightningModule):
             out["slices"] = slice_bundle(image[0, 0].detach().float().cpu().numpy(), prediction.numpy(), attr)
         if self.map_writer is not None and meta is not None and attribution is not None:
             self.map_writer(sid, meta, _plain(attribution).detach().float().cpu().reshape(t, *prediction.shape), prediction, ids,
-                            index=index)
+                            index=index, model=self.model)
         return out
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
@@ -149,7 +159,7 @@ class ScanAuditModule(pl.LightningModule):
             try:
                 image = _plain(batch["image"])[i : i + 1].float()
                 label = _plain(batch["label"])[i] if "label" in batch else None
-                meta = getattr(batch["image"], "meta", {}) if audit_set == "audited" else None
+                meta = _scan_image(batch["image"], i) if audit_set == "audited" else None
                 extra = _plain(batch["extra_masks"])[i] if "extra_masks" in batch else None
                 outputs.append({"audit_set": audit_set, **self._explain_one(image, label, sid, meta, i, extra)})
             except Exception as err:  # report the scan, keep auditing the others

@@ -13,7 +13,7 @@ import argparse
 import functools
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from agg2exp_lightning.cli_common import (
     add_model_arguments,
     add_version_argument,
     describe_os_error,
+    model_source_options,
     parse_method_options,
     single_device,
 )
@@ -159,6 +160,7 @@ def run_comparison(
     method_options: dict[str, dict[str, Any]] | None = None,
     explainer: MethodAttributor | None = None,
     progress: bool = True,
+    source_options: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Load the model and a split of the data, then :func:`compare_methods` (with the model's sliding windows).
 
@@ -175,6 +177,9 @@ def run_comparison(
         max_scans, split, spacing: which scans, resampled how (spacing default: the model source's, else 1.5 mm).
         device: ``"auto"``, ``"cpu"``, ``"cuda:1"`` or a ``torch.device``.
         settings, method_options, explainer, progress: see :func:`compare_methods`.
+        source_options: ``bundle_overrides``, ``folds``, ``checkpoint_name`` of
+            :func:`~agg2exp_lightning.model_loading.load_model`. A bundle or nnU-Net folder runs its own
+            preprocessing and windows (``spacing`` is refused).
 
     Raises:
         DataError: unreadable model or data, or an empty split.
@@ -190,29 +195,45 @@ def run_comparison(
     if max_scans is not None and (not isinstance(max_scans, int) or max_scans < 1):
         raise ValueError(f"Expected argument `max_scans` to be a positive integer, but got {max_scans!r}")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights=weights, label_map=label_map, map_location=str(dev))
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights=weights, label_map=label_map, map_location=str(dev),
+                                                                      **dict(source_options or {}))
     module = loaded.model.to(dev)
     if targets is None:
         targets = list(DEFAULT_TARGETS) if set(DEFAULT_TARGETS) <= set(loaded.class_names) else list(loaded.class_names)
-    spacing = tuple(spacing) if spacing is not None else (loaded.spacing or (1.5, 1.5, 1.5))
     window = dict(loaded.window)
     if window:
         window["sw_mode"] = window.pop("mode")
+        sigma = window.pop("sigma_scale", 0.125)
+        if window["sw_mode"] == "gaussian" and sigma != 0.125:
+            raise DataError(f"{loaded.kind} {loaded.source}: its windows blend with sigma_scale={sigma}; the comparison's "
+                            "faithfulness passes blend with MONAI's default 0.125")
         settings = dataclasses.replace(settings or ComparisonSettings(), **window)
     else:
         settings = settings or ComparisonSettings()
-    dm = ThoraxDataModule(data_root=str(data), spacing=spacing, cache_rate=0.0, crop_to_body=bool(settings.crop_to_body))
-    dataset = dm.whole_volume_dataset(split, max_subjects=max_scans)
-    if len(dataset) == 0:
+    if loaded.own_runner:  # a bundle's or nnU-Net's own preprocessing of each scan file
+        from agg2exp_lightning.data.subjects import discover_records, select_split
+
+        runner = loaded.scan_runner(spacing=spacing)
+        records = sorted(select_split(discover_records(data), split, source=data), key=lambda r: r.subject_id)[:max_scans]
+        scans = [(r.subject_id, functools.partial(runner.preprocess, r.image)) for r in records]
+        spacing = loaded.spacing
+    else:
+        spacing = tuple(spacing) if spacing is not None else (loaded.spacing or (1.5, 1.5, 1.5))
+        dm = ThoraxDataModule(data_root=str(data), spacing=spacing, cache_rate=0.0, crop_to_body=bool(settings.crop_to_body))
+        dataset = dm.whole_volume_dataset(split, max_subjects=max_scans)
+        scans = _scans(dataset)
+        runner = loaded.scan_runner(spacing=spacing, crop_to_body=bool(settings.crop_to_body))
+    if len(scans) == 0:
         raise DataError(f"{data}: no scans in split {split!r}")
-    log.info("comparing %d methods on %d scans of %s (split %s, spacing %s mm)", len(methods), len(dataset), data, split, spacing)
+    log.info("comparing %d methods on %d scans of %s (split %s, %s)", len(methods), len(scans), data, split,
+             f"spacing {spacing} mm" if runner.name == "toolkit" else f"the model's own preprocessing ({runner.name})")
     if explainer is None:
         sw = dict(roi_size=settings.roi_size, sw_batch_size=settings.sw_batch_size, overlap=settings.overlap, mode=settings.sw_mode)
         explainer = make_method_attributor(protocol=settings.resolved_protocol(), sensitivity_draws=settings.sensitivity_draws,
                                       **(sw if settings.roi_size is not None else {}), **(method_options or {}))
     context = {**loaded.identity, "data": str(Path(data).resolve()), "split": split,
-               "spacing": list(spacing), "method_options": method_options or {}}
-    return compare_methods(module, _scans(dataset), methods, targets, out_dir, explainer=explainer, settings=settings,
+               "spacing": list(spacing) if spacing else None, "method_options": method_options or {}, "runner": runner.settings()}
+    return compare_methods(module, scans, methods, targets, out_dir, explainer=explainer, settings=settings,
                            class_names=loaded.class_names, context=context, progress=progress)
 
 
@@ -232,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         run_comparison(args.model, args.data, args.out, weights=args.weights, label_map=args.label_map, methods=args.methods,
                        targets=args.targets, max_scans=args.max_scans, split=args.split, spacing=args.spacing, device=device,
-                       settings=settings, method_options=options, progress=not args.quiet)
+                       settings=settings, method_options=options, progress=not args.quiet, source_options=model_source_options(args))
     except (DataError, ValueError, ImportError) as err:
         print(f"agg2exp-compare-methods: error: {err}", file=sys.stderr)
         return 2

@@ -1,246 +1,67 @@
-"""The one place that turns a model source into a model: this toolkit's checkpoints, MONAI bundle folders
-and importable factories, each with the names of its output channels.
+"""Model sources: this toolkit's checkpoints, MONAI bundle folders, nnU-Net v2 trained-model folders and
+importable factories, each with the names of its output channels and how scans reach it.
 
-:func:`load_model` takes any of the three (recognised from the source itself) and returns a
-:class:`LoadedModel`: the ``nn.Module`` in eval mode, its class names, and the spacing and
-sliding-window settings where the source records them. Every weight file is read with
-``weights_only=True``; weights that do not fit the model are refused naming the keys and shapes.
+:func:`load_model` takes any of them (recognised from the source itself) and returns a
+:class:`LoadedModel`: the ``nn.Module`` in eval mode, its class names, and its
+:class:`~agg2exp_lightning.model_loading.source.ScanRunner` (preprocessing with what undoes it,
+inference, maps back onto the scan's grid; the contract in :mod:`~agg2exp_lightning.model_loading.source`).
+Every weight file is read with ``weights_only=True``; weights that do not fit the model are refused naming
+the keys and shapes.
 
 Example:
     >>> loaded = load_model("runs/demo/checkpoints/best.ckpt")  # doctest: +SKIP
-    >>> loaded = load_model("bundles/spleen_ct_segmentation")  # doctest: +SKIP
+    >>> loaded = load_model("bundles/spleen_ct_segmentation", bundle_overrides=["inferer#sw_batch_size=2"])  # doctest: +SKIP
+    >>> loaded = load_model("nnUNet_results/Dataset291_TotalSegmentator_part1/nnUNetTrainer__nnUNetPlans__3d_fullres")  # doctest: +SKIP
     >>> loaded = load_model("mypkg.nets:build", weights="weights.pt", label_map="labels.yaml")  # doctest: +SKIP
 """
-from __future__ import annotations
-
-import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
-
-from agg2exp_lightning.errors import DataError
-from agg2exp_lightning.model_loading.bundle import is_bundle, read_bundle
+from agg2exp_lightning.model_loading.bundle import OVERRIDE_SYNTAX, parse_overrides
 from agg2exp_lightning.model_loading.checkpoints import (
     load_state_dict_checked,
     read_weights_file,
     state_dict_mismatch,
     unwrap_state_dict,
 )
-from agg2exp_lightning.model_loading.factory import build_factory_model, import_factory, is_factory_spec
-from agg2exp_lightning.model_loading.label_map import (
-    LABEL_MAP_FORMATS,
-    check_label_count,
-    label_names,
-    read_label_map,
+from agg2exp_lightning.model_loading.factory import import_factory
+from agg2exp_lightning.model_loading.label_map import LABEL_MAP_FORMATS, check_label_count, label_names, read_label_map
+from agg2exp_lightning.model_loading.loading import (
+    DEFAULT_SPACING,
+    LoadedModel,
+    SourceKind,
+    describe_source,
+    load_model,
+    output_channels,
 )
+from agg2exp_lightning.model_loading.source import ScanMaps, ScanRunner, ToolkitRunner
 from agg2exp_lightning.model_loading.toolkit import (
     RESUME_KEYS,
     check_resume_checkpoint,
-    checkpoint_spacing,
+    load_segmentation_checkpoint,
     read_lightning_checkpoint,
-    segmentation_module_from_checkpoint,
 )
 
-log = logging.getLogger(__name__)
-
-SourceKind = Literal["checkpoint", "bundle", "factory", "module"]
-
 __all__ = [
+    "DEFAULT_SPACING",
     "LABEL_MAP_FORMATS",
     "LoadedModel",
+    "OVERRIDE_SYNTAX",
     "RESUME_KEYS",
+    "ScanMaps",
+    "ScanRunner",
     "SourceKind",
+    "ToolkitRunner",
     "check_label_count",
     "check_resume_checkpoint",
     "describe_source",
     "import_factory",
     "label_names",
     "load_model",
+    "load_segmentation_checkpoint",
     "load_state_dict_checked",
     "output_channels",
+    "parse_overrides",
     "read_label_map",
     "read_lightning_checkpoint",
     "read_weights_file",
     "state_dict_mismatch",
     "unwrap_state_dict",
 ]
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to explain, with what its source says about it.
-
-    Attributes:
-        model: the ``nn.Module`` (eval mode), ``image [B, C_in, *S] -> logits [B, C, *S]``.
-        class_names: ``C`` names, channel order.
-        kind: ``"checkpoint"`` (this toolkit's), ``"bundle"`` (MONAI), ``"factory"`` or ``"module"`` (given in Python).
-        source: the source as given (path or ``package.module:function``).
-        spacing: preprocessing spacing in mm, if the source records it.
-        roi_size: sliding-window size, if the source records it (``None``: whole volumes).
-        sw_batch_size, overlap, sw_mode: sliding-window settings (defaults where unknown).
-        in_channels: input channels, if known.
-        identity: what identifies the weights (file hashes, factory name) for resume fingerprints.
-    """
-
-    model: Any
-    class_names: tuple[str, ...]
-    kind: SourceKind
-    source: str
-    spacing: tuple[float, ...] | None = None
-    roi_size: tuple[int, ...] | None = None
-    sw_batch_size: int = 1
-    overlap: float = 0.25
-    sw_mode: str = "constant"
-    in_channels: int | None = None
-    identity: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def window(self) -> dict[str, Any]:
-        """Sliding-window keywords of :func:`agg2exp_lightning.explain.explain` (empty without a ``roi_size``)."""
-        if self.roi_size is None:
-            return {}
-        return {"roi_size": tuple(self.roi_size), "sw_batch_size": self.sw_batch_size, "overlap": self.overlap,
-                "mode": self.sw_mode}
-
-
-def describe_source(source: Any) -> SourceKind:
-    """Which kind of model source ``source`` is: an ``nn.Module``, a bundle folder, a factory spec, else a checkpoint."""
-    import torch
-
-    if isinstance(source, torch.nn.Module):
-        return "module"
-    if is_bundle(source):
-        return "bundle"
-    if is_factory_spec(source):
-        return "factory"
-    if isinstance(source, (str, Path)) and Path(source).is_dir():
-        raise DataError(f"model {source} is a folder but not a MONAI bundle (expected {Path(source) / 'configs'}/inference.json "
-                        "and models/model.pt); give a checkpoint file, a bundle folder or package.module:function")
-    return "checkpoint"
-
-
-def _first_layer_channels(model: Any) -> tuple[int | None, int]:
-    """``(in_channels, spatial dims)`` of the first convolution, if any (``(None, 3)`` otherwise)."""
-    import torch
-
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
-            return m.in_channels, {torch.nn.Conv1d: 1, torch.nn.Conv2d: 2, torch.nn.Conv3d: 3}[type(m)]
-    return None, 3
-
-
-def output_channels(model: Any, *, in_channels: int | None = None, roi_size: Sequence[int] | None = None) -> int | None:
-    """The number of output channels: the model's ``out_channels`` attribute, else one forward pass of zeros.
-
-    The probe input is ``[1, in_channels, *roi_size]`` (default: the first convolution's input channels
-    and 32 voxels per side). Returns ``None`` when neither works (the caller then cannot check a label map).
-    """
-    import torch
-
-    attr = getattr(model, "out_channels", None)
-    if isinstance(attr, int) and not isinstance(attr, bool):
-        return attr
-    first_in, dims = _first_layer_channels(model)
-    shape = (1, in_channels or first_in or 1, *(tuple(roi_size) if roi_size is not None else (32,) * dims))
-    was_training = model.training
-    try:
-        model.eval()
-        param = next(model.parameters(), None)
-        x = torch.zeros(shape, device=param.device if param is not None else "cpu")
-        with torch.no_grad():
-            out = model(x)
-        return int(out.shape[1]) if hasattr(out, "shape") and out.dim() >= 2 else None
-    except Exception as err:  # noqa: BLE001 - a model that needs another input: skip the check
-        log.warning("could not count the model's output channels with a probe input of shape %s (%s: %s)",
-                    shape, type(err).__name__, str(err)[:120])
-        return None
-    finally:
-        model.train(was_training)
-
-
-def load_model(
-    source: Any,
-    *,
-    weights: str | Path | None = None,
-    label_map: str | Path | Sequence[str] | Mapping[Any, Any] | None = None,
-    factory_kwargs: Mapping[str, Any] | None = None,
-    map_location: Any = "cpu",
-) -> LoadedModel:
-    """Load a model from any supported source, with its class names.
-
-    Args:
-        source: a ``.ckpt`` of this toolkit's training, a MONAI bundle folder, ``package.module:function``
-            (a factory returning an ``nn.Module``), or an ``nn.Module`` (then ``label_map`` names its classes).
-        weights: the factory's state-dict file (``weights_only=True``); only with a factory.
-        label_map: class names: a JSON/YAML file, a list in channel order or a mapping (see
-            :data:`LABEL_MAP_FORMATS`). Default: the checkpoint's names, the bundle's
-            ``metadata.json`` ``channel_def``, else ``class_0 .. class_{C-1}``.
-        factory_kwargs: keyword arguments of the factory.
-        map_location: where weights are loaded to.
-
-    Returns:
-        The :class:`LoadedModel` (model in eval mode).
-
-    Raises:
-        DataError: a missing or unreadable file, a factory that cannot be imported or returns no
-            module, weights that do not fit the model (keys and shapes named), or a label map whose
-            class count differs from the model's output channels.
-    """
-    kind = describe_source(source)
-    if weights is not None and kind != "factory":
-        raise DataError(f"--weights belongs to a model factory (package.module:function); {source} is a {kind} with its own weights")
-    info: dict[str, Any] = {}
-    if kind == "module":
-        model, names, channels, where = source, None, None, type(source).__name__
-        identity = {"module": f"{type(source).__module__}.{type(source).__qualname__}"}
-    elif kind == "checkpoint":
-        from agg2exp_lightning.utils import file_sha256
-
-        ckpt = read_weights_file(source, what="checkpoint", map_location=map_location)
-        model = segmentation_module_from_checkpoint(ckpt, where=str(source))
-        hp = model.hparams
-        names, channels, where = tuple(model.class_names), int(hp["num_classes"]), f"checkpoint {source}"
-        info = {"spacing": checkpoint_spacing(ckpt), "roi_size": tuple(int(r) for r in hp["roi_size"]),
-                "sw_batch_size": int(hp.get("sw_batch_size", 1)), "overlap": float(hp.get("sw_overlap", 0.25)),
-                "sw_mode": str(hp.get("sw_mode", "constant")), "in_channels": int(hp["in_channels"])}
-        identity = {"checkpoint_sha256": file_sha256(source)}
-    elif kind == "bundle":
-        from agg2exp_lightning.utils import file_sha256
-
-        b = read_bundle(source, map_location=map_location)
-        model, names, channels, where = b.pop("model"), b.pop("class_names"), b.pop("out_channels"), f"MONAI bundle {source}"
-        identity = {"bundle_weights_sha256": file_sha256(b.pop("weights"))}
-        info = {k: v for k, v in b.items() if v is not None}
-    else:
-        from agg2exp_lightning.utils import file_sha256
-
-        model = build_factory_model(source, weights, kwargs=factory_kwargs, map_location=map_location)
-        names, channels, where = None, None, f"the model of factory {source}"
-        identity = {"factory": source, "factory_kwargs": dict(factory_kwargs or {}),
-                    "weights_sha256": file_sha256(weights) if weights is not None else None}
-    if label_map is not None:
-        map_where = str(label_map) if isinstance(label_map, (str, Path)) else "label_map"
-        given = read_label_map(label_map) if isinstance(label_map, (str, Path)) else label_names(label_map, where=map_where)
-        if channels is None:
-            channels = output_channels(model, in_channels=info.get("in_channels"), roi_size=info.get("roi_size"))
-        check_label_count(given, channels, where=map_where, model=where)
-        if names is not None and tuple(given) != tuple(names):
-            log.info("class names from %s replace those of %s", map_where, where)
-        names = tuple(given)
-        identity["class_names"] = list(names)
-    if names is None:
-        channels = channels if channels is not None else output_channels(model, in_channels=info.get("in_channels"), roi_size=info.get("roi_size"))
-        if channels is None:
-            raise DataError(f"{where}: cannot tell how many classes it predicts; give a label map (--label-map) naming its output channels")
-        names = tuple(f"class_{i}" for i in range(channels))
-        log.warning("%s names no classes: using %s .. %s (give --label-map to name them)", where, names[0], names[-1])
-    elif label_map is None and channels is not None and len(names) != channels:
-        raise DataError(f"{where}: its class names ({len(names)}) do not match its {channels} output channels")
-    model.eval()
-    return LoadedModel(model=model, class_names=tuple(names), kind=kind, source=str(source) if kind != "module" else where,
-                       identity=identity, **info)

@@ -79,6 +79,29 @@ def segmentation_module_from_checkpoint(
     return module.eval()
 
 
+def load_segmentation_checkpoint(
+    path: str | Path, *, num_classes: int | None = None, in_channels: int | None = None, map_location: str = "cpu"
+) -> Any:
+    """Load a :class:`~agg2exp_lightning.model.SegmentationModule` from a Lightning checkpoint without unpickling arbitrary objects.
+
+    Args:
+        path: a ``.ckpt`` written by this toolkit's training.
+        num_classes / in_channels: what the caller needs; a checkpoint for another number is refused.
+        map_location: device to load the weights to.
+
+    Returns:
+        The module in eval mode.
+
+    Raises:
+        DataError: the file is missing, corrupt, not a checkpoint of this module, or for another number
+            of classes or channels.
+    """
+    from agg2exp_lightning.model_loading.checkpoints import read_weights_file
+
+    ckpt = read_weights_file(path, what="checkpoint", map_location=map_location)
+    return segmentation_module_from_checkpoint(ckpt, where=str(path), num_classes=num_classes, in_channels=in_channels)
+
+
 def read_lightning_checkpoint(path: str | Path, needed: tuple[str, ...] = ("state_dict",), *, purpose: str = "load",
                               advice: str = "") -> dict[str, Any]:
     """A Lightning checkpoint read with ``weights_only=True`` (memory-mapped where possible) that holds ``needed``.

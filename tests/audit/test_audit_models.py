@@ -63,7 +63,13 @@ def sources(tmp_path_factory) -> dict[str, Path]:
     (bundle / "models").mkdir()
     (bundle / "configs" / "inference.json").write_text(json.dumps({
         "network_def": {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 3, "kernel_size": 1},
-        "preprocessing": {"_target_": "Compose", "transforms": [{"_target_": "Spacingd", "keys": "image", "pixdim": [8.0, 8.0, 8.0]}]},
+        # the toolkit's reading, spacing and HU window, written as a bundle's own preprocessing (which the audit runs)
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"}, {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Spacingd", "keys": "image", "pixdim": [8.0, 8.0, 8.0]},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -1024, "a_max": 1024, "b_min": 0.0, "b_max": 1.0, "clip": True},
+            {"_target_": "CropForegroundd", "keys": "image", "source_key": "image", "select_fn": "$lambda x: x > 0.25",
+             "margin": 2, "allow_smaller": True}]},
     }))
     (bundle / "configs" / "metadata.json").write_text(json.dumps({"network_data_format": {"outputs": {"pred": {
         "num_channels": 3, "channel_def": {str(i): n for i, n in enumerate(NAMES)}}}}}))

@@ -177,7 +177,8 @@ def test_bundle_folder_gives_network_weights_names_and_settings(tmp_path, fmt):
     for k, v in loaded.model.state_dict().items():
         torch.testing.assert_close(v, state[k])
     assert loaded.spacing == (1.5, 1.5, 2.0)
-    assert loaded.window == {"roi_size": (32, 32, 16), "sw_batch_size": 4, "overlap": 0.5, "mode": "constant"}
+    assert loaded.window == {"roi_size": (32, 32, 16), "sw_batch_size": 4, "overlap": 0.5, "mode": "constant",
+                             "sigma_scale": 0.125}
     assert loaded.model(torch.zeros(1, 1, 32, 32, 16)).shape == (1, 3, 32, 32, 16)
     # a label map file replaces the metadata's names
     renamed = load_model(tmp_path / "bundle", label_map=["bg", "a", "b"])
@@ -196,7 +197,7 @@ def test_bundle_metadata_with_wrong_count_and_mismatching_weights(tmp_path):
 
 def test_folder_that_is_no_bundle_and_bundle_without_network_def(tmp_path):
     (tmp_path / "plain").mkdir()
-    with pytest.raises(DataError, match="is a folder but not a MONAI bundle"):
+    with pytest.raises(DataError, match="is a folder but neither a MONAI bundle"):
         load_model(tmp_path / "plain")
     _make_bundle(tmp_path / "b")
     cfg = json.loads((tmp_path / "b" / "configs" / "inference.json").read_text())

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from agg2exp_lightning.model import SegmentationModule, load_segmentation_checkpoint
+from agg2exp_lightning.model import SegmentationModule
+from agg2exp_lightning.model_loading import load_segmentation_checkpoint
 from agg2exp_lightning.training import train
 
 NO_MONITORS = ("--config", str(Path(__file__).parents[1] / "configs" / "checkpoints_only.yaml"))
