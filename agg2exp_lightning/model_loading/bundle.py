@@ -211,7 +211,7 @@ def check_readers(preprocessing: Any, root: Path) -> None:
         if name in READER_PACKAGES and not getattr(readers, READER_PACKAGES[name][1], True):
             package = READER_PACKAGES[name][0]
             raise DataError(f"MONAI bundle {root}: its preprocessing reads scans with {name}, which needs the package {package!r} "
-                            f"(not installed): pip install {package} (or pip install 'agg2exp-lightning[bundles]')")
+                            f"(not installed): pip install {package}" + (" (or pip install 'agg2exp-lightning[itk]')" if package == "itk" else ""))
 
 
 class BundleRunner(ScanRunner):

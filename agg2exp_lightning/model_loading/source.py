@@ -147,7 +147,8 @@ class ScanRunner(ABC):
             if labels is not None:
                 out["label"] = resample_onto(labels[None], affine, image)
         if extra_masks:
-            from agg2exp_lightning.data.nifti import check_binary, load_nifti
+            from agg2exp_lightning.data.nifti import check_binary
+            from agg2exp_lightning.data.reading import read_volume
 
             names, files = extra_masks
             stack = []
@@ -156,7 +157,7 @@ class ScanRunner(ABC):
                 if path is None:
                     stack.append(None)
                     continue
-                mask, mask_affine = load_nifti(path, what=f"extra mask {name!r}")
+                mask, mask_affine = read_volume(path, what=f"extra mask {name!r}")
                 stack.append(resample_onto(check_binary(mask, what=f"extra mask {path}")[None], mask_affine, image)[0])
             import torch
             from monai.data import MetaTensor
@@ -253,12 +254,12 @@ def missing_package_error(err: BaseException, where: str) -> DataError | None:
     (``itk`` for ``ITKReader``, ``pydicom`` ...), naming the package and the extra that brings it; else ``None``."""
     from agg2exp_lightning.errors import root_cause
 
-    extras = {"itk": "bundles", "pydicom": "bundles", "nrrd": "bundles", "nnunetv2": "nnunet", "ignite": "bundles"}
+    extras = {"itk": "itk", "nnunetv2": "nnunet", "pydicom": None, "nrrd": None}
     cause = root_cause(err)
     text = f"{type(cause).__name__}: {cause}"
     for package, extra in extras.items():
         if isinstance(cause, (ImportError, ModuleNotFoundError)) or f"'{package}'" in text or f"required package `{package}`" in text:
             if package in text:
-                return DataError(f"{where} needs the package {package!r}, which is not installed: "
-                                 f"pip install {package} (or pip install 'agg2exp-lightning[{extra}]')")
+                return DataError(f"{where} needs the package {package!r}, which is not installed: pip install {package}"
+                                 + (f" (or pip install 'agg2exp-lightning[{extra}]')" if extra else ""))
     return None

@@ -138,7 +138,7 @@ def test_spleen_bundle_prediction_equals_monai_bundle_run(tmp_path, capsys):
 
 @pytest.mark.slow  # as above, with SwinUNETR (feature size 12) and ITKReader
 def test_swin_bundle_with_itk_reader_prediction_equals_monai_bundle_run(tmp_path, capsys):
-    pytest.importorskip("itk", reason="the bundle reads scans with ITKReader (pip install 'agg2exp-lightning[bundles]')")
+    pytest.importorskip("itk", reason="the bundle reads scans with ITKReader (pip install 'agg2exp-lightning[itk]')")
     bundle = _bundle_with_random_weights(tmp_path, "swin_unetr_btcv_segmentation", SWIN_OVERRIDES)
     scans = _scans(tmp_path / "data")
     _monai_bundle_run(bundle, tmp_path / "data", tmp_path / "monai_out", SWIN_OVERRIDES)
@@ -198,4 +198,4 @@ def test_missing_weights_and_missing_package_are_one_line_each(tmp_path, monkeyp
     assert main(["--model", str(bundle), "--manifest", str(data / "manifest.csv"), "--out", str(tmp_path / "out2"), "-q",
                  "--bundle-override", over[0]]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "'itk'" in err and "agg2exp-lightning[bundles]" in err, err
+    assert err.count("\n") == 0 and "'itk'" in err and "agg2exp-lightning[itk]" in err, err
