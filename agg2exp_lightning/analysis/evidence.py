@@ -176,7 +176,7 @@ def attribution_evidence(attribution: np.ndarray, body: np.ndarray) -> dict[str,
     return {"mass": [float(v) for v in total], "outside_body": [float(v) for v in share]}
 
 
-def scan_evidence(result, image, class_ids: Sequence[int], voxel_ml: float | None) -> dict[str, dict[str, list[float]]]:
+def scan_evidence(result, image, class_ids: Sequence[int], voxel_ml: float | None, body=None) -> dict[str, dict[str, list[float]]]:
     """Both families of one scan from an :class:`~agg2exp_lightning.explain.ExplanationResult` (the audit's and the
     monitors' one way of computing them).
 
@@ -186,6 +186,9 @@ def scan_evidence(result, image, class_ids: Sequence[int], voxel_ml: float | Non
         image: ``[1, 1, *S]`` (or ``[*S]``) the preprocessed scan (intensities scaled to [0, 1]).
         class_ids: the explained classes' label ids (the rows of the maps).
         voxel_ml: volume of one voxel in ml (``None``: volumes not computable).
+        body: ``[*S]`` body mask on the model's grid, for a model source whose intensities are not the
+            toolkit's window (:meth:`~agg2exp_lightning.model_loading.ScanRunner.scan_item`); ``None``:
+            ``image`` above :data:`~agg2exp_lightning.data.transforms.BODY_THRESHOLD`.
 
     Returns:
         ``{"prediction": {feature: [T]}, "attribution": {feature: [T]}}`` with NaN where not computable
@@ -207,8 +210,9 @@ def scan_evidence(result, image, class_ids: Sequence[int], voxel_ml: float | Non
         attr = {"mass": [math.nan] * t, "outside_body": [math.nan] * t}
     else:
         maps = torch.as_tensor(maps).detach().float().cpu().reshape(t, *spatial).numpy()
-        body = torch.as_tensor(image).detach().float().cpu().reshape(spatial).numpy() > BODY_THRESHOLD
-        attr = attribution_evidence(maps, body)
+        if body is None:  # the toolkit's intensities: the body is above the threshold of its HU window
+            body = torch.as_tensor(image).detach().float().cpu().reshape(spatial).numpy() > BODY_THRESHOLD
+        attr = attribution_evidence(maps, torch.as_tensor(body).detach().cpu().reshape(spatial).numpy() > 0.5)
     return {"prediction": pred, "attribution": attr}
 
 

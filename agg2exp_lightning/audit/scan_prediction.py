@@ -74,6 +74,11 @@ def _describe(err: BaseException) -> str:
     return f"{type(found).__name__}: {found}"
 
 
+#: Item key of the body mask on the model's grid, from a model source whose intensities are not the toolkit's
+#: (:meth:`~agg2exp_lightning.model_loading.ScanRunner.scan_item`).
+BODY_KEY = "body"
+
+
 def _scan_image(images: Any, index: int) -> Any:
     """Item ``index`` of a collated batch of MetaTensors with its own metadata and applied operations
     (what mapping its maps back needs); its batch metadata when it is no MetaTensor."""
@@ -123,7 +128,7 @@ class ScanAuditModule(pl.LightningModule):
         return self.model(image)
 
     def _explain_one(self, image: Tensor, label: Tensor | None, sid: str, meta: Any = None, index: int = 0,
-                     extra: Tensor | None = None) -> dict[str, Any]:
+                     extra: Tensor | None = None, body: Tensor | None = None) -> dict[str, Any]:
         kwargs = {} if extra is None else {"extra_masks": {n: extra[k] > 0.5 for k, n in enumerate(self.extra_mask_names)}}
         with torch.inference_mode(False), torch.enable_grad():
             result = self.explainer(self.model, image.detach().clone(), **kwargs)
@@ -139,7 +144,7 @@ class ScanAuditModule(pl.LightningModule):
         if label is not None:
             dice = dice_per_class(prediction, label.reshape(prediction.shape).long().cpu(), len(self.class_names))[ids]
         attribution = getattr(result, "attribution", None)
-        evidence = scan_evidence(result, image, ids, self.voxel_ml)
+        evidence = scan_evidence(result, image, ids, self.voxel_ml, body=body)
         out: dict[str, Any] = {"record": scan_record(sid, classes, regions, roi, roi_mean, dice, evidence=evidence)}
         if self.save_slices and attribution is not None:
             attr = _plain(attribution).detach().float().cpu().reshape(t, *prediction.shape).numpy()
@@ -161,7 +166,8 @@ class ScanAuditModule(pl.LightningModule):
                 label = _plain(batch["label"])[i] if "label" in batch else None
                 meta = _scan_image(batch["image"], i) if audit_set == "audited" else None
                 extra = _plain(batch["extra_masks"])[i] if "extra_masks" in batch else None
-                outputs.append({"audit_set": audit_set, **self._explain_one(image, label, sid, meta, i, extra)})
+                body = _plain(batch[BODY_KEY])[i] if BODY_KEY in batch else None  # sources with their own intensities
+                outputs.append({"audit_set": audit_set, **self._explain_one(image, label, sid, meta, i, extra, body)})
             except Exception as err:  # report the scan, keep auditing the others
                 log.warning("scan %s failed: %s", sid, _describe(err))
                 outputs.append({"audit_set": audit_set, "failure": {"id": sid, "error": _describe(err)}})

@@ -205,7 +205,23 @@ class NnunetRunner(ScanRunner):
         out["image"] = self._as_input(data, properties, record["image"])
         if seg_file is not None and seg is not None:
             out["label"] = MetaTensor(torch.from_numpy(np.ascontiguousarray(seg)).float().clamp(min=0))
+        out["body"] = MetaTensor(torch.from_numpy(self._body(record["image"])).float())
         return out
+
+    def _body(self, path: str | Path) -> np.ndarray:
+        """The body (HU above :data:`~agg2exp_lightning.model_loading.source.BODY_HU`) through nnU-Net's own
+        preprocessing of a segmentation, so that it lies on the network's grid."""
+        import nibabel as nib
+
+        from agg2exp_lightning.data.reading import read_volume
+        from agg2exp_lightning.model_loading.source import BODY_HU
+
+        hu, affine = read_volume(path, what="image")
+        with tempfile.TemporaryDirectory(prefix="agg2exp-nnunet-") as tmp:
+            body_file = str(Path(tmp) / "body.nii.gz")
+            nib.save(nib.Nifti1Image((np.asarray(hu) > BODY_HU).astype(np.uint8), affine), body_file)
+            _, seg, _ = self._run_case(path, body_file)
+        return np.ascontiguousarray(np.asarray(seg) > 0)
 
     def record_transform(self, mapping: Any, num_classes: int, class_names: Any, *, extra_masks: Any = None) -> Any:
         if extra_masks:

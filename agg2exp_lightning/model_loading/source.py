@@ -32,7 +32,11 @@ from agg2exp_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScanMaps", "ScanRunner", "ToolkitRunner", "read_scan_record"]
+__all__ = ["BODY_HU", "ScanMaps", "ScanRunner", "ToolkitRunner", "read_scan_record"]
+
+#: HU above which a voxel is body, for sources whose preprocessing is not the toolkit's HU window (the
+#: toolkit's :data:`~agg2exp_lightning.data.transforms.BODY_THRESHOLD` of its [-1024, 1024] window).
+BODY_HU = -1024.0 + 2048.0 * 0.25
 
 
 @dataclass(frozen=True)
@@ -135,13 +139,17 @@ class ScanRunner(ABC):
     def scan_item(self, record: Mapping[str, Any], mapping: Mapping[str, Sequence[str]], num_classes: int,
                   class_names: Sequence[str] | None, *, with_labels: bool = True,
                   extra_masks: tuple[Sequence[str], Mapping[str, Mapping[str, Path]]] | None = None) -> dict[str, Any]:
-        """One audit item: ``image`` from :meth:`preprocess`, and the labels (and extra masks) of the record
-        brought onto that grid by nearest-neighbour resampling (Dice, extra regions)."""
+        """One audit item: ``image`` from :meth:`preprocess`, the body (HU above :data:`BODY_HU`) under ``"body"``,
+        and the labels (and extra masks) of the record, each brought onto that grid by nearest-neighbour
+        resampling (attribution outside the body, Dice, extra regions)."""
         from agg2exp_lightning.audit.extra_masks import EXTRA_MASKS_KEY
+        from agg2exp_lightning.data.reading import read_volume
         from agg2exp_lightning.data.transforms import load_subject_arrays
 
         image = self.preprocess(record["image"])
         out: dict[str, Any] = {"subject_id": record["subject_id"], "metadata": dict(record.get("metadata") or {}), "image": image}
+        hu, hu_affine = read_volume(record["image"], what=f"image of subject {record['subject_id']}")
+        out["body"] = resample_onto((np.asarray(hu) > BODY_HU)[None].astype(np.float32), hu_affine, image)
         if with_labels and record.get("labels"):
             _, labels, affine = load_subject_arrays(record, mapping, num_classes, class_names)
             if labels is not None:
