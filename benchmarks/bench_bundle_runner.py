@@ -98,7 +98,7 @@ def main() -> None:
         f"Command: `python benchmarks/bench_bundle_runner.py --bundle {args.bundle} --scan {args.scan} --method {args.method} "
         f"--method-options '{args.method_options}' --targets {' '.join(map(str, args.targets))} --repeats {args.repeats} "
         f"--threads {args.threads}" + "".join(f" --override '{o}'" for o in args.override) + "`", "",
-        f"Hardware: {hardware_line()}", "",
+        hardware_line(), "",
         f"Windows: {roi} ({json.dumps(window)}); grids: bundle {shapes['bundle']}, toolkit {shapes['toolkit']} (no crop to the body).", "",
         "| preprocessing | CPU s per scan, median (all runs) |", "|---|---|",
         *[f"| {k} | {med[k]:.2f} ({', '.join(f'{t:.2f}' for t in times[k])}) |" for k in times], "",
