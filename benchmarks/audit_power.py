@@ -321,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                + (format_rate(a["clean_flagged_training_reference"], a["clean"]) if a["clean_flagged_training_reference"] is not None
                   else "not measured (no --training-data)")),
               f"evidence families: {', '.join(per_seed[0]['evidence'])}",
-              f"degraded scanner found (scanner_model q < 0.05) in {format_rate(a['scanner_found'], a['seeds'])} seeds; q = " + ", ".join(f"{q:.3g}" for q in a["scanner_q"]),
+              f"degraded scanner found (scanner_model q < 0.05) in {a['scanner_found']} of {a['seeds']} seeds "
+              f"({format_rate(a['scanner_found'], a['seeds'])}); q = " + ", ".join(f"{q:.3g}" for q in a["scanner_q"]),
               f"bias false alarms under shuffled metadata ({n_null} shuffles): score tests {format_rate(alarms['score'], n_null)}, "
               f"outlier-proportion tests {format_rate(alarms['outliers'], n_null)}, either family {format_rate(alarms['either'], n_null)}, "
               f"both pooled in one BH family {format_rate(alarms['pooled'], n_null)}",
