@@ -199,3 +199,23 @@ def test_missing_weights_and_missing_package_are_one_line_each(tmp_path, monkeyp
                  "--bundle-override", over[0]]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "'itk'" in err and "agg2exp-lightning[itk]" in err, err
+
+
+# one scan through the method comparison's faithfulness, sensitivity and timing passes (~22 s on a shared 2-core CPU)
+def test_method_comparison_runs_the_bundle_through_its_own_preprocessing(tmp_path):
+    from agg2exp_lightning.evaluation.cli import run_comparison
+    from agg2exp_lightning.evaluation.compare import ComparisonSettings
+
+    bundle = _bundle_with_random_weights(tmp_path, "spleen_ct_segmentation", SPLEEN_OVERRIDES)
+    _scans(tmp_path / "data", n=1)
+    frame = run_comparison(str(bundle), tmp_path / "data" / "manifest.csv", tmp_path / "out", methods=["vanilla_gradient"],
+                           targets=["spleen"], device="cpu", progress=False, source_options={"bundle_overrides": SPLEEN_OVERRIDES},
+                           settings=ComparisonSettings(n_runs=2, subset_size=50, noise_samples=1))
+    assert list(frame["subject_id"]) == ["scan0"] and np.isfinite(frame["complexity"]).all()
+    config = json.loads((tmp_path / "out" / "settings.json").read_text())["config"]
+    assert config["roi_size"] == [32, 32, 32] and config["overlap"] == 0.5  # the bundle's inferer (roi by override)
+    runner = config["context"]["runner"]
+    assert runner["runner"] == "monai.bundle" and runner["overrides"] == SPLEEN_OVERRIDES
+    with pytest.raises(DataError, match="--spacing: .* runs its own preprocessing"):
+        run_comparison(str(bundle), tmp_path / "data" / "manifest.csv", tmp_path / "out2", methods=["vanilla_gradient"], spacing=(2, 2, 2),
+                       device="cpu", progress=False, source_options={"bundle_overrides": SPLEEN_OVERRIDES})
