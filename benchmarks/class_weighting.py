@@ -26,7 +26,7 @@ def run(weights: str | None, epochs: int, data_root: str) -> tuple[dict[str, flo
 
     from agg2exp_lightning.data.datamodule import ThoraxDataModule
     from agg2exp_lightning.model import SegmentationModule
-    from agg2exp_lightning.training import dice_table
+    from agg2exp_lightning.training.dice_table import dice_table
 
     config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     pl.seed_everything(config["seed_everything"], verbose=False)

@@ -56,8 +56,10 @@ def log_figure(trainer: pl.Trainer, key: str, fig: Any) -> Path | None:
     folder = run_folder(trainer) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}.png"
+    from agg2exp_lightning.analysis.figures import settle_layout
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    settle_layout(fig).savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     _log_to_wandb(trainer, key, lambda wandb: [wandb.Image(str(path))])

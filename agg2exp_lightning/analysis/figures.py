@@ -27,8 +27,18 @@ PAGE_WIDTH_IN = 9.5
 MIN_FONT = 8
 
 
+def settle_layout(fig: Figure) -> Figure:
+    """Lay ``fig`` out once and freeze that layout: a constrained layout moves by a pixel or so on each new draw,
+    so without this the PNG written and a later render of the same figure differ."""
+    if fig.get_layout_engine() is not None:
+        fig.draw_without_rendering()
+        fig.set_layout_engine("none")
+    return fig
+
+
 def figure_png(fig: Figure, *, dpi: int = DPI) -> bytes:
-    """PNG bytes of ``fig``."""
+    """PNG bytes of ``fig`` (its layout settled first, :func:`settle_layout`)."""
+    settle_layout(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()

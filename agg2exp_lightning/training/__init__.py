@@ -20,11 +20,13 @@ from typing import Any
 from agg2exp_lightning.training.configs import CONFIG_DIR, check_config_files, named_configs
 from agg2exp_lightning.training.errors import TrainingError
 
-__all__ = ["CONFIG_DIR", "LabelMapWriter", "TrainingError", "check_config_files", "check_resume_checkpoint", "dice_table",
+__all__ = ["CONFIG_DIR", "LabelMapWriter", "TrainingError", "check_config_files", "check_resume_checkpoint",
            "main", "named_configs", "resume_checkpoint", "to_original_grid", "train"]
 
 #: Names that import Lightning and torch, loaded on first use (PEP 562) so that ``agg2exp-train --help`` is instant.
-_LAZY = {"dice_table": "dice_table", "LabelMapWriter": "label_maps", "to_original_grid": "label_maps",
+#: (No name here may equal a submodule's: importing ``training.dice_table`` anywhere would replace the lazy function
+#: with the module, so the Dice table is imported from its module, ``training.dice_table.dice_table``.)
+_LAZY = {"LabelMapWriter": "label_maps", "to_original_grid": "label_maps",
          "check_resume_checkpoint": "resume", "resume_checkpoint": "resume", "train": "run"}
 
 

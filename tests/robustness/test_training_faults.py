@@ -360,7 +360,9 @@ def test_nonfinite_attributions_are_reported_and_training_goes_on(clean_cohort, 
     assert len(left_out) == 3 and all("Expected argument `attributions` to be finite" in m for m in left_out), left_out
     assert "ExplanationMonitor: scan s0003 left out at epoch 0" in left_out[0]
     assert any("no scan explained at epoch 0: 1 non-finite (s0003)" in r.getMessage() for r in caplog.records)
-    assert metrics_have(run, "agg2exp/scans_nonfinite", [1.0, 1.0, 1.0])
+    # logged at epoch 0's validation and at training end; the final validation of the best checkpoint reports in the
+    # log (above) but runs with the loggers detached (no extra point after the last epoch, issue 27)
+    assert metrics_have(run, "agg2exp/scans_nonfinite", [1.0, 1.0])
 
 
 def metrics_have(run: Path, key: str, values: list[float]) -> bool:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from agg2exp_lightning.segmentation_metrics import dice_per_class, mean_dice_per_class
-from agg2exp_lightning.training import dice_table
+from agg2exp_lightning.training.dice_table import dice_table
 
 NAMES = ["background", "lung", "heart", "ribs", "never_seen"]
 
