@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PY) -m pip install --quiet -e ".[dev,itk,nnunet]" && { $(PY) -c "import torchvision" 2>/dev/null || $(PY) -m pip uninstall --quiet -y torchvision; }
+	# torch pinned again here: the extras pull torchvision (nnunet -> timm), whose newest release asks for a newer
+	# torch; without the pin pip replaced the CPU build with torch 2.14 (+cu130) on a re-install.
+	$(PY) -m pip install --quiet -e ".[dev,itk,nnunet]" "torch==$(TORCH_VERSION)" && { $(PY) -c "import torchvision" 2>/dev/null || $(PY) -m pip uninstall --quiet -y torchvision; }
 	$(PY) -c "import torch; assert torch.__version__.split('+')[0] == '$(TORCH_VERSION)', torch.__version__"
 	touch $@
 
