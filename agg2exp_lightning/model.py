@@ -152,7 +152,8 @@ class SegmentationModule(pl.LightningModule):
     def on_train_end(self) -> None:
         if self.nonfinite_loss_steps:
             log.warning(
-                "%d training step(s) had a non-finite loss and were skipped (see the warnings naming each step)",
+                "%d training step(s) had a non-finite loss or non-finite gradients and were skipped (see the warnings naming "
+                "each step)",
                 self.nonfinite_loss_steps,
             )
 
