@@ -168,7 +168,7 @@ def choose_precision(asked: str | int | None, device: Any, *, style: str = "expl
         else:
             used = "bf16" if native else "fp32"
         choice = PrecisionChoice("auto", used, why)
-        log.info("precision auto -> %s on %s: %s", used, kind, why)
+        log.debug("precision auto -> %s on %s: %s", used, kind, why)  # callers say it once (run log, audit report)
         return choice
     if asked_text in _BF16 or (asked_text == "bf16" and style == "explain"):
         native, why = native_bf16(kind)
