@@ -12,6 +12,9 @@ What a W&B user expects from a training run, set up here:
 - ``val/loss`` beside the Dice; after ``fit`` the best checkpoint's validation goes into the summary
   (``best/*``) and a per-class ``best/dice_table`` (:func:`log_best_validation`), not as an extra point on
   the ``val/*`` curves one epoch after the last;
+- a killed training started again continues its W&B run rather than starting another, and leaves no empty
+  offline run (:meth:`OfflineFirstWandbLogger.continue_run`, used by
+  :mod:`agg2exp_lightning.training.wandb_run`);
 - checkpoints become artifacts with ``log_model`` (``True``: at the end, ``"all"``: every checkpoint), as
   in Lightning's :class:`~lightning.pytorch.loggers.WandbLogger`, offline too (``wandb sync`` uploads them); an audit of such a checkpoint names it
   as its input (:func:`agg2exp_lightning.audit.wandb_logging.log_audit_to_wandb`).
@@ -95,6 +98,8 @@ class OfflineFirstWandbLogger(WandbLogger):
         # `mode` keeps wandb off the network; Lightning's own `offline` flag stays False because it refuses
         # log_model offline, although an offline wandb run keeps artifacts and `wandb sync` uploads them
         super().__init__(save_dir=save_dir, project=project, name=name, offline=False, mode=mode, **kwargs)
+        #: The W&B mode of the run (:func:`wandb_mode`): ``online``, ``offline`` or ``disabled``.
+        self.mode = mode
         #: Set by :class:`SaveConfigToWandb` once the whole resolved configuration is the run's config: the
         #: module's hyper-parameters are then in it (under ``model``) and are not written a second time.
         self.full_config_logged = False
@@ -120,6 +125,29 @@ class OfflineFirstWandbLogger(WandbLogger):
         if self.full_config_logged:
             return
         super().log_hyperparams(params, *args, **kwargs)
+
+    def continue_run(self, run_id: str) -> None:
+        """Log into the W&B run ``run_id`` (``wandb.init(id=run_id, resume="allow")``) rather than a new one.
+
+        A training resumed from its checkpoint continues the run it started: online, W&B appends to it; offline,
+        the new ``offline-run-<time>-<run_id>`` folder shares the id and ``wandb sync`` uploads the folders of
+        one id in the order they started, as one run (the training's :mod:`~agg2exp_lightning.training.wandb_run`
+        calls this).
+
+        Raises:
+            ValueError: ``run_id`` is not a non-empty string.
+            RuntimeError: the run has already started.
+
+        Example:
+            >>> logger = OfflineFirstWandbLogger("runs/demo"); logger.continue_run("3k2x9q1a")  # doctest: +SKIP
+        """
+        if not isinstance(run_id, str) or not run_id.strip():
+            raise ValueError(f"Expected argument `run_id` to be a non-empty string, but got {run_id!r}")
+        if self._experiment is not None:
+            raise RuntimeError(f"the W&B run {self._experiment.id} has already started: continue_run({run_id!r}) "
+                               "must come before the first use of the logger")
+        self._wandb_init.update(id=run_id, resume="allow")
+        self._id = run_id
 
     @property
     def experiment(self) -> Any:

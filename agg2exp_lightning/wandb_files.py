@@ -19,7 +19,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-__all__ = ["find_offline_runs", "read_offline_run"]
+__all__ = ["find_offline_runs", "offline_run_is_empty", "read_offline_run"]
 
 _BLOCK, _HEADER = 32768, 7
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
@@ -56,6 +56,21 @@ def _raw_records(path: str | Path) -> list[bytes]:
 def find_offline_runs(folder: str | Path) -> list[Path]:
     """The ``run-*.wandb`` files of the offline runs under ``folder``, oldest first."""
     return sorted(Path(folder).rglob("offline-run-*/run-*.wandb"))
+
+
+def offline_run_is_empty(folder: str | Path) -> bool:
+    """Whether the transaction log of the offline run ``folder`` (``offline-run-<time>-<id>``) holds no record.
+
+    True only when the folder has a ``run-*.wandb`` transaction log and every one holds no record at all (not
+    even the run's own): what a run killed before wandb's first flush leaves (the 7-byte file header; wandb
+    writes the log every 15 s, ``x_transaction_log_flush_interval``). A log that cannot be read as one, or
+    holds any record, is not empty: the caller keeps it.
+    """
+    logs = sorted(Path(folder).glob("run-*.wandb"))
+    try:
+        return bool(logs) and all(not _raw_records(path) for path in logs)
+    except (OSError, ValueError):
+        return False
 
 
 def read_offline_run(path: str | Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ One job per module:
 - :mod:`~agg2exp_lightning.training.run`: what each subcommand does around Lightning's own;
 - :mod:`~agg2exp_lightning.training.configs`: the shipped configurations and the ``--config`` checks;
 - :mod:`~agg2exp_lightning.training.resume`: which checkpoint to continue from, and whether one can;
+- :mod:`~agg2exp_lightning.training.wandb_run`: which W&B run a training logs to (a resumed one continues its own);
 - :mod:`~agg2exp_lightning.training.disk`: probing the folders a run writes to;
 - :mod:`~agg2exp_lightning.training.dice_table`: the per-class Dice table;
 - :mod:`~agg2exp_lightning.training.report`: where a finished run's files are;

@@ -18,6 +18,7 @@ from agg2exp_lightning.training.disk import check_writable, output_folders
 from agg2exp_lightning.training.errors import DISK_ERRNOS, TrainingError, errno_text
 from agg2exp_lightning.training.report import where_things_are
 from agg2exp_lightning.training.resume import check_resume_checkpoint, read_checkpoint, resume_checkpoint
+from agg2exp_lightning.training.wandb_run import start_wandb_runs
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,9 @@ def _write_dice_table(trainer: Any, run_dir: Path, name: str, heading: str, tabl
 def fit(trainer: Any, model: Any, datamodule: Any, *, resume: str, ckpt_path: str | None = None) -> dict[str, Any]:
     """Fit (continuing a killed run), then validate the best checkpoint and write ``<run>/dice_table.md``.
 
+    A training that continues from a checkpoint also continues its W&B run (the id recorded in
+    ``<run>/wandb_run.json``, :func:`~agg2exp_lightning.training.wandb_run.start_wandb_runs`).
+
     Args:
         resume: ``auto`` (the run folder's ``checkpoints/last.ckpt`` when it exists), ``never`` or a path.
         ckpt_path: Lightning's ``--ckpt_path``; when given it is the checkpoint to continue from.
@@ -124,6 +128,8 @@ def fit(trainer: Any, model: Any, datamodule: Any, *, resume: str, ckpt_path: st
     result: dict[str, Any] = {"best_checkpoint": None, "dice": {}, "run_dir": str(run_dir), "resumed_from": ckpt_path,
                               "nonfinite_loss_steps": 0}
     with _disk_errors(run_dir):
+        if not trainer.fast_dev_run:  # a resumed training continues its W&B run; no empty offline run is left
+            start_wandb_runs(trainer, run_dir, resuming=bool(ckpt_path))
         # weights_only: resuming never unpickles anything but tensors and plain containers
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         result["nonfinite_loss_steps"] = int(getattr(model, "nonfinite_loss_steps", 0))
