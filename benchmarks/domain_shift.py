@@ -234,7 +234,8 @@ def render(result: Mapping[str, Any]) -> str:
         lines.append("")
     if result.get("figure"):
         lines += [f"Three-view figure: `{result['figure']}`", ""]
-    lines.append("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()))
+    lines.append("seconds of this run: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items())
+                 + (f" ({result['records_reused']} scans' explanations reused from an earlier run)" if result["records_reused"] else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -257,6 +258,7 @@ def domain_shift(args: argparse.Namespace) -> dict[str, Any]:
                              spacing=args.spacing, progress=False)
     sources = write_manifest(out / "manifest.csv", cohort, args.real, args.n_reference)
     seconds["cohort"] = time.perf_counter() - t
+    reused = _finished_records(out / "audit", out / "manifest.csv")
     t = time.perf_counter()
     targets = None if args.targets == ["all"] else list(args.targets)
     outputs = run_checkpoint_audit(checkpoint, out / "audit", manifest=out / "manifest.csv", split=AUDITED, reference_split=REFERENCE,
@@ -270,8 +272,9 @@ def domain_shift(args: argparse.Namespace) -> dict[str, Any]:
     auc = roc_auc(np.array([score[s] for s in real_ids if s in score]),
                   np.array([r["score"] for r in rows if r["source"] == "synthetic"]))
     missing = [s for s in real_ids if s not in score]
-    summary_line = (f"real scans ranked {' and '.join(map(str, real_ranks)) if len(real_ranks) <= 2 else ', '.join(map(str, real_ranks))} "
-                    f"of {len(rows)}" + (f" (not audited: {', '.join(missing)}; see {out / 'audit' / 'failed_scans.json'})" if missing else ""))
+    ranks = (" and " if len(real_ranks) <= 2 else ", ").join(map(str, real_ranks)) or "none"
+    summary_line = f"real scans ranked {ranks} of {len(rows)}" + (
+        f" (not audited: {', '.join(missing)}; see {out / 'audit' / 'failed_scans.json'})" if missing else "")
     figure = None
     figure_scan = args.figure_scan or args.real[0]
     t = time.perf_counter()
@@ -289,6 +292,7 @@ def domain_shift(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows, "real_ids": real_ids, "real_ranks": real_ranks, "auc": auc, "summary_line": summary_line,
         "predicted_volumes": predicted_volumes(out / "audit", real_ids, _reference_ids(out / "manifest.csv")),
         "notes": list(analysis.notes), "figure": str(figure) if figure else None, "audit": str(out / "audit"), "seconds": seconds,
+        "records_reused": reused,
     }
     text = render(result)
     atomic_write_text(out / "results.md", text)
@@ -302,6 +306,18 @@ def _reference_ids(manifest: Path) -> list[str]:
 
     table = pd.read_csv(manifest, dtype=str)
     return table.loc[table["split"] == REFERENCE, "image_id"].tolist()
+
+
+def _finished_records(audit_dir: Path, manifest: Path) -> int:
+    """How many of the manifest's scans already have a sound record in ``audit_dir`` (the audit will reuse them)."""
+    import pandas as pd
+
+    from agg2exp_lightning.audit.scan_audit import SET_FOLDERS
+    from agg2exp_lightning.audit.scan_records import is_finished
+
+    table = pd.read_csv(manifest, dtype=str)
+    folders = {AUDITED: audit_dir / SET_FOLDERS["audited"], REFERENCE: audit_dir / SET_FOLDERS["reference"]}
+    return sum(is_finished(folders[split], sid) for sid, split in zip(table["image_id"], table["split"]))
 
 
 def main(argv: list[str] | None = None) -> int:
