@@ -82,9 +82,11 @@ def explain_training(checkpoint: str, data: Path, out: Path, *, method: str, tar
                          reference_split=None, accelerator="cpu")
 
 
-def load_pool(pool: Path, out: Path, folder_name: str = "explained", splits: tuple[str, ...] = ("test", "val", "train")) -> pd.DataFrame:
-    """Every pool scan explained so far (records in ``out/explained/<split>/scans``) with its metadata, one frame;
-    the records themselves (with the evidence families) in ``frame.attrs["records"]``."""
+def load_pool(pool: Path, out: Path, folder_name: str = "explained",
+              splits: tuple[str, ...] = ("test", "val", "train")) -> tuple[pd.DataFrame, dict]:
+    """Every pool scan explained so far (records in ``out/explained/<split>/scans``) with its metadata, one frame,
+    and the records themselves (with the evidence families) by scan id. (Not in ``frame.attrs``: pandas deep-copies
+    ``attrs`` on every operation, which made each cohort's analysis take minutes.)"""
     from agg2exp_lightning.audit.scan_records import load_records, records_to_frame
 
     meta = _pool_meta(pool)
@@ -105,8 +107,7 @@ def load_pool(pool: Path, out: Path, folder_name: str = "explained", splits: tup
     frame = pd.concat(frames, ignore_index=True)
     keep = [c for c in meta.columns if c not in ("split",)]
     frame = frame.merge(meta[keep], left_on="patient", right_on="image_id", how="left").drop(columns=["image_id"])
-    frame.attrs["records"] = records
-    return frame
+    return frame, records
 
 
 def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -130,7 +131,8 @@ def _table(frame: pd.DataFrame, rows: np.ndarray, classes: list[str], records: d
 
 
 def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int, classes: list[str], *,
-                 evidence: str | None = None, training: pd.DataFrame | None = None) -> tuple[dict, object, pd.DataFrame]:
+                 records: dict | None = None, evidence: str | None = None,
+                 training: tuple[pd.DataFrame, dict] | None = None) -> tuple[dict, object, pd.DataFrame]:
     """Draw one reference set and one audited cohort from the explained pool and audit it; with ``training`` (the
     model's own training scans, explained), also audit the same cohort against ``n_reference`` of those."""
     from agg2exp_lightning.analysis.cohort import analyze_cohort
@@ -141,7 +143,7 @@ def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int
     rest = np.setdiff1d(pool.index.to_numpy(), reference)
     audited = rng.choice(rest, size=min(n_audited, len(rest)), replace=False)
     truth = pool.loc[audited, ["patient", *TRUTH_COLUMNS]].reset_index(drop=True)
-    records = pool.attrs.get("records", {})
+    records = records or {}
     ref_table, aud_table = _table(pool, reference, classes, records), _table(pool, audited, classes, records)
     analysis = analyze_cohort(aud_table, ref_table, n_bootstrap=0, seed=seed, evidence=evidence)
     scan = analysis.scan
@@ -155,8 +157,9 @@ def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int
                     "fpr_any_class_outlier": float(analysis.anomaly.any_outlier[is_clean].mean()) if is_clean.any() else float("nan"),
                     "heldout_any_class_outlier_rate": scan.heldout_class_fpr, "evidence": list(scan.families), "conditions": {}}
     if training is not None:  # the same audited cohort against the model's training scans as the reference
-        rows = rng.choice(training.index.to_numpy(), size=min(n_reference, len(training)), replace=False)
-        train_scan = analyze_cohort(aud_table, _table(training, rows, classes, training.attrs.get("records", {})), n_bootstrap=0,
+        train_frame, train_records = training
+        rows = rng.choice(train_frame.index.to_numpy(), size=min(n_reference, len(train_frame)), replace=False)
+        train_scan = analyze_cohort(aud_table, _table(train_frame, rows, classes, train_records), n_bootstrap=0,
                                     seed=seed, evidence=evidence).scan
         result["n_clean_flagged_training_reference"] = int(train_scan.flagged[is_clean].sum())
     for name in sorted(set(cond) - {"none"}) + ["degraded_scanner"]:
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     t_gen = time.perf_counter()
     if not args.analyse_only:
         explain_pool(matches[0], pool_dir, out, method=args.method, targets=targets)
-    pool = load_pool(pool_dir, out)
+    pool, pool_records = load_pool(pool_dir, out)
     training = None
     train_dir = Path(args.training_data)
     if args.training_data != "none" and (train_dir / "meta.csv").is_file():
@@ -272,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("pool: %d scans explained (%s)", len(pool), ", ".join(f"{k} {v}" for k, v in pool["planted_condition"].value_counts().items()))
     per_seed, first = [], None
     for seed in range(args.cohort_seeds):
-        res, analysis, _ = audit_cohort(pool, seed, args.n_reference, args.n_audited, known, evidence=args.evidence, training=training)
+        res, analysis, _ = audit_cohort(pool, seed, args.n_reference, args.n_audited, known, records=pool_records, evidence=args.evidence, training=training)
         per_seed.append(res)
         first = first or analysis
         log.info("seed %d: %s", seed, json.dumps(res))

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from agg2exp_lightning.analysis.tables import parse_explanation_table
     from agg2exp_lightning.labels import THORAX_CLASSES
 
-    pool = ap.load_pool(args.out / "pool", args.out)
+    pool, _ = ap.load_pool(args.out / "pool", args.out)
     variants = [(e, f) for f in ("mass", "mass+mean") for e in ("conformal", "gaussian")]
     print("| evidence / features | " + " | ".join(CONDITIONS) + " | clean flagged |")
     print("|---|" + "---:|" * (len(CONDITIONS) + 1))
