@@ -131,7 +131,7 @@ def native_bf16(device: Any = "cpu") -> tuple[bool, str]:
         flags = cpu_flags()
         capped = os.environ.get("ONEDNN_MAX_CPU_ISA")
         if capped and ({"avx512_bf16", "amx_bf16"} & flags):
-            return False, f"oneDNN is capped at {capped} (ONEDNN_MAX_CPU_ISA), so bfloat16 is emulated"
+            return False, f"no native bfloat16: oneDNN is capped at {capped} (ONEDNN_MAX_CPU_ISA), so bfloat16 would be emulated, and slow"
         return False, f"CPU {cpu_model()} has no native bfloat16 (no AVX512_BF16 or AMX): bfloat16 would be emulated, and slow"
     return False, f"bfloat16 autocast is not used on {kind}"
 
