@@ -111,13 +111,27 @@ class SegmentationModule(pl.LightningModule):
         self.last_test_dice: dict[str, Tensor] = {}
         #: Training steps skipped because their loss or gradients were NaN or infinite (saved in checkpoints).
         self.nonfinite_loss_steps = 0
+        #: Whether the network trains in ``torch.channels_last_3d`` (chosen by the hardware when fitting starts,
+        #: :func:`~agg2exp_lightning.utils.hardware.choose_memory_format`).
+        self.channels_last = False
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
     # -- training -----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        from agg2exp_lightning.utils.hardware import choose_memory_format
+
+        self.channels_last, why = choose_memory_format(self.trainer.precision, self.device)
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last_3d)
+        log.info("memory format: %s", why)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        logits = self.net(plain_tensor(batch["image"]))
+        image = plain_tensor(batch["image"])
+        if self.channels_last and image.dim() == 5:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        logits = self.net(image)
         label = plain_tensor(batch["label"])
         loss = self.loss(logits, label)
         if not torch.isfinite(loss):

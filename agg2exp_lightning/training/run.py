@@ -56,12 +56,14 @@ def prepare_run(trainer: Any, seed: Any) -> Path:
 
 
 def _record_hardware(trainer: Any, run_dir: Path) -> None:
-    """``<run>/hardware.json``: the machine and the precision chosen for it (what ``auto`` picked and why)."""
+    """``<run>/hardware.json``: the machine, the precision chosen for it (what ``auto`` picked and why) and the memory format."""
     from agg2exp_lightning.utils import atomic_write_json
-    from agg2exp_lightning.utils.hardware import hardware_summary
+    from agg2exp_lightning.utils.hardware import choose_memory_format, hardware_summary
 
     choice = getattr(trainer, "precision_choice", None)
     record = {"hardware": hardware_summary(), "precision": choice.as_dict() if choice is not None else {"used": str(trainer.precision)}}
+    channels_last, why = choose_memory_format(trainer.precision, trainer.strategy.root_device)
+    record["memory_format"] = {"channels_last_3d": channels_last, "why": why}
     if choice is not None:
         log.info("training precision %s (asked %s): %s", choice.used, choice.asked, choice.why)
     atomic_write_json(run_dir / "hardware.json", record)

@@ -136,6 +136,30 @@ def native_bf16(device: Any = "cpu") -> tuple[bool, str]:
     return False, f"bfloat16 autocast is not used on {kind}"
 
 
+def choose_memory_format(precision: Any, device: Any) -> tuple[bool, str]:
+    """``(channels_last, why)``: whether a 3D convolutional network trains in ``torch.channels_last_3d`` on ``device``.
+
+    A speed-up that depends on the hardware, taken only where it was measured to help
+    (``benchmarks/bench_train_step.py``, ``docs/benchmarks.md``): with bfloat16 autocast on a CPU with native
+    bfloat16 a demo training step ran 1.41x faster on an AMD EPYC with AVX512_BF16 and no slower on an Intel CPU
+    with AMX; in fp32 it gained nothing (1.03x on that AMD EPYC, 0.94x with oneDNN capped at AVX2); on a GPU it was
+    not measured.
+
+    Example:
+        >>> choose_memory_format("32-true", "cpu")[0]
+        False
+    """
+    kind = device_type(device)
+    if kind != "cpu":
+        return False, f"channels_last_3d not used on {kind} (not measured there)"
+    if not str(precision).startswith("bf16"):
+        return False, f"channels_last_3d not used at precision {precision} (no gain in fp32 on the CPUs measured)"
+    native, why = native_bf16("cpu")
+    if not native:
+        return False, f"channels_last_3d not used: {why}"
+    return True, "channels_last_3d: bf16 on a CPU with native bfloat16 (1.41x a training step on an AMD EPYC, docs/benchmarks.md)"
+
+
 def choose_precision(asked: str | int | None, device: Any, *, style: str = "explain") -> PrecisionChoice:
     """The precision ``asked`` stands for on ``device``, with the reason.
 

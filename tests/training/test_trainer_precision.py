@@ -76,3 +76,42 @@ def test_the_demo_config_asks_auto_and_the_run_records_the_choice(tmp_path, cpu_
     assert record["precision"]["asked"] == "auto" and record["precision"]["used"] == "32-true"
     assert "no native bfloat16" in record["precision"]["why"]
     assert record["hardware"]["cpu"] == hardware.cpu_model() and record["hardware"]["cores"] >= 1
+    assert record["memory_format"]["channels_last_3d"] is False and "32-true" in record["memory_format"]["why"]
+
+
+@pytest.mark.parametrize(("precision", "device", "native", "expected"), [
+    ("bf16-mixed", "cpu", True, True), ("bf16-mixed", "cpu", False, False), ("32-true", "cpu", True, False),
+    ("bf16-mixed", "cuda", True, False)])
+def test_channels_last_only_for_bf16_on_a_cpu_with_native_bf16(cpu_bf16, precision, device, native, expected):
+    """The measured rule (docs/benchmarks.md): 1.41x with native bf16 on a CPU, no gain in fp32, not measured on a GPU."""
+    cpu_bf16(native)
+    chosen, why = hardware.choose_memory_format(precision, device)
+    assert chosen is expected and ("channels_last_3d:" in why) is expected
+
+
+def test_the_model_trains_in_channels_last_when_chosen(monkeypatch):
+    """When the rule says so, fitting converts the network and feeds it channels-last input; the loss is the same."""
+    import torch
+
+    from agg2exp_lightning.model import SegmentationModule
+
+    torch.manual_seed(0)
+    module = SegmentationModule(num_classes=3, feature_size=12, depths=(1, 1, 1, 1), roi_size=(64, 64, 64))
+    batch = {"image": torch.rand(1, 1, 64, 64, 64), "label": torch.randint(0, 3, (1, 1, 64, 64, 64))}
+    monkeypatch.setattr(SegmentationModule, "log", lambda self, *a, **k: None)
+    module.train()
+    plain = module.training_step(batch, 0)
+    seen = []
+    module.net.swinViT.register_forward_pre_hook(lambda mod, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last_3d)))
+
+    class _Trainer:
+        precision = "bf16-mixed"
+
+    monkeypatch.setattr(hardware, "choose_memory_format", lambda precision, device: (precision.startswith("bf16"), "test"))
+    monkeypatch.setattr(SegmentationModule, "trainer", property(lambda self: _Trainer()))
+    module.on_fit_start()
+    assert module.channels_last
+    assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in module.net.parameters() if p.dim() == 5)
+    converted = module.training_step(batch, 0)
+    assert seen == [True]
+    torch.testing.assert_close(converted, plain, rtol=1e-4, atol=1e-5)
