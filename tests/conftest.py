@@ -58,6 +58,20 @@ TINY_MODEL_ARGS = (
 )
 
 
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """Import a script of ``benchmarks/`` by file name (they are scripts, not a package): ``load_benchmark("audit_power")``."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 @pytest.fixture
 def tiny_model_args() -> list[str]:
     """LightningCLI arguments for a Swin-UNETR small enough for CPU tests."""

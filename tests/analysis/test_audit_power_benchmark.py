@@ -1,22 +1,14 @@
 """benchmarks/audit_power.py's analysis on an explained pool whose truth is known by construction."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from agg2exp_lightning.labels import THORAX_CLASSES
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "audit_power.py"
-
 
 @pytest.fixture(scope="module")
-def power():
-    spec = importlib.util.spec_from_file_location("audit_power", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def power(load_benchmark):
+    return load_benchmark("audit_power")
 
 
 def _pool(make_frame):

@@ -1,7 +1,6 @@
 """benchmarks/domain_shift.py: the ranking on a cohort whose outliers are known, and the script end to end on the real-CT crops."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
@@ -11,17 +10,13 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).parents[2]
-SCRIPT = ROOT / "benchmarks" / "domain_shift.py"
 CROPS = ROOT / "tests" / "data" / "real_ct"
 HEADER = "| rank | scan | source | scan-level score | calibrated p | flagged | the worklist's top reason |"
 
 
 @pytest.fixture(scope="module")
-def shift():
-    spec = importlib.util.spec_from_file_location("domain_shift", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def shift(load_benchmark):
+    return load_benchmark("domain_shift")
 
 
 def test_ranking_puts_the_planted_scans_first_and_marks_them(shift, make_frame):
