@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from agg2exp_lightning.labels import THORAX_CLASSES
 from agg2exp_lightning.segmentation_metrics import dice_per_class, mean_dice_per_class
 from agg2exp_lightning.utils import plain_tensor
+from agg2exp_lightning.utils.cpu_conv import onednn_conv3d
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ def build_swin_unetr(
     norm_name: str | tuple = "instance",
     use_v2: bool = False,
     use_checkpoint: bool = False,
+    window_size: int = 7,
 ) -> nn.Module:
     """MONAI's Swin-UNETR with arguments checked up front (feature_size divisible by 12)."""
     from monai.networks.nets import SwinUNETR
@@ -34,6 +36,8 @@ def build_swin_unetr(
         raise ValueError(f"Expected argument `feature_size` to be a positive multiple of 12, but got {feature_size}")
     if len(depths) != 4 or len(num_heads) != 4:
         raise ValueError(f"Expected four `depths` and four `num_heads`, got {tuple(depths)} and {tuple(num_heads)}")
+    if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1:
+        raise ValueError(f"Expected argument `window_size` to be a positive integer, but got {window_size!r}")
     if isinstance(norm_name, list):
         norm_name = (norm_name[0], dict(norm_name[1])) if len(norm_name) == 2 else tuple(norm_name)
     return SwinUNETR(
@@ -45,6 +49,7 @@ def build_swin_unetr(
         norm_name=norm_name,
         use_v2=use_v2,
         use_checkpoint=use_checkpoint,
+        window_size=window_size,
         spatial_dims=3,
     )
 
@@ -55,8 +60,8 @@ class SegmentationModule(pl.LightningModule):
     Args:
         num_classes: output classes (17 thorax labels by default).
         in_channels: input channels (1 for CT).
-        feature_size, depths, num_heads, norm_name, use_v2, use_checkpoint: Swin-UNETR settings
-            (``use_checkpoint`` is gradient checkpointing).
+        feature_size, depths, num_heads, norm_name, use_v2, use_checkpoint, window_size: Swin-UNETR settings
+            (``use_checkpoint`` is gradient checkpointing; ``window_size`` the attention window, 7 as in MONAI).
         class_weights: per-class weights of the DiceCE loss: ``None`` (uniform, as published), a list
             of ``num_classes`` numbers, or ``"inverse_sqrt_frequency"`` / ``"inverse_frequency"``:
             computed when fitting starts from the label voxel counts of the data module's training
@@ -80,6 +85,7 @@ class SegmentationModule(pl.LightningModule):
         norm_name: str | list = "instance",
         use_v2: bool = False,
         use_checkpoint: bool = False,
+        window_size: int = 7,
         class_weights: str | Sequence[float] | None = None,
         lr: float = 1e-4,
         weight_decay: float = 1e-5,
@@ -100,7 +106,9 @@ class SegmentationModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["class_names"])
         self.hparams["class_names"] = list(class_names)
         self.class_names = list(class_names)
-        self.net = build_swin_unetr(in_channels, num_classes, feature_size, depths, num_heads, norm_name, use_v2, use_checkpoint)
+        self.net = build_swin_unetr(
+            in_channels, num_classes, feature_size, depths, num_heads, norm_name, use_v2, use_checkpoint, window_size
+        )
         from monai.losses import DiceCELoss
 
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, weight=_fixed_class_weights(class_weights, num_classes))
@@ -116,7 +124,8 @@ class SegmentationModule(pl.LightningModule):
         self.channels_last = False
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        with onednn_conv3d():
+            return self.net(x)
 
     # -- training -----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -131,7 +140,8 @@ class SegmentationModule(pl.LightningModule):
         image = plain_tensor(batch["image"])
         if self.channels_last and image.dim() == 5:
             image = image.contiguous(memory_format=torch.channels_last_3d)
-        logits = self.net(image)
+        with onednn_conv3d():
+            logits = self.net(image)
         label = plain_tensor(batch["label"])
         loss = self.loss(logits, label)
         if not torch.isfinite(loss):
@@ -192,9 +202,10 @@ class SegmentationModule(pl.LightningModule):
 
         hp = self.hparams
         image = plain_tensor(image)
-        return sliding_window_inference(
-            image, tuple(hp.roi_size), hp.sw_batch_size, self.net, overlap=hp.sw_overlap, mode=hp.sw_mode
-        )
+        with onednn_conv3d():
+            return sliding_window_inference(
+                image, tuple(hp.roi_size), hp.sw_batch_size, self.net, overlap=hp.sw_overlap, mode=hp.sw_mode
+            )
 
     def on_validation_epoch_start(self) -> None:
         self.last_val_dice = {}

@@ -15,6 +15,10 @@ own peak resident memory:
 - ``channels_last``: model and input in ``torch.channels_last_3d``;
 - ``bf16``: ``torch.autocast("cpu", torch.bfloat16)`` around forward and loss (what Lightning's
   ``precision: bf16-mixed`` does);
+- ``onednn``: forward and loss inside :func:`agg2exp_lightning.utils.cpu_conv.onednn_conv3d` (the batch-one
+  convolutions of the 32^3 and smaller levels through oneDNN instead of PyTorch's native kernel; training does this);
+- ``window4``: the Swin-UNETR with attention windows of 4^3 tokens instead of MONAI's 7^3 (the demo config's
+  ``window_size: 4``);
 - combinations joined by ``+``.
 
 Printed: seconds per step (median of ``--steps``), the ratio to ``fp32``, user and system CPU seconds per
@@ -37,8 +41,8 @@ from agg2exp_lightning.utils.hardware import hardware_line
 
 #: glibc's allocator variables, kept out of every variant's environment (``malloc`` sets them with mallopt).
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
-VARIANTS = ("fp32", "malloc", "channels_last", "bf16", "bf16+malloc")
-PARTS = ("fp32", "malloc", "channels_last", "bf16")
+VARIANTS = ("fp32", "malloc", "malloc+onednn", "malloc+window4", "malloc+onednn+window4", "bf16+malloc")
+PARTS = ("fp32", "malloc", "channels_last", "bf16", "onednn", "window4")
 
 
 def run_variant(variant: str, steps: int, threads: int | None) -> dict:
@@ -47,6 +51,7 @@ def run_variant(variant: str, steps: int, threads: int | None) -> dict:
 
     from agg2exp_lightning.model import SegmentationModule
     from agg2exp_lightning.utils.allocator import keep_freed_memory
+    from agg2exp_lightning.utils.cpu_conv import onednn_conv3d
 
     if threads:
         torch.set_num_threads(threads)
@@ -55,7 +60,8 @@ def run_variant(variant: str, steps: int, threads: int | None) -> dict:
         raise SystemExit("variant malloc: mallopt is not available here (glibc only)")
     torch.manual_seed(0)
     module = SegmentationModule(num_classes=17, feature_size=12, depths=(1, 1, 1, 1), num_heads=(3, 6, 12, 24),
-                                norm_name="instance", roi_size=(64, 64, 64), class_weights=[1.0] * 17)
+                                norm_name="instance", roi_size=(64, 64, 64), class_weights=[1.0] * 17,
+                                window_size=4 if "window4" in parts else 7)
     net, loss_fn = module.net, module.loss
     x = torch.rand(1, 1, 64, 64, 64)
     y = torch.randint(0, 17, (1, 1, 64, 64, 64)).float()
@@ -69,7 +75,7 @@ def run_variant(variant: str, steps: int, threads: int | None) -> dict:
         if i == 2:
             r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
-        with cast:
+        with cast, onednn_conv3d("onednn" in parts):
             loss = loss_fn(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.float().backward()

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from agg2exp_lightning.utils.cpu_conv import onednn_conv3d
+
 __all__ = ["explanation_mode"]
 
 
@@ -20,7 +22,9 @@ def explanation_mode(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn
     requires grad (attribution needs gradients w.r.t. the input only, so autograd neither
     computes nor stores anything for the weights). On exit, also after an exception, every
     module's ``training`` flag, every parameter's ``requires_grad``, the grad mode and the
-    inference mode are restored exactly. No hook is registered.
+    inference mode are restored exactly. No hook is registered. Batch-one fp32 CPU 3D convolutions that
+    PyTorch would run with its slow native kernel go through oneDNN inside the block
+    (:func:`~agg2exp_lightning.utils.cpu_conv.onednn_conv3d`; the same values up to fp32 rounding).
 
     Args:
         model: the network.
@@ -39,7 +43,7 @@ def explanation_mode(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn
     """
     training = [(m, m.training) for m in model.modules()]
     requires_grad = [(p, p.requires_grad) for p in model.parameters()]
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), onednn_conv3d():
         try:
             if eval_mode:
                 model.eval()

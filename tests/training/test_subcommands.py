@@ -116,5 +116,7 @@ def test_two_ddp_processes_give_the_same_dice_table_and_monitor_outputs(fitted, 
         pd.testing.assert_frame_equal(left, right, check_exact=False, rtol=1e-4, atol=1e-6)
     rho = [k for k in a["metrics"].index if k.startswith("agg2exp/anomaly_dice_rho/")]
     assert rho, "the anomaly monitor found per-scan Dice for every explained scan"
+    # one process with two threads against two with one each: oneDNN sums in another order, and the untrained
+    # net's loss (~7.5) moves by ~1e-4 of itself; a scan lost or repeated would move the means by far more
     pd.testing.assert_series_equal(a["metrics"].sort_index(), b["metrics"].sort_index(), check_exact=False,
-                                   rtol=1e-4, atol=1e-6)
+                                   rtol=1e-3, atol=1e-6)
