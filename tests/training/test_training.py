@@ -80,6 +80,22 @@ def test_bad_feature_size_names_argument():
         SegmentationModule(feature_size=10)
 
 
+def test_window_size_reaches_the_network_and_the_checkpoint_and_is_checked(tmp_path):
+    from monai.networks.nets.swin_unetr import WindowAttention
+
+    module = SegmentationModule(feature_size=12, depths=(1, 1, 1, 1), roi_size=(64, 64, 64), window_size=4)
+    windows = {tuple(m.window_size) for m in module.net.modules() if isinstance(m, WindowAttention)}
+    assert windows == {(4, 4, 4)} and module.hparams.window_size == 4
+    default = SegmentationModule(feature_size=12, depths=(1, 1, 1, 1), roi_size=(64, 64, 64))
+    assert {tuple(m.window_size) for m in default.net.modules() if isinstance(m, WindowAttention)} == {(7, 7, 7)}
+    path = tmp_path / "w4.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    loaded = SegmentationModule(**torch.load(path, weights_only=False)["hyper_parameters"])
+    loaded.load_state_dict(torch.load(path, weights_only=False)["state_dict"])  # the bias tables fit 4^3 windows
+    with pytest.raises(ValueError, match="`window_size` to be a positive integer, but got 0"):
+        SegmentationModule(feature_size=12, window_size=0)
+
+
 def test_killed_run_resumes_from_last_checkpoint(tiny_cohort, tiny_model_args, tmp_path):
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
