@@ -76,7 +76,7 @@ class AuditSettings:
         random_state: seed of the per-class detectors and of the cross-fitting folds.
         contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``.
         detector: per-class anomaly detector (:data:`~agg2exp_lightning.analysis.detectors.DETECTORS`).
-        evidence: evidence families of the scan-level score (``"shares,prediction,attribution"`` or a list;
+        evidence: evidence families of the scan-level score (``"shares,prediction,attribution,image"`` or a list;
             :mod:`~agg2exp_lightning.analysis.evidence`); ``None``: every family, the paper protocol the
             shares alone (stored resolved, as a tuple).
         n_dependencies: how many region -> class dependencies to report.

@@ -279,7 +279,7 @@ def analyze_cohort(
             outliers stay the paper's ``predict == -1``).
         n_bootstrap: bootstrap resamples of the score tests' effect-size CIs (default
             :data:`~agg2exp_lightning.analysis.bias.N_BOOTSTRAP`).
-        evidence: the evidence families of the scan-level score (``"shares,prediction,attribution"`` or
+        evidence: the evidence families of the scan-level score (``"shares,prediction,attribution,image"`` or
             a list; :mod:`~agg2exp_lightning.analysis.evidence`); default every family, the paper
             protocol the shares alone. A family the table does not hold for any scan (tables of shares)
             is left out with a note.

@@ -3,13 +3,17 @@
 The paper's aggregates (the **shares** ``e_{b->a}`` of each class's attribution mass over the regions)
 stay within clean variation for faults that change *how much* the model predicts or attributes
 rather than *where*: a missing lobe, a metal artefact. Every audit computes the evidence for that
-and used to throw it away. Two more families, per explained class ``a``:
+and used to throw it away. Three more families, per explained class ``a``:
 
 - **prediction**: predicted volume (ml), number of connected components (26-connected), mean
   softmax confidence (the predicted class's probability) and mean softmax entropy (nats) over the
   voxels predicted as ``a``;
 - **attribution**: total attribution mass ``sum |attribution|`` of ``a``'s map, and the share of
-  it outside the body (voxels at or below :data:`~agg2exp_lightning.data.transforms.BODY_THRESHOLD`).
+  it outside the body (voxels at or below :data:`~agg2exp_lightning.data.transforms.BODY_THRESHOLD`);
+- **image**: the mean and the standard deviation of the model's input (after its preprocessing) over
+  the voxels predicted as ``a``: what the model was given where it saw ``a``. A model can absorb an
+  acquisition or density change (an artefact, noise, contrast, fluid) without changing its output or
+  its explanation; the input inside its own prediction still shows it.
 
 Each family is scored like the shares (:func:`~agg2exp_lightning.analysis.anomaly.scan_anomaly_scores`:
 one cross-fitted Isolation Forest per family and class, a conformal p-value per family and class), and
@@ -37,6 +41,7 @@ __all__ = [
     "EvidenceFeature",
     "attribution_evidence",
     "family_matrix",
+    "image_evidence",
     "missing_evidence",
     "parse_evidence",
     "prediction_evidence",
@@ -68,9 +73,13 @@ FAMILIES: dict[str, tuple[EvidenceFeature, ...]] = {
         EvidenceFeature("mass", "{cls} attribution mass", "", True),
         EvidenceFeature("outside_body", "{cls} attribution share outside the body", "share", False),
     ),
+    "image": (
+        EvidenceFeature("intensity_mean", "{cls} mean input intensity", "", False),
+        EvidenceFeature("intensity_sd", "{cls} input intensity standard deviation", "", False),
+    ),
 }
 #: Every family, the default of ``--evidence``.
-ALL_EVIDENCE = ("shares", "prediction", "attribution")
+ALL_EVIDENCE = ("shares", "prediction", "attribution", "image")
 #: The paper protocol's evidence: the shares alone.
 PAPER_EVIDENCE = ("shares",)
 
@@ -176,8 +185,40 @@ def attribution_evidence(attribution: np.ndarray, body: np.ndarray) -> dict[str,
     return {"mass": [float(v) for v in total], "outside_body": [float(v) for v in share]}
 
 
+def image_evidence(image: np.ndarray, labels: np.ndarray, class_ids: Sequence[int]) -> dict[str, list[float]]:
+    """The image family of one scan: per explained class, the mean and standard deviation of the input over its
+    predicted voxels.
+
+    Args:
+        image: ``[*S]`` the model's input (one channel, after preprocessing).
+        labels: ``[*S]`` predicted labels.
+        class_ids: the explained classes' label ids (row order).
+
+    Returns:
+        ``{"intensity_mean": [T], "intensity_sd": [T]}`` (population sd); NaN for a class with no predicted voxel.
+    """
+    x = np.asarray(image, dtype=np.float64).reshape(-1)
+    lab = np.asarray(labels).reshape(-1).astype(np.int64)
+    if x.shape != lab.shape:
+        raise ValueError(f"Expected the image and the prediction on one grid, got {np.shape(image)} and {np.shape(labels)}")
+    k = max(max(class_ids, default=0), int(lab.max(initial=0))) + 1
+    n = np.bincount(lab, minlength=k).astype(np.float64)
+    s1 = np.bincount(lab, weights=x, minlength=k)
+    out: dict[str, list[float]] = {"intensity_mean": [], "intensity_sd": []}
+    for c in class_ids:
+        if n[c] == 0:
+            out["intensity_mean"].append(math.nan)
+            out["intensity_sd"].append(math.nan)
+            continue
+        mean = s1[c] / n[c]
+        values = x[lab == c]
+        out["intensity_mean"].append(float(mean))
+        out["intensity_sd"].append(float(np.sqrt(np.mean((values - mean) ** 2))))
+    return out
+
+
 def scan_evidence(result, image, class_ids: Sequence[int], voxel_ml: float | None, body=None) -> dict[str, dict[str, list[float]]]:
-    """Both families of one scan from an :class:`~agg2exp_lightning.explain.ExplanationResult` (the audit's and the
+    """The families beside the shares of one scan from an :class:`~agg2exp_lightning.explain.ExplanationResult` (the audit's and the
     monitors' one way of computing them).
 
     Args:
@@ -191,8 +232,8 @@ def scan_evidence(result, image, class_ids: Sequence[int], voxel_ml: float | Non
             ``image`` above :data:`~agg2exp_lightning.data.transforms.BODY_THRESHOLD`.
 
     Returns:
-        ``{"prediction": {feature: [T]}, "attribution": {feature: [T]}}`` with NaN where not computable
-        (no maps kept, an empty body, a class not predicted).
+        ``{"prediction": {feature: [T]}, "attribution": {feature: [T]}, "image": {feature: [T]}}`` with NaN where
+        not computable (no maps kept, an empty body, a class not predicted).
     """
     import torch
 
@@ -213,7 +254,12 @@ def scan_evidence(result, image, class_ids: Sequence[int], voxel_ml: float | Non
         if body is None:  # the toolkit's intensities: the body is above the threshold of its HU window
             body = torch.as_tensor(image).detach().float().cpu().reshape(spatial).numpy() > BODY_THRESHOLD
         attr = attribution_evidence(maps, torch.as_tensor(body).detach().cpu().reshape(spatial).numpy() > 0.5)
-    return {"prediction": pred, "attribution": attr}
+    image_t = torch.as_tensor(image).detach().float().cpu()
+    if image_t.numel() == math.prod(spatial):
+        img = image_evidence(image_t.reshape(spatial).numpy(), prediction.numpy(), class_ids)
+    else:  # several input channels: no one intensity to summarise
+        img = {f.key: [math.nan] * t for f in FAMILIES["image"]}
+    return {"prediction": pred, "attribution": attr, "image": img}
 
 
 def voxel_ml_from_affine(affine) -> float | None:
@@ -265,7 +311,7 @@ def missing_evidence(evidence: Mapping[str, np.ndarray], classes: Sequence[str],
             if not bad.any():
                 continue
             who = "every class" if bad.all() else ", ".join(c for c, b in zip(classes, bad) if b)
-            why = "class not predicted or no softmax" if fam == "prediction" else "empty body, no maps or no mass"
+            why = {"prediction": "class not predicted or no softmax", "image": "class not predicted or several input channels"}.get(fam, "empty body, no maps or no mass")
             parts.append(f"{fam} left out for {who} (not computable: {why})")
         rows.append(parts)
     return ["; ".join(p) for p in rows]

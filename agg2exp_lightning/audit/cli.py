@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contamination", type=float, default=DEFAULT_CONTAMINATION, metavar="C",
                    help="share of clean scans the scan-level flag may raise, in (0, 0.5] (default %(default)s)")
     p.add_argument("--evidence", metavar="FAMILIES",
-                   help="evidence of the scan-level score, comma-separated from shares,prediction,attribution "
+                   help="evidence of the scan-level score, comma-separated from shares,prediction,attribution,image "
                         "(default: all; with --protocol paper: shares)")
     p.add_argument("--dependencies", type=int, default=12, metavar="K", help="strongest region->class dependencies to report (default %(default)s)")
     p.add_argument("--protocol", default=DEFAULT_PROTOCOL, metavar="NAME",

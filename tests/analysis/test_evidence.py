@@ -14,9 +14,11 @@ from agg2exp_lightning.analysis.cohort import analyze_cohort
 from agg2exp_lightning.analysis.evidence import (
     attribution_evidence,
     forest_features,
+    image_evidence,
     missing_evidence,
     parse_evidence,
     prediction_evidence,
+    scan_evidence,
     softmax_summary,
 )
 from agg2exp_lightning.analysis.tables import parse_explanation_table
@@ -63,10 +65,39 @@ def test_attribution_evidence_mass_and_share_outside_the_body():
     assert all(np.isnan(v) for vals in empty.values() for v in vals)
 
 
+def test_image_evidence_mean_and_sd_of_the_input_inside_each_predicted_class():
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.5, 0.2, (6, 7, 5))
+    labels = rng.integers(0, 3, (6, 7, 5))
+    labels[labels == 2] = 0  # class 2 not predicted
+    out = image_evidence(image, labels, [1, 0, 2])
+    for row, c in enumerate([1, 0]):
+        inside = [image[i] for i in np.ndindex(image.shape) if labels[i] == c]
+        mean = sum(inside) / len(inside)
+        assert out["intensity_mean"][row] == pytest.approx(mean, rel=1e-12)
+        assert out["intensity_sd"][row] == pytest.approx((sum((v - mean) ** 2 for v in inside) / len(inside)) ** 0.5, rel=1e-12)
+    assert np.isnan(out["intensity_mean"][2]) and np.isnan(out["intensity_sd"][2])  # not computable, never a zero
+    with pytest.raises(ValueError, match=r"one grid, got \(6, 7, 5\) and \(6, 7, 4\)"):
+        image_evidence(image, labels[..., :4], [1])
+
+
+def test_scan_evidence_has_the_image_family_and_leaves_it_out_for_several_channels():
+    labels = torch.zeros(4, 4, 4, dtype=torch.long)
+    labels[:2] = 1
+    image = torch.arange(64, dtype=torch.float32).reshape(1, 1, 4, 4, 4) / 64
+    result = dataclasses.make_dataclass("R", ["prediction", "diagnostics", "attributions"])(labels, {}, None)
+    ev = scan_evidence(result, image, [1], voxel_ml=1.0)
+    assert ev["image"]["intensity_mean"] == [pytest.approx(image[0, 0, :2].mean().item())]
+    two = scan_evidence(result, torch.cat([image, image], 1), [1], voxel_ml=1.0)
+    assert np.isnan(two["image"]["intensity_mean"][0]) and two["prediction"]["volume_ml"] == [32.0]
+    assert missing_evidence({"image": np.full((1, 1, 2), np.nan)}, ["heart"], ["image"])[0] == (
+        "image left out for every class (not computable: class not predicted or several input channels)")
+
+
 def test_evidence_selection_is_parsed_and_refused_by_name():
     assert parse_evidence("prediction, shares") == ("shares", "prediction")
-    assert parse_evidence(None) == ("shares", "prediction", "attribution")
-    with pytest.raises(ValueError, match="shares, prediction, attribution"):
+    assert parse_evidence(None) == ("shares", "prediction", "attribution", "image")
+    with pytest.raises(ValueError, match="shares, prediction, attribution, image"):
         parse_evidence("shares,volume")
 
 
