@@ -132,7 +132,7 @@ def _table(frame: pd.DataFrame, rows: np.ndarray, classes: list[str], records: d
 
 def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int, classes: list[str], *,
                  records: dict | None = None, evidence: str | None = None,
-                 training: tuple[pd.DataFrame, dict] | None = None) -> tuple[dict, object, pd.DataFrame]:
+                 training: tuple[pd.DataFrame, dict] | None = None, detector: str | None = None) -> tuple[dict, object, pd.DataFrame]:
     """Draw one reference set and one audited cohort from the explained pool and audit it; with ``training`` (the
     model's own training scans, explained), also audit the same cohort against ``n_reference`` of those."""
     from agg2exp_lightning.analysis.cohort import analyze_cohort
@@ -145,7 +145,8 @@ def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int
     truth = pool.loc[audited, ["patient", *TRUTH_COLUMNS]].reset_index(drop=True)
     records = records or {}
     ref_table, aud_table = _table(pool, reference, classes, records), _table(pool, audited, classes, records)
-    analysis = analyze_cohort(aud_table, ref_table, n_bootstrap=0, seed=seed, evidence=evidence)
+    options = {"detector": detector} if detector else {}
+    analysis = analyze_cohort(aud_table, ref_table, n_bootstrap=0, seed=seed, evidence=evidence, **options)
     scan = analysis.scan
     score, flagged = scan.score, scan.flagged
     cond = truth["planted_condition"].to_numpy()
@@ -160,7 +161,7 @@ def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int
         train_frame, train_records = training
         rows = rng.choice(train_frame.index.to_numpy(), size=min(n_reference, len(train_frame)), replace=False)
         train_scan = analyze_cohort(aud_table, _table(train_frame, rows, classes, train_records), n_bootstrap=0,
-                                    seed=seed, evidence=evidence).scan
+                                    seed=seed, evidence=evidence, **options).scan
         result["n_clean_flagged_training_reference"] = int(train_scan.flagged[is_clean].sum())
     for name in sorted(set(cond) - {"none"}) + ["degraded_scanner"]:
         hit = degraded & (cond == "none") if name == "degraded_scanner" else cond == name

@@ -38,3 +38,26 @@ def test_per_condition_auc_sensitivity_fpr_and_scanner_q(power, make_frame):
     assert all(0 <= null[k] <= 1 for k in ("false_alarm_rate", "false_alarm_rate_outlier_tests", "false_alarm_rate_either_family"))
     assert null["false_alarm_rate_either_family"] >= max(null["false_alarm_rate"], null["false_alarm_rate_outlier_tests"])
 
+
+
+def test_family_combinations_known_answers(load_benchmark):
+    """Two families of three per-class p-values: scan 0 is extreme in family x only, scan 1 mildly in both."""
+    import numpy as np
+    from scipy.stats import chi2
+
+    combos = load_benchmark("family_combinations")
+    grid = (np.arange(20) + 1) / 20.0  # reference p-values, evenly spread
+    ref = np.stack([np.roll(grid, k) for k in range(3)], axis=1)
+    x = np.array([[1 / 21] * 3, [0.15] * 3, [0.6] * 3])
+    y = np.array([[0.6] * 3, [0.15] * 3, [0.6] * 3])
+    out = combos.combinations({"x": (x, ref), "y": (y, ref)})
+
+    def fisher(p):
+        return -np.log10(chi2.sf(-2 * np.log(p).sum(axis=1), 2 * p.shape[1]))
+
+    np.testing.assert_allclose(out["x alone"], fisher(x), rtol=1e-9)
+    np.testing.assert_allclose(out["fisher, every family"], fisher(np.concatenate([x, y], axis=1)), rtol=1e-9)
+    # Fisher over both puts the scan seen mildly twice first; the largest standardised family puts the one extreme scan first
+    assert np.argmax(out["fisher, every family"]) == 1 and np.argmax(out["largest standardised family"]) == 0
+    s_ref = fisher(ref)
+    np.testing.assert_allclose(out["largest standardised family"][0], (fisher(x)[0] - s_ref.mean()) / s_ref.std(), rtol=1e-9)
