@@ -171,7 +171,7 @@ def scan_score_description(detector: str = DEFAULT_DETECTOR) -> str:
 
     label = get_detector(detector).label.rstrip("s")
     return (f"per evidence family and class: conformal p-value of the {label} score against cross-fitted reference "
-            "scores (shares: a class the scan lacks counts as most anomalous; prediction and attribution: left out where not "
+            "scores (shares: a class the scan lacks counts as most anomalous; the other families: left out where not "
             "computable); Fisher's -2 sum log p over the scored families and classes, "
             "as -log10 of its chi-square tail (higher = more anomalous); calibrated p = share of reference scans "
             "at least as anomalous (conformal)")

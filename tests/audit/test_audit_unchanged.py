@@ -8,6 +8,10 @@ table), with that tree first on ``PYTHONPATH``::
     git archive 5ded48a | tar -x -C /tmp/before
     PYTHONPATH=/tmp/before python tests/audit/test_audit_unchanged.py tests/audit/data
 
+Rewritten with the current code (``python tests/audit/test_audit_unchanged.py tests/audit/data``) when issue 25's
+``image`` evidence family joined the scan-level score (new ``*_image_anomaly_p`` columns, a new score) and the
+explanations' small convolutions moved to oneDNN (``utils.cpu_conv``: the shares moved by at most 7.5e-9).
+
 The test runs the same audit with the current code and compares every table cell and every summary value
 the old code wrote (new summary keys, such as the detector's name, are allowed; prose such as the
 worklist's reasons is not compared). A change in any number of the explanation, the aggregation, the

@@ -40,7 +40,7 @@ def test_monitors_log_scalars_tables_and_figures_and_history_survives_resume(tmp
     assert len(anomaly.history) == 2 and len(bias.history) == 2
     # the check carries the audit's evidence families, one row per explained scan and class
     ev = explainer.latest.evidence
-    assert set(ev) == {"prediction", "attribution"} and ev["prediction"].shape[:2] == explainer.latest.roi.shape[:2]
+    assert set(ev) == {"prediction", "attribution", "image"} and ev["prediction"].shape[:2] == explainer.latest.roi.shape[:2]
     assert np.isfinite(ev["attribution"][:, :, 0]).all()  # the attribution mass of every map
     metrics = pd.read_csv(next((tmp_path / "csv").rglob("metrics.csv")))
     for col in ("agg2exp/own_share/organ", "agg2exp/background_share/bone", "agg2exp/drift", "agg2exp/outliers/organ"):
