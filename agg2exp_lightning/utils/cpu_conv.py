@@ -110,7 +110,8 @@ class _OneDNNConv3d(TorchFunctionMode):
         return func(*args, **kwargs)
 
     @staticmethod
-    def _route(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1, groups=1):  # noqa: ANN001
+    def _route(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002, ANN001
+        x = input  # F.conv3d's own parameter names, so that keyword calls route too
         if isinstance(padding, str) or not takes_native_conv3d(x, weight, groups):
             return None
         if torch.is_autocast_enabled("cpu"):

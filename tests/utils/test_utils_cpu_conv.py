@@ -78,6 +78,9 @@ def test_mode_moves_the_native_convolution_to_onednn_with_the_same_result():
         inside = _ops(lambda: conv(x))
         y = conv(x)
     assert "aten::mkldnn_convolution" in inside and "aten::slow_conv3d_forward" not in inside
+    with onednn_conv3d():  # called with F.conv3d's keyword names
+        by_name = _ops(lambda: F.conv3d(input=x, weight=conv.weight, bias=conv.bias, padding=1))
+    assert "aten::mkldnn_convolution" in by_name and "aten::slow_conv3d_forward" not in by_name
     ref = conv(x)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     gy = torch.randn_like(y)
