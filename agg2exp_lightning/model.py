@@ -124,6 +124,7 @@ class SegmentationModule(pl.LightningModule):
         self.channels_last = False
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits of the network; the batch-one CPU convolutions through oneDNN (:func:`onednn_conv3d`)."""
         with onednn_conv3d():
             return self.net(x)
 
@@ -140,8 +141,7 @@ class SegmentationModule(pl.LightningModule):
         image = plain_tensor(batch["image"])
         if self.channels_last and image.dim() == 5:
             image = image.contiguous(memory_format=torch.channels_last_3d)
-        with onednn_conv3d():
-            logits = self.net(image)
+        logits = self(image)
         label = plain_tensor(batch["label"])
         loss = self.loss(logits, label)
         if not torch.isfinite(loss):
@@ -202,10 +202,9 @@ class SegmentationModule(pl.LightningModule):
 
         hp = self.hparams
         image = plain_tensor(image)
-        with onednn_conv3d():
-            return sliding_window_inference(
-                image, tuple(hp.roi_size), hp.sw_batch_size, self.net, overlap=hp.sw_overlap, mode=hp.sw_mode
-            )
+        return sliding_window_inference(
+            image, tuple(hp.roi_size), hp.sw_batch_size, self, overlap=hp.sw_overlap, mode=hp.sw_mode
+        )
 
     def on_validation_epoch_start(self) -> None:
         self.last_val_dice = {}

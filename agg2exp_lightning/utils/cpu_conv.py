@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.utils import ensure_tuple_rep
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
@@ -32,8 +33,14 @@ __all__ = ["depth_split_conv3d", "onednn_conv3d", "takes_native_conv3d"]
 NATIVE_CONV_MAX_NCDH = 20480
 
 
-def _triple(value: int | Sequence[int]) -> tuple[int, int, int]:
-    return (value,) * 3 if isinstance(value, int) else tuple(int(v) for v in value)  # type: ignore[return-value]
+def _triple(value: int | Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(v) for v in ensure_tuple_rep(value, 3))
+
+
+def _output_depth(depth: int, weight: Tensor, stride, padding, dilation) -> int:  # noqa: ANN001
+    """Output planes along depth of a convolution of an input ``depth`` planes deep."""
+    (sd, _, _), (pd, _, _), (dd, _, _) = _triple(stride), _triple(padding), _triple(dilation)
+    return (depth + 2 * pd - dd * (weight.shape[2] - 1) - 1) // sd + 1
 
 
 def takes_native_conv3d(x: Tensor, weight: Tensor, groups: int = 1) -> bool:
@@ -82,8 +89,7 @@ def depth_split_conv3d(
         raise ValueError(f"depth_split_conv3d: expected an input [1, C, D, H, W], got {tuple(x.shape)}")
     (sd, sh, sw), (pd, ph, pw), (dd, dh, dw) = _triple(stride), _triple(padding), _triple(dilation)
     extent = dd * (weight.shape[2] - 1) + 1  # input depth one output plane reads
-    depth = x.shape[2] + 2 * pd
-    out_depth = (depth - extent) // sd + 1
+    out_depth = _output_depth(x.shape[2], weight, stride, padding, dilation)
     if out_depth < 2:
         raise ValueError(f"depth_split_conv3d: output depth {out_depth} cannot be split in two")
     if pd:
@@ -116,8 +122,7 @@ class _OneDNNConv3d(TorchFunctionMode):
             return None
         if torch.is_autocast_enabled("cpu"):
             return None
-        (sd, _, _), (pd, _, _), (dd, _, _) = _triple(stride), _triple(padding), _triple(dilation)
-        if (x.shape[2] + 2 * pd - dd * (weight.shape[2] - 1) - 1) // sd + 1 < 2:
+        if _output_depth(x.shape[2], weight, stride, padding, dilation) < 2:
             return None
         return depth_split_conv3d(x, weight, bias, stride, padding, dilation, groups)
 
