@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE, check_contamination
-from agg2exp_lightning.analysis.detectors import DEFAULT_DETECTOR, get_detector
+from agg2exp_lightning.analysis.detectors import DEFAULT_DETECTOR, DEFAULT_SCORE_DETECTOR, get_detector
 from agg2exp_lightning.protocols import DEFAULT_PROTOCOL, Protocol, resolve_protocol
 from agg2exp_lightning.utils.options import did_you_mean, positive_int
 
@@ -76,6 +76,7 @@ class AuditSettings:
         random_state: seed of the per-class detectors and of the cross-fitting folds.
         contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``.
         detector: per-class anomaly detector (:data:`~agg2exp_lightning.analysis.detectors.DETECTORS`).
+        score_detector: the detector of the scan-level score's families and classes (default the robust distance).
         evidence: evidence families of the scan-level score (``"shares,prediction,attribution,image"`` or a list;
             :mod:`~agg2exp_lightning.analysis.evidence`); ``None``: every family, the paper protocol the
             shares alone (stored resolved, as a tuple).
@@ -100,6 +101,7 @@ class AuditSettings:
     random_state: int = DEFAULT_RANDOM_STATE
     contamination: float = DEFAULT_CONTAMINATION
     detector: str = DEFAULT_DETECTOR
+    score_detector: str = DEFAULT_SCORE_DETECTOR
     evidence: Union[str, tuple[str, ...], None] = None
     n_dependencies: int = 12
     n_extremes: int = 3
@@ -200,6 +202,9 @@ class AuditSettings:
 
     def _check_detector(self) -> None:
         self._put("detector", get_detector(self.detector).name)
+
+    def _check_score_detector(self) -> None:
+        self._put("score_detector", get_detector(self.score_detector, "score_detector").name)
 
     def _check_evidence(self) -> None:
         from agg2exp_lightning.analysis.evidence import ALL_EVIDENCE, PAPER_EVIDENCE, parse_evidence

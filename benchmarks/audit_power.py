@@ -132,7 +132,8 @@ def _table(frame: pd.DataFrame, rows: np.ndarray, classes: list[str], records: d
 
 def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int, classes: list[str], *,
                  records: dict | None = None, evidence: str | None = None,
-                 training: tuple[pd.DataFrame, dict] | None = None, detector: str | None = None) -> tuple[dict, object, pd.DataFrame]:
+                 training: tuple[pd.DataFrame, dict] | None = None, detector: str | None = None,
+                 score_detector: str | None = None) -> tuple[dict, object, pd.DataFrame]:
     """Draw one reference set and one audited cohort from the explained pool and audit it; with ``training`` (the
     model's own training scans, explained), also audit the same cohort against ``n_reference`` of those."""
     from agg2exp_lightning.analysis.cohort import analyze_cohort
@@ -145,7 +146,7 @@ def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int
     truth = pool.loc[audited, ["patient", *TRUTH_COLUMNS]].reset_index(drop=True)
     records = records or {}
     ref_table, aud_table = _table(pool, reference, classes, records), _table(pool, audited, classes, records)
-    options = {"detector": detector} if detector else {}
+    options = {k: v for k, v in (("detector", detector), ("score_detector", score_detector)) if v}
     analysis = analyze_cohort(aud_table, ref_table, n_bootstrap=0, seed=seed, evidence=evidence, **options)
     scan = analysis.scan
     score, flagged = scan.score, scan.flagged
@@ -233,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="classes to explain (default 'all': every class, as agg2exp-audit explains by default)")
     parser.add_argument("--analyse-only", action="store_true", help="skip explaining: analyse the pool scans explained so far")
     parser.add_argument("--evidence", default=None, help="evidence families of the scan-level score (default: all)")
+    parser.add_argument("--detector", default=None, help="per-class detector (default: the audit's, isolation_forest)")
+    parser.add_argument("--score-detector", default=None, help="detector of the scan-level score (default: the audit's, robust_distance)")
     parser.add_argument("--training-data", default=str(ROOT / "data" / "synthetic_thorax"),
                         help="the model's training data: its train split is explained to measure the training-split reference "
                              "(default %(default)s; 'none' to skip)")
@@ -276,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("pool: %d scans explained (%s)", len(pool), ", ".join(f"{k} {v}" for k, v in pool["planted_condition"].value_counts().items()))
     per_seed, first = [], None
     for seed in range(args.cohort_seeds):
-        res, analysis, _ = audit_cohort(pool, seed, args.n_reference, args.n_audited, known, records=pool_records, evidence=args.evidence, training=training)
+        res, analysis, _ = audit_cohort(pool, seed, args.n_reference, args.n_audited, known, records=pool_records, evidence=args.evidence, training=training,
+                                         detector=args.detector, score_detector=args.score_detector)
         per_seed.append(res)
         first = first or analysis
         log.info("seed %d: %s", seed, json.dumps(res))
@@ -324,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
               ("clean scans flagged with the model's training scans as the reference: "
                + (format_rate(a["clean_flagged_training_reference"], a["clean"]) if a["clean_flagged_training_reference"] is not None
                   else "not measured (no --training-data)")),
-              f"evidence families: {', '.join(per_seed[0]['evidence'])}",
+              f"evidence families: {', '.join(per_seed[0]['evidence'])}; detectors: per class {first.detector}, "
+              f"scan-level score {first.score_detector}",
               f"degraded scanner found (scanner_model q < 0.05) in {a['scanner_found']} of {a['seeds']} seeds "
               f"({format_rate(a['scanner_found'], a['seeds'])}); q = " + ", ".join(f"{q:.3g}" for q in a["scanner_q"]),
               f"bias false alarms under shuffled metadata ({n_null} shuffles): score tests {format_rate(alarms['score'], n_null)}, "

@@ -1,7 +1,7 @@
 """Each evidence family alone, and other ways to combine them, on audit_power's cached records.
 
 Usage (after ``benchmarks/audit_power.py`` has explained its pool into ``--out``):
-    python benchmarks/family_combinations.py --out runs/audit_power [--detector isolation_forest]
+    python benchmarks/family_combinations.py --out runs/audit_power [--score-detector robust_distance]
 
 Exploratory, not part of the audit: it asks whether a fault the scan-level score misses is missing from every
 family or lost in how the families are combined. For each cohort of audit_power (same draws: seeds 0-4, 24
@@ -57,16 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=ap.ROOT / "runs" / "audit_power", help="audit_power's --out folder")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--detector", default="isolation_forest", help="per-class detector of the analysis")
+    p.add_argument("--score-detector", default="robust_distance", help="detector of the scan-level score (default %(default)s)")
     p.add_argument("--results", type=Path, default=None,
-                   help="results file (default benchmarks/results/family_combinations_<detector>_cpu.md)")
+                   help="results file (default benchmarks/results/family_combinations_<score detector>_cpu.md)")
     args = p.parse_args(argv)
     from agg2exp_lightning.labels import THORAX_CLASSES
 
     pool, records = ap.load_pool(args.out / "pool", args.out)
     aucs: dict[str, dict[str, list[float]]] = {}
     for seed in range(args.seeds):
-        _, analysis, truth = ap.audit_cohort(pool, seed, 24, 60, list(THORAX_CLASSES), records=records, detector=args.detector)
+        _, analysis, truth = ap.audit_cohort(pool, seed, 24, 60, list(THORAX_CLASSES), records=records,
+                                           score_detector=args.score_detector)
         scan = analysis.scan
         families = {"shares": (scan.class_p, scan.reference_class_p),
                     **{f: (scan.family_p[f], scan.reference_family_p[f]) for f in scan.family_p}}
@@ -78,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
                 hit = deg & (cond == "none") if c == "degraded_scanner" else cond == c
                 aucs.setdefault(name, {}).setdefault(c, []).append(ap.roc_auc(score[hit], score[clean]))
         print(f"seed {seed} done", flush=True)
-    lines = [hardware_line(), "", f"`python benchmarks/family_combinations.py --out {args.out} --detector {args.detector}`: ROC AUC "
+    lines = [hardware_line(), "", f"`python benchmarks/family_combinations.py --out {args.out} --score-detector {args.score_detector}`: ROC AUC "
              f"mean (min) over {args.seeds} cohorts of audit_power", "",
              "| score | " + " | ".join(CONDITIONS) + " |", "|---|" + "---:|" * len(CONDITIONS)]
     for name, per in aucs.items():
         lines.append(f"| {name} | " + " | ".join(f"{np.mean(per[c]):.3f} ({np.min(per[c]):.3f})" for c in CONDITIONS) + " |")
     text = "\n".join(lines) + "\n"
-    out = args.results or Path(__file__).parent / "results" / f"family_combinations_{args.detector}_cpu.md"
+    out = args.results or Path(__file__).parent / "results" / f"family_combinations_{args.score_detector}_cpu.md"
     atomic_write_text(out, text)
     print(text)
     return 0

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from agg2exp_lightning.analysis.detectors import DEFAULT_DETECTOR, make_detector
+from agg2exp_lightning.analysis.detectors import DEFAULT_DETECTOR, DEFAULT_SCORE_DETECTOR, make_detector
 from agg2exp_lightning.analysis.wording import SHARE, describe_against_reference, is_unchanged
 from agg2exp_lightning.utils.options import positive_int
 
@@ -165,11 +165,11 @@ DEFAULT_FOLDS = 5
 MIN_REFERENCE_SCANS = 2 * DEFAULT_FOLDS
 
 
-def scan_score_description(detector: str = DEFAULT_DETECTOR) -> str:
-    """How the scan-level score is built with ``detector`` (written into ``summary.json``)."""
+def scan_score_description(score_detector: str = DEFAULT_SCORE_DETECTOR) -> str:
+    """How the scan-level score is built with ``score_detector`` (written into ``summary.json``)."""
     from agg2exp_lightning.analysis.detectors import get_detector
 
-    label = get_detector(detector).label.rstrip("s")
+    label = get_detector(score_detector).label.rstrip("s")
     return (f"per evidence family and class: conformal p-value of the {label} score against cross-fitted reference "
             "scores (shares: a class the scan lacks counts as most anomalous; the other families: left out where not "
             "computable); Fisher's -2 sum log p over the scored families and classes, "
@@ -373,6 +373,7 @@ def scan_anomaly_scores(
     families: Mapping[str, tuple[np.ndarray, np.ndarray | None]] | None = None,
     shares: bool = True,
     detector: str = DEFAULT_DETECTOR,
+    score_detector: str = DEFAULT_SCORE_DETECTOR,
 ) -> ScanAnomalyResult:
     """One anomaly score per scan on a calibrated scale, and a flag with a known false-positive rate.
 
@@ -383,13 +384,14 @@ def scan_anomaly_scores(
     on the same ``[0, 1]`` scale:
 
     1. **Cross-fitting.** The reference scans are split into ``n_folds`` folds; for each fold a
-       forest (the paper's settings) is fitted on the other folds and scores the held-out fold,
-       so every reference score comes from a forest that never saw that scan (in-sample scores
-       are optimistic: a forest isolates its own training points late).
-    2. **Conformal p-values per class.** An audited scan is scored by each fold's forest and
+       detector (``score_detector``: by default the robust distance, a mean squared robust z-score
+       per feature) is fitted on the other folds and scores the held-out fold, so every reference
+       score comes from a detector that never saw that scan (in-sample scores are optimistic: a
+       forest isolates its own training points late, a median sits close to its own rows).
+    2. **Conformal p-values per class.** An audited scan is scored by each fold's detector and
        compared with that fold's held-out scores (cross-conformal): ``p_a = (1 + #{reference
        scores >= the scan's}) / (M + 1)``. For a clean scan exchangeable with the reference,
-       ``p_a`` is (nearly) uniform whatever the forest. A class the scan does not contain while
+       ``p_a`` is (nearly) uniform whatever the detector. A class the scan does not contain while
        reference scans do counts as more anomalous than any score (``+inf``), calibrated by how
        often reference scans lack it too; this catches faults that remove a structure.
     3. **Combination.** Fisher's ``X = -2 sum_a log p_a`` pools evidence over classes, so a
@@ -428,8 +430,10 @@ def scan_anomaly_scores(
             computable, left out for that scan and class). Each family and class gets its own
             cross-fitted detectors and p-values (``family_p``), combined with the shares' in step 3.
         shares: whether the shares' p-values enter the score (``False``: the families alone).
-        detector: a name of :data:`~agg2exp_lightning.analysis.detectors.DETECTORS` (the scores, not the
-            calibration, depend on it).
+        detector: the per-class detector of the paper's rule "outlier for any class", a name of
+            :data:`~agg2exp_lightning.analysis.detectors.DETECTORS`: only ``heldout_class_fpr`` depends on it.
+        score_detector: the detector of every family's and class's score (the scores, not the
+            calibration, depend on it); default :class:`~agg2exp_lightning.analysis.detectors.RobustDistance`.
 
     Returns:
         A :class:`ScanAnomalyResult`.
@@ -460,7 +464,7 @@ def scan_anomaly_scores(
     if m < 2 * n_folds:
         from agg2exp_lightning.analysis.detectors import get_detector
 
-        raise ValueError(f"Expected at least {2 * n_folds} {what} to cross-fit {n_folds} folds of {get_detector(detector).label}, got {m}")
+        raise ValueError(f"Expected at least {2 * n_folds} {what} to cross-fit {n_folds} folds of {get_detector(score_detector).label}, got {m}")
     folds = cross_fit_folds(m, n_folds, random_state)
     n, a_count = len(mass), len(classes)
     class_p = np.full((n, a_count), np.nan)
@@ -468,12 +472,14 @@ def scan_anomaly_scores(
     oof_outlier = np.zeros((m, a_count), dtype=bool)
     for i, name in enumerate(classes):
         fitted = _cross_fit_class(ref[:, i, :], None if self_reference else mass[:, i, :], folds=folds, random_state=random_state,
-                                  detector=detector)
+                                  detector=score_detector)
         if fitted is None:
             log.warning("class %r: too few %s with shares to cross-fit %d folds; left out of the scan-level score", name, what, n_folds)
             continue
         oof, oof_out, aud_p = fitted
         ref_p[:, i] = _loo_p(oof)
+        if detector != score_detector:  # the paper's rule is the per-class detector's own call
+            oof_out = _cross_fit_class(ref[:, i, :], None, folds=folds, random_state=random_state, detector=detector)[1]
         oof_outlier[:, i] = oof_out
         class_p[:, i] = ref_p[:, i] if self_reference else aud_p
     family_p, reference_family_p = {}, {}
@@ -488,7 +494,7 @@ def scan_anomaly_scores(
             r_ok = np.isfinite(ref_x[:, i]).all(axis=1)
             a_ok = np.isfinite(aud_x[:, i]).all(axis=1)
             fitted = _cross_fit(np.nan_to_num(ref_x[:, i]), r_ok, None if self_reference else (np.nan_to_num(aud_x[:, i]), a_ok),
-                                folds=folds, random_state=random_state, absent_most_anomalous=False, detector=detector)
+                                folds=folds, random_state=random_state, absent_most_anomalous=False, detector=score_detector)
             if fitted is None:
                 log.warning("class %r: too few %s with %s evidence to cross-fit %d folds; left out of the scan-level score",
                             name, what, fam, n_folds)

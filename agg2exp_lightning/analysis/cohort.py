@@ -9,6 +9,7 @@
       "anomaly": {
         "method": "IsolationForest" | "LocalOutlierFactor", "random_state": int,   # the estimator's class
         "detector": str, "detector_label": str,     # analysis.detectors: name (--detector) and the report's plural
+        "score_detector": str,                      # the scan-level score's detector (--score-detector)
         "score": "-decision_function (higher = more anomalous)",
         "outlier": "predict == -1",
         "fitted_on": "audited scans" | "reference scans",
@@ -87,7 +88,7 @@ from agg2exp_lightning.analysis.anomaly import (
 )
 from agg2exp_lightning.analysis.bias import BiasResult, bias_tests, score_tests
 from agg2exp_lightning.analysis.correlation import anomaly_dice_correlation, mean_score_dice_correlation
-from agg2exp_lightning.analysis.detectors import DEFAULT_DETECTOR, get_detector
+from agg2exp_lightning.analysis.detectors import DEFAULT_DETECTOR, DEFAULT_SCORE_DETECTOR, get_detector
 from agg2exp_lightning.analysis.graph import ClassClustering, class_clustering, dependency_edges
 from agg2exp_lightning.analysis.importance import context_reliance, global_roi_importance, strongest_dependencies
 from agg2exp_lightning.analysis.regions import apply_empty_regions, merge_table_regions, resolve_merges
@@ -129,6 +130,7 @@ class CohortAnalysis:
     worklist: list[dict[str, Any]] = field(default_factory=list)
     notes: tuple[str, ...] = ()
     detector: str = DEFAULT_DETECTOR
+    score_detector: str = DEFAULT_SCORE_DETECTOR
 
     def per_scan_frame(self) -> pd.DataFrame:
         """The audited table in the published column format plus, per class ``a`` (published
@@ -184,6 +186,7 @@ class CohortAnalysis:
                 "method": get_detector(self.detector).estimator,
                 "detector": self.detector,
                 "detector_label": get_detector(self.detector).label,
+                "score_detector": self.score_detector,
                 "random_state": self.random_state,
                 "score": "-decision_function (higher = more anomalous)",
                 "outlier": "predict == -1",
@@ -204,7 +207,7 @@ class CohortAnalysis:
     def _scan_summary(self) -> dict[str, Any]:
         """The calibrated scan-level score, the worklist and the score's rank tests."""
         scan, tests = self.scan, self.score_bias
-        block: dict[str, Any] = {"method": scan_score_description(self.detector), "notes": list(self.notes)}
+        block: dict[str, Any] = {"method": scan_score_description(self.score_detector), "notes": list(self.notes)}
         if scan is not None:
             block.update({
                 "reference": "audited scans (their own reference)" if scan.self_reference else "reference scans",
@@ -285,6 +288,8 @@ def analyze_cohort(
             is left out with a note.
         detector: the per-class anomaly detector, a name of
             :data:`~agg2exp_lightning.analysis.detectors.DETECTORS` (default: the paper's Isolation Forest).
+        score_detector: the detector of the scan-level score's families and classes (default the robust
+            distance, :class:`~agg2exp_lightning.analysis.detectors.RobustDistance`).
 
     Returns:
         A :class:`CohortAnalysis`.
@@ -322,7 +327,7 @@ def analyze_cohort(
         groups[a] = flags
     bias = bias_tests(table.metadata, groups, seed=seed)
     scan, worklist, notes = _scan_level(table, reference, settings.contamination, settings.random_state, detector, reference_notes,
-                                        settings.evidence)
+                                        settings.evidence, settings.score_detector)
     score_bias = None
     if scan is not None:
         from agg2exp_lightning.analysis.bias import N_BOOTSTRAP
@@ -354,12 +359,14 @@ def analyze_cohort(
         worklist=worklist,
         notes=tuple(notes),
         detector=detector,
+        score_detector=settings.score_detector,
     )
 
 
 def _scan_level(table: ExplanationTable, reference: ExplanationTable | None, contamination: float,
                 random_state: int, detector: str = DEFAULT_DETECTOR, reference_notes: Sequence[str] = (),
-                evidence: Sequence[str] = ("shares",)) -> tuple[ScanAnomalyResult | None, list[dict[str, Any]], list[str]]:
+                evidence: Sequence[str] = ("shares",), score_detector: str = DEFAULT_SCORE_DETECTOR,
+                ) -> tuple[ScanAnomalyResult | None, list[dict[str, Any]], list[str]]:
     """The calibrated scan-level score and worklist, falling back to the audited scans as their own
     reference when the reference set is too small; notes say what was done instead or skipped."""
     ref_mass = None if reference is None else reference.mass
@@ -397,7 +404,7 @@ def _scan_level(table: ExplanationTable, reference: ExplanationTable | None, con
         shares = True
     scan = scan_anomaly_scores(table.mass, table.classes, ref_mass, contamination=contamination, random_state=random_state,
                                families={f: (forest_features(a, f), None if r is None else forest_features(r, f)) for f, (a, r) in families.items()},
-                               shares=shares, detector=detector)
+                               shares=shares, detector=detector, score_detector=score_detector)
     left_out = missing_evidence({f: a for f, (a, _) in families.items()}, table.classes, list(families)) if families else None
     if scan.expected_fpr == 0:
         notes.append(f"{scan.n_reference} reference scans cannot calibrate a false-positive rate of {contamination:g}: no scan "

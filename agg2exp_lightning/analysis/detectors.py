@@ -12,6 +12,12 @@ cross-fitting, the conformal calibration and the report (:mod:`agg2exp_lightning
 - ``local_outlier_factor``: :class:`sklearn.neighbors.LocalOutlierFactor` with ``novelty=True`` (so it
   scores rows it was not fitted on), scikit-learn's defaults otherwise (20 neighbours, fewer on small
   reference sets; deterministic, ``random_state`` unused).
+- ``robust_distance`` (the default of the scan-level score, :data:`DEFAULT_SCORE_DETECTOR`):
+  :class:`RobustDistance`, the mean squared robust z-score of a row's features against the reference
+  (median and scaled median absolute deviation per feature): a diagonal Mahalanobis distance that
+  outliers in the reference do not inflate. It has no tuning knob and needs no more rows than
+  features, which suits reference sets of a few dozen scans (a forest on 19 rows is a noisy density
+  estimate; ``benchmarks/detector_power.py`` compares them on simulated features).
 
 A new detector is one :func:`register_detector` call (or one row of :data:`DETECTORS`).
 
@@ -32,8 +38,8 @@ import numpy as np
 
 from agg2exp_lightning.utils.options import look_up_option
 
-__all__ = ["DEFAULT_DETECTOR", "DETECTORS", "AnomalyDetector", "DetectorSpec", "SklearnNoveltyDetector", "get_detector",
-           "make_detector", "register_detector"]
+__all__ = ["DEFAULT_DETECTOR", "DEFAULT_SCORE_DETECTOR", "DETECTORS", "AnomalyDetector", "DetectorSpec", "RobustDistance",
+           "SklearnNoveltyDetector", "get_detector", "make_detector", "register_detector"]
 
 
 @runtime_checkable
@@ -63,6 +69,35 @@ class SklearnNoveltyDetector:
 
     def score(self, x: np.ndarray) -> np.ndarray:
         return -np.asarray(self.estimator.decision_function(x), dtype=float)
+
+
+class RobustDistance:
+    """Mean squared robust z-score against the reference rows (a diagonal, outlier-resistant Mahalanobis distance).
+
+    ``fit`` keeps, per feature, the median and a scale: ``1.4826 * MAD`` (the standard deviation of a normal
+    feature), else the standard deviation where the MAD is 0 (a feature most reference rows share), else 1 (a
+    feature constant in the reference: one unit of difference counts as one scale). ``score`` of a row is
+    ``mean_f z_f**2 - q / F``, with ``q`` the 97.5 % quantile of a chi-square with ``F`` degrees of freedom: above
+    0 where a normal row would be with probability 2.5 % (the detector's own outlier call; the audit's
+    calibration does not use it).
+    """
+
+    def fit(self, x: np.ndarray) -> RobustDistance:
+        from scipy.stats import chi2
+
+        x = np.asarray(x, dtype=float)
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError(f"Expected at least 2 reference rows of shape [M, F], got {x.shape}")
+        self.center = np.median(x, axis=0)
+        mad = 1.4826 * np.median(np.abs(x - self.center), axis=0)
+        sd = x.std(axis=0)
+        self.scale = np.where(mad > 0, mad, np.where(sd > 0, sd, 1.0))
+        self.cut = float(chi2.ppf(0.975, x.shape[1])) / x.shape[1]
+        return self
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, dtype=float) - self.center) / self.scale
+        return np.mean(z * z, axis=1) - self.cut
 
 
 @dataclass(frozen=True)
@@ -103,19 +138,26 @@ def _local_outlier_factor(random_state: int) -> AnomalyDetector:
     return _LOF(LocalOutlierFactor(novelty=True))
 
 
-#: The detectors ``--detector`` offers, by name (the first is the default).
+def _robust_distance(random_state: int) -> AnomalyDetector:
+    return RobustDistance()
+
+
+#: The detectors ``--detector`` and ``--score-detector`` offer, by name.
 DETECTORS: dict[str, DetectorSpec] = {
     "isolation_forest": DetectorSpec("isolation_forest", "Isolation Forests", "IsolationForest", _isolation_forest),
     "local_outlier_factor": DetectorSpec("local_outlier_factor", "Local Outlier Factor models", "LocalOutlierFactor",
                                          _local_outlier_factor),
+    "robust_distance": DetectorSpec("robust_distance", "robust distances", "RobustDistance", _robust_distance),
 }
-#: The paper's detector.
+#: The paper's detector (the per-class outlier calls).
 DEFAULT_DETECTOR = "isolation_forest"
+#: The detector of the calibrated scan-level score.
+DEFAULT_SCORE_DETECTOR = "robust_distance"
 
 
-def get_detector(name: str) -> DetectorSpec:
-    """The table row of a detector (``ValueError`` naming the valid ones, with a "did you mean")."""
-    return DETECTORS[look_up_option("detector", name, tuple(DETECTORS))]
+def get_detector(name: str, argument: str = "detector") -> DetectorSpec:
+    """The table row of a detector (``ValueError`` naming ``argument``, the valid names and a "did you mean")."""
+    return DETECTORS[look_up_option(argument, name, tuple(DETECTORS))]
 
 
 def make_detector(name: str, random_state: int) -> AnomalyDetector:

@@ -13,7 +13,14 @@ and used to throw it away. Three more families, per explained class ``a``:
 - **image**: the mean and the standard deviation of the model's input (after its preprocessing) over
   the voxels predicted as ``a``: what the model was given where it saw ``a``. A model can absorb an
   acquisition or density change (an artefact, noise, contrast, fluid) without changing its output or
-  its explanation; the input inside its own prediction still shows it.
+  its explanation; the input inside its own prediction still shows it. Beside them, the number of
+  those voxels whose input is the scan's lowest or highest value: where the preprocessing clips
+  intensities to a window (``[-1024, 1024]`` HU here, percentiles in nnU-Net), everything beyond it
+  reaches the model as one value, so this counts what the model cannot tell apart (an implant, a
+  wrong rescale, contrast above the window); without clipping it is about one voxel. For the
+  background (label 0) only its voxels **inside the body** count: the tissue the model assigned to no
+  structure (an unlabelled organ, fluid, a foreign object), not the air around the patient, whose
+  amount depends on the field of view.
 
 Each family is scored like the shares (:func:`~agg2exp_lightning.analysis.anomaly.scan_anomaly_scores`:
 one cross-fitted Isolation Forest per family and class, a conformal p-value per family and class), and
@@ -76,6 +83,7 @@ FAMILIES: dict[str, tuple[EvidenceFeature, ...]] = {
     "image": (
         EvidenceFeature("intensity_mean", "{cls} mean input intensity", "", False),
         EvidenceFeature("intensity_sd", "{cls} input intensity standard deviation", "", False),
+        EvidenceFeature("at_input_bounds", "{cls} voxels at the input's lowest or highest value", "", True),
     ),
 }
 #: Every family, the default of ``--evidence``.
@@ -185,35 +193,50 @@ def attribution_evidence(attribution: np.ndarray, body: np.ndarray) -> dict[str,
     return {"mass": [float(v) for v in total], "outside_body": [float(v) for v in share]}
 
 
-def image_evidence(image: np.ndarray, labels: np.ndarray, class_ids: Sequence[int]) -> dict[str, list[float]]:
+def image_evidence(image: np.ndarray, labels: np.ndarray, class_ids: Sequence[int], body: np.ndarray | None = None,
+                   background_id: int = 0) -> dict[str, list[float]]:
     """The image family of one scan: per explained class, the mean and standard deviation of the input over its
-    predicted voxels.
+    predicted voxels (the background's: those inside the body).
 
     Args:
         image: ``[*S]`` the model's input (one channel, after preprocessing).
         labels: ``[*S]`` predicted labels.
         class_ids: the explained classes' label ids (row order).
+        body: ``[*S]`` bool body mask: the background class counts only its voxels inside it (``None``: all).
+        background_id: the background's label id.
 
     Returns:
-        ``{"intensity_mean": [T], "intensity_sd": [T]}`` (population sd); NaN for a class with no predicted voxel.
+        ``{"intensity_mean": [T], "intensity_sd": [T], "at_input_bounds": [T]}`` (population sd; the number of the
+        class's voxels whose input equals the scan's minimum or maximum); NaN for a class with no predicted voxel
+        (the background: none inside the body).
     """
     x = np.asarray(image, dtype=np.float64).reshape(-1)
     lab = np.asarray(labels).reshape(-1).astype(np.int64)
     if x.shape != lab.shape:
         raise ValueError(f"Expected the image and the prediction on one grid, got {np.shape(image)} and {np.shape(labels)}")
+    bound = (x == x.min(initial=np.inf)) | (x == x.max(initial=-np.inf))  # the whole scan's range, before the body is cut
+    if body is not None:
+        inside = np.asarray(body, dtype=bool).reshape(-1)
+        if inside.shape != lab.shape:
+            raise ValueError(f"Expected the body mask on the prediction's grid, got {np.shape(body)} and {np.shape(labels)}")
+        lab = np.where((lab == background_id) & ~inside, -1, lab)  # background outside the body: in no class
+        keep = lab >= 0
+        x, lab, bound = x[keep], lab[keep], bound[keep]
     k = max(max(class_ids, default=0), int(lab.max(initial=0))) + 1
     n = np.bincount(lab, minlength=k).astype(np.float64)
     s1 = np.bincount(lab, weights=x, minlength=k)
-    out: dict[str, list[float]] = {"intensity_mean": [], "intensity_sd": []}
+    at_bounds = np.bincount(lab, weights=bound.astype(np.float64), minlength=k)
+    out: dict[str, list[float]] = {f.key: [] for f in FAMILIES["image"]}
     for c in class_ids:
         if n[c] == 0:
-            out["intensity_mean"].append(math.nan)
-            out["intensity_sd"].append(math.nan)
+            for key in out:
+                out[key].append(math.nan)
             continue
         mean = s1[c] / n[c]
         values = x[lab == c]
         out["intensity_mean"].append(float(mean))
         out["intensity_sd"].append(float(np.sqrt(np.mean((values - mean) ** 2))))
+        out["at_input_bounds"].append(float(at_bounds[c]))
     return out
 
 
@@ -247,16 +270,19 @@ def scan_evidence(result, image, class_ids: Sequence[int], voxel_ml: float | Non
                                diag.get("prediction_confidence"), diag.get("prediction_entropy"))
     maps = getattr(result, "attributions", None)
     maps = getattr(result, "attribution", None) if maps is None else maps
-    if maps is None:
+    image_t = torch.as_tensor(image).detach().float().cpu()
+    one_channel = image_t.numel() == math.prod(spatial)
+    if body is not None:
+        body = torch.as_tensor(body).detach().cpu().reshape(spatial).numpy() > 0.5
+    elif one_channel:  # the toolkit's intensities: the body is above the threshold of its HU window
+        body = image_t.reshape(spatial).numpy() > BODY_THRESHOLD
+    if maps is None or body is None:
         attr = {"mass": [math.nan] * t, "outside_body": [math.nan] * t}
     else:
         maps = torch.as_tensor(maps).detach().float().cpu().reshape(t, *spatial).numpy()
-        if body is None:  # the toolkit's intensities: the body is above the threshold of its HU window
-            body = torch.as_tensor(image).detach().float().cpu().reshape(spatial).numpy() > BODY_THRESHOLD
-        attr = attribution_evidence(maps, torch.as_tensor(body).detach().cpu().reshape(spatial).numpy() > 0.5)
-    image_t = torch.as_tensor(image).detach().float().cpu()
-    if image_t.numel() == math.prod(spatial):
-        img = image_evidence(image_t.reshape(spatial).numpy(), prediction.numpy(), class_ids)
+        attr = attribution_evidence(maps, body)
+    if one_channel:
+        img = image_evidence(image_t.reshape(spatial).numpy(), prediction.numpy(), class_ids, body=body)
     else:  # several input channels: no one intensity to summarise
         img = {f.key: [math.nan] * t for f in FAMILIES["image"]}
     return {"prediction": pred, "attribution": attr, "image": img}

@@ -29,15 +29,16 @@ FIGURE_CAPTIONS: dict[str, str] = {
 #: The report's words for each quantity, with the column or key that holds it (the glossary section).
 GLOSSARY: tuple[tuple[str, str, str], ...] = (
     ("scan-level score", "scan_anomaly_score (per_scan.csv), worklist[].score (summary.json)",
-     "One number per scan, higher = more unusual: each class's forest score is turned into a per-class p against the "
-     "reference scans, and Fisher's combination of those p-values is written as \u2212log10 of its tail (about 0 to 6). "
-     "It orders the worklist."),
+     "One number per scan, higher = more unusual: per evidence family and class, a detector (by default the robust "
+     "distance: the mean squared robust z-score of the features against the reference scans) scores the scan, the score "
+     "is turned into a per-class p against the reference scans, and Fisher's combination of those p-values is written as "
+     "\u2212log10 of its tail (about 0 to 6). It orders the worklist."),
     ("calibrated p", "scan_anomaly_p", "The share of reference scans whose scan-level score is at least as high (small = unusual)."),
     ("flagged", "scan_flagged", "Calibrated p at most the contamination: a clean scan like the reference scans is flagged with "
      "probability at most the contamination (the expected false-positive rate)."),
     ("contamination", "--contamination", "The share of clean scans the flag may raise (default 0.05)."),
-    ("per-class p", "{class}_anomaly_p", "For one class, the share of reference scans whose forest score is at least as high "
-     "(a class the scan lacks counts as most unusual)."),
+    ("per-class p", "{class}_anomaly_p", "For one class, the share of reference scans whose score (the scan-level score's "
+     "detector, on the class's shares) is at least as high (a class the scan lacks counts as most unusual)."),
     ("forest score", "{class}_anomaly_score", "The per-class Isolation Forest's score of a scan's shares (scikit-learn's "
      "\u2212decision_function, the paper's score): higher = more unusual for that class, about \u22120.2 to 0.2; "
      "not comparable between classes."),
@@ -49,7 +50,7 @@ GLOSSARY: tuple[tuple[str, str, str], ...] = (
     ("own share / context reliance", "own_share, context_reliance",
      "The share in the class's own region, and 1 minus it."),
     ("reference scans", "--reference-table, --reference-split",
-     "The scans the forests are fitted on and the scores are calibrated against; without them, the audited scans themselves."),
+     "The scans the detectors are fitted on and the scores are calibrated against; without them, the audited scans themselves."),
     ("reference median", "", "The median of a share over the reference scans: what a worklist reason compares a scan's share with."),
     ("\u03c1, p, q", "rho, p, q", "Spearman's rank correlation, its p-value, and the Benjamini-Hochberg q-value over the tests of one family."),
 )

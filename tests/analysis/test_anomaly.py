@@ -104,7 +104,7 @@ def test_conformal_p_and_fisher_agree_with_independent_references():
 def test_per_class_p_values_are_cross_conformal_against_held_out_forests():
     rng = np.random.default_rng(1)
     ref, aud = _dirichlet(rng, 24), _dirichlet(rng, 6)
-    res = scan_anomaly_scores(aud, ["a", "b"], ref, n_folds=4, random_state=7)
+    res = scan_anomaly_scores(aud, ["a", "b"], ref, n_folds=4, random_state=7, score_detector="isolation_forest")
     folds = cross_fit_folds(24, 4, 7)
     assert sorted(np.bincount(folds)) == [6, 6, 6, 6]
     for i in range(2):
@@ -119,6 +119,45 @@ def test_per_class_p_values_are_cross_conformal_against_held_out_forests():
         np.testing.assert_allclose(res.reference_class_p[:, i], loo)
     np.testing.assert_allclose(res.score, fisher_combination(res.class_p))
     np.testing.assert_allclose(res.p_value, [(1 + (res.reference_score >= x).sum()) / 25 for x in res.score])
+
+
+def _robust_z2(train: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The default score detector written out independently: mean over features of ((x - median) / scale)**2, the scale
+    1.4826 MAD (else the sd, else 1), less the chi-square(F) 97.5 % quantile / F (looked up in scipy)."""
+    from scipy.stats import chi2
+
+    out = np.zeros(len(rows))
+    n_feat = train.shape[1]
+    for j in range(n_feat):
+        col = sorted(train[:, j])
+        med = (col[(len(col) - 1) // 2] + col[len(col) // 2]) / 2
+        dev = sorted(abs(v - med) for v in col)
+        mad = 1.4826 * (dev[(len(dev) - 1) // 2] + dev[len(dev) // 2]) / 2
+        sd = float(np.sqrt(np.mean((train[:, j] - np.mean(train[:, j])) ** 2)))
+        scale = mad if mad > 0 else (sd if sd > 0 else 1.0)
+        out += ((rows[:, j] - med) / scale) ** 2
+    return out / n_feat - chi2.ppf(0.975, n_feat) / n_feat
+
+
+def test_the_default_score_detector_is_the_robust_distance_cross_fitted_like_the_forests():
+    rng = np.random.default_rng(3)
+    ref, aud = _dirichlet(rng, 24), _dirichlet(rng, 6)
+    res = scan_anomaly_scores(aud, ["a", "b"], ref, n_folds=4, random_state=7)
+    folds = cross_fit_folds(24, 4, 7)
+    for i in range(2):
+        oof, counts = np.empty(24), np.zeros(6)
+        for f in range(4):
+            oof[folds == f] = _robust_z2(ref[folds != f, i], ref[folds == f, i])
+            s = _robust_z2(ref[folds != f, i], aud[:, i])
+            counts += [(oof[folds == f] >= x).sum() for x in s]
+        np.testing.assert_allclose(res.class_p[:, i], (1 + counts) / 25)
+    # the paper's "outlier for any class" rate is still the per-class detector's (a forest), whatever scores the scans
+    forest = scan_anomaly_scores(aud, ["a", "b"], ref, n_folds=4, random_state=7, score_detector="isolation_forest")
+    assert res.heldout_class_fpr == forest.heldout_class_fpr
+    lof = scan_anomaly_scores(aud, ["a", "b"], ref, n_folds=4, random_state=7, detector="local_outlier_factor",
+                              score_detector="local_outlier_factor")
+    assert scan_anomaly_scores(aud, ["a", "b"], ref, n_folds=4, random_state=7, detector="local_outlier_factor").heldout_class_fpr == (
+        lof.heldout_class_fpr)
 
 
 @pytest.mark.slow

@@ -76,9 +76,35 @@ def test_image_evidence_mean_and_sd_of_the_input_inside_each_predicted_class():
         mean = sum(inside) / len(inside)
         assert out["intensity_mean"][row] == pytest.approx(mean, rel=1e-12)
         assert out["intensity_sd"][row] == pytest.approx((sum((v - mean) ** 2 for v in inside) / len(inside)) ** 0.5, rel=1e-12)
-    assert np.isnan(out["intensity_mean"][2]) and np.isnan(out["intensity_sd"][2])  # not computable, never a zero
+        lowest, highest = image.min(), image.max()
+        assert out["at_input_bounds"][row] == sum(1 for i in np.ndindex(image.shape) if labels[i] == c and image[i] in (lowest, highest))
+    assert sum(out["at_input_bounds"][:2]) == 2  # continuous values: one voxel holds the minimum, one the maximum
+    assert all(np.isnan(v[2]) for v in out.values())  # not computable, never a zero
     with pytest.raises(ValueError, match=r"one grid, got \(6, 7, 5\) and \(6, 7, 4\)"):
         image_evidence(image, labels[..., :4], [1])
+
+
+def test_the_background_image_row_counts_only_its_voxels_inside_the_body():
+    image = np.zeros((4, 4, 4))
+    labels = np.zeros((4, 4, 4), dtype=int)
+    labels[0] = 1
+    image[1] = 0.5
+    image[2, :, :2] = 1.0  # a bright object in the body, assigned to no structure
+    image[3] = 0.05  # air around the patient
+    body = image > 0.25
+    out = image_evidence(image, labels, [0, 1], body=body)
+    inside = np.r_[np.full(16, 0.5), np.full(8, 1.0)]  # the body's background: slab 1 (16 voxels) and the lit half of slab 2
+    assert out["intensity_mean"][0] == pytest.approx(inside.mean()) and out["intensity_sd"][0] == pytest.approx(inside.std())
+    assert out["intensity_mean"][1] == 0.0  # other classes: every predicted voxel, in the body or not
+    # the input's range is the whole scan's [0, 1]: the lit half of slab 2 (background in the body) sits at its top,
+    # all of class 1 (slab 0) at its bottom, like voxels clipped by an intensity window
+    assert out["at_input_bounds"] == [8.0, 16.0]
+    everything = image_evidence(image, labels, [0], body=None)
+    assert everything["intensity_mean"][0] == pytest.approx(image[1:].mean())
+    no_body = image_evidence(image, labels, [0, 1], body=np.zeros_like(body))
+    assert np.isnan(no_body["intensity_mean"][0]) and no_body["intensity_mean"][1] == 0.0
+    with pytest.raises(ValueError, match=r"body mask on the prediction's grid, got \(4, 4\) and \(4, 4, 4\)"):
+        image_evidence(image, labels, [0], body=body[0])
 
 
 def test_scan_evidence_has_the_image_family_and_leaves_it_out_for_several_channels():

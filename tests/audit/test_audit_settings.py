@@ -103,17 +103,31 @@ def test_detector_flag_is_recorded_and_fingerprinted(tmp_path, make_frame, capsy
     assert config["detector"] == "local_outlier_factor" and config["contamination"] == 0.05
     summary = json.loads((out / "summary.json").read_text())
     assert summary["anomaly"]["method"] == "LocalOutlierFactor" and summary["anomaly"]["detector"] == "local_outlier_factor"
-    assert "Local Outlier Factor model score" in summary["scan_anomaly"]["method"]
+    assert summary["anomaly"]["score_detector"] == "robust_distance" and "robust distance score" in summary["scan_anomaly"]["method"]
     report = (out / "report.html").read_text()
     assert "Local Outlier Factor models fitted on" in report and "one Local Outlier Factor model per class" in report
     assert main(["--from-table", str(tmp_path / "t.csv"), "--out", str(out), "-q"]) == 2
     assert "differs in: detector" in capsys.readouterr().err
     assert main(["--from-table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o2"), "--detector", "lof"]) == 2
-    assert "`detector` to be one of ['isolation_forest', 'local_outlier_factor'], but got 'lof'" in capsys.readouterr().err
+    assert "`detector` to be one of ['isolation_forest', 'local_outlier_factor', 'robust_distance'], but got 'lof'" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a number out of range: as argparse reports it
         main(["--from-table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o2"), "--dependencies", "0"])
     assert "--dependencies must be a positive integer, but got 0" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_score_detector_flag_is_recorded_fingerprinted_and_checked(tmp_path, make_frame, capsys):
+    make_frame(24, 2, seed=4).to_csv(tmp_path / "t.csv", index=False)
+    out = tmp_path / "out"
+    assert main(["--from-table", str(tmp_path / "t.csv"), "--out", str(out), "--score-detector", "local_outlier_factor", "-q"]) == 0
+    assert json.loads((out / "audit.json").read_text())["config"]["score_detector"] == "local_outlier_factor"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["anomaly"]["score_detector"] == "local_outlier_factor" and summary["anomaly"]["detector"] == "isolation_forest"
+    assert "Local Outlier Factor model score" in summary["scan_anomaly"]["method"]
+    assert main(["--from-table", str(tmp_path / "t.csv"), "--out", str(out), "-q"]) == 2
+    assert "differs in: score_detector" in capsys.readouterr().err
+    assert main(["--from-table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o2"), "--score-detector", "robust"]) == 2
+    assert "`score_detector` to be one of" in capsys.readouterr().err and not (tmp_path / "o2").exists()
 
 
 def test_analyze_cohort_takes_the_settings_whole(make_frame):
@@ -155,3 +169,7 @@ def test_anomaly_monitor_takes_the_detector_by_the_same_name():
     lof = AnomalyMonitor(detector="local_outlier_factor")
     assert lof.detector == "local_outlier_factor" and lof.state_key != AnomalyMonitor().state_key  # separate state per detector
     assert AnomalyMonitor().state_key == "AnomalyMonitor{'source': None, 'random_state': 123}"  # the default's key as before
+    assert AnomalyMonitor().score_detector == "robust_distance"
+    assert AnomalyMonitor(score_detector="isolation_forest").score_detector == "isolation_forest"
+    with pytest.raises(ValueError, match=r"`score_detector`.*'forest'"):
+        AnomalyMonitor(score_detector="forest")

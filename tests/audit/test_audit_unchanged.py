@@ -12,6 +12,10 @@ Rewritten with the current code (``python tests/audit/test_audit_unchanged.py te
 ``image`` evidence family joined the scan-level score (new ``*_image_anomaly_p`` columns, a new score); the
 audit runs with oneDNN off (``torch.backends.mkldnn.flags(enabled=False)``): PyTorch's own kernel gives the same
 numbers on AVX2 and AVX-512 CPUs, oneDNN's fp32 sums differ between them by ~1e-7 (measured with the CPU capped at AVX2).
+Rewritten again when the scan-level score took its own detector (``--score-detector``, default the robust distance
+instead of the per-class Isolation Forests) and the image family the background's voxels inside the body and the
+voxels at the input's bounds: new scan-level scores, per-class p-values and worklist; the per-class forest scores,
+outliers, shares, Dice and paper analyses equal the previous reference (checked before the rewrite).
 
 The test runs the same audit with the current code and compares every table cell and every summary value
 the old code wrote (new summary keys, such as the detector's name, are allowed; prose such as the
