@@ -34,7 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE, check_contamination
+from agg2exp_lightning.analysis.anomaly import (
+    DEFAULT_CONTAMINATION,
+    DEFAULT_RANDOM_STATE,
+    DEFAULT_SCORE_TAIL,
+    SCORE_TAILS,
+    check_contamination,
+)
 from agg2exp_lightning.analysis.detectors import DEFAULT_DETECTOR, DEFAULT_SCORE_DETECTOR, get_detector
 from agg2exp_lightning.protocols import DEFAULT_PROTOCOL, Protocol, resolve_protocol
 from agg2exp_lightning.utils.options import did_you_mean, positive_int
@@ -77,6 +83,8 @@ class AuditSettings:
         contamination: share of clean scans the scan-level flag may raise, in ``(0, 0.5]``.
         detector: per-class anomaly detector (:data:`~agg2exp_lightning.analysis.detectors.DETECTORS`).
         score_detector: the detector of the scan-level score's families and classes (default the robust distance).
+        score_tail: how a per-class score beyond every reference score is read (``"exponential"``, default, or
+            ``"conformal"``; :func:`~agg2exp_lightning.analysis.anomaly.tail_p`).
         evidence: evidence families of the scan-level score (``"shares,prediction,attribution,image"`` or a list;
             :mod:`~agg2exp_lightning.analysis.evidence`); ``None``: every family, the paper protocol the
             shares alone (stored resolved, as a tuple).
@@ -102,6 +110,7 @@ class AuditSettings:
     contamination: float = DEFAULT_CONTAMINATION
     detector: str = DEFAULT_DETECTOR
     score_detector: str = DEFAULT_SCORE_DETECTOR
+    score_tail: str = DEFAULT_SCORE_TAIL
     evidence: Union[str, tuple[str, ...], None] = None
     n_dependencies: int = 12
     n_extremes: int = 3
@@ -202,6 +211,11 @@ class AuditSettings:
 
     def _check_detector(self) -> None:
         self._put("detector", get_detector(self.detector).name)
+
+    def _check_score_tail(self) -> None:
+        from agg2exp_lightning.utils.options import look_up_option
+
+        self._put("score_tail", look_up_option("score_tail", self.score_tail, SCORE_TAILS))
 
     def _check_score_detector(self) -> None:
         self._put("score_detector", get_detector(self.score_detector, "score_detector").name)

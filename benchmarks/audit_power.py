@@ -111,13 +111,14 @@ def load_pool(pool: Path, out: Path, folder_name: str = "explained",
 
 
 def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """ROC AUC of scores of positive vs negative scans (sklearn; non-finite scores rank lowest)."""
+    """ROC AUC of scores of positive vs negative scans (sklearn on ranks: NaN lowest, ``+inf`` highest)."""
+    from scipy.stats import rankdata
     from sklearn.metrics import roc_auc_score
 
     if len(positive) == 0 or len(negative) == 0:
         return float("nan")
-    s = np.concatenate([positive, negative])
-    s = np.where(np.isfinite(s), s, np.nanmin(s[np.isfinite(s)]) - 1 if np.isfinite(s).any() else 0.0)
+    s = np.concatenate([positive, negative]).astype(float)
+    s = rankdata(np.where(np.isnan(s), -np.inf, s))  # ranks: ties share one, inf and -inf order like numbers
     return float(roc_auc_score(np.r_[np.ones(len(positive)), np.zeros(len(negative))], s))
 
 
@@ -133,7 +134,7 @@ def _table(frame: pd.DataFrame, rows: np.ndarray, classes: list[str], records: d
 def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int, classes: list[str], *,
                  records: dict | None = None, evidence: str | None = None,
                  training: tuple[pd.DataFrame, dict] | None = None, detector: str | None = None,
-                 score_detector: str | None = None) -> tuple[dict, object, pd.DataFrame]:
+                 score_detector: str | None = None, score_tail: str | None = None) -> tuple[dict, object, pd.DataFrame]:
     """Draw one reference set and one audited cohort from the explained pool and audit it; with ``training`` (the
     model's own training scans, explained), also audit the same cohort against ``n_reference`` of those."""
     from agg2exp_lightning.analysis.cohort import analyze_cohort
@@ -146,7 +147,7 @@ def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int
     truth = pool.loc[audited, ["patient", *TRUTH_COLUMNS]].reset_index(drop=True)
     records = records or {}
     ref_table, aud_table = _table(pool, reference, classes, records), _table(pool, audited, classes, records)
-    options = {k: v for k, v in (("detector", detector), ("score_detector", score_detector)) if v}
+    options = {k: v for k, v in (("detector", detector), ("score_detector", score_detector), ("score_tail", score_tail)) if v}
     analysis = analyze_cohort(aud_table, ref_table, n_bootstrap=0, seed=seed, evidence=evidence, **options)
     scan = analysis.scan
     score, flagged = scan.score, scan.flagged
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evidence", default=None, help="evidence families of the scan-level score (default: all)")
     parser.add_argument("--detector", default=None, help="per-class detector (default: the audit's, isolation_forest)")
     parser.add_argument("--score-detector", default=None, help="detector of the scan-level score (default: the audit's, robust_distance)")
+    parser.add_argument("--score-tail", default=None, help="per-class tail of the scan-level score (default: the audit's, exponential)")
     parser.add_argument("--training-data", default=str(ROOT / "data" / "synthetic_thorax"),
                         help="the model's training data: its train split is explained to measure the training-split reference "
                              "(default %(default)s; 'none' to skip)")
@@ -280,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     per_seed, first = [], None
     for seed in range(args.cohort_seeds):
         res, analysis, _ = audit_cohort(pool, seed, args.n_reference, args.n_audited, known, records=pool_records, evidence=args.evidence, training=training,
-                                         detector=args.detector, score_detector=args.score_detector)
+                                         detector=args.detector, score_detector=args.score_detector, score_tail=args.score_tail)
         per_seed.append(res)
         first = first or analysis
         log.info("seed %d: %s", seed, json.dumps(res))
@@ -329,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                + (format_rate(a["clean_flagged_training_reference"], a["clean"]) if a["clean_flagged_training_reference"] is not None
                   else "not measured (no --training-data)")),
               f"evidence families: {', '.join(per_seed[0]['evidence'])}; detectors: per class {first.detector}, "
-              f"scan-level score {first.score_detector}",
+              f"scan-level score {first.score_detector} ({first.score_tail} tail)",
               f"degraded scanner found (scanner_model q < 0.05) in {a['scanner_found']} of {a['seeds']} seeds "
               f"({format_rate(a['scanner_found'], a['seeds'])}); q = " + ", ".join(f"{q:.3g}" for q in a["scanner_q"]),
               f"bias false alarms under shuffled metadata ({n_null} shuffles): score tests {format_rate(alarms['score'], n_null)}, "

@@ -163,15 +163,22 @@ DEFAULT_CONTAMINATION = 0.05
 DEFAULT_FOLDS = 5
 #: Fewest reference scans with shares a class needs for cross-fitted forests (2 per fold).
 MIN_REFERENCE_SCANS = 2 * DEFAULT_FOLDS
+#: How the per-class p-value of a score beyond every reference score is read: ``"conformal"`` (it stops at
+#: ``1 / (M + 1)``) or ``"exponential"`` (the default: an exponential tail fitted to the top reference scores).
+SCORE_TAILS = ("exponential", "conformal")
+#: The default of ``score_tail``.
+DEFAULT_SCORE_TAIL = SCORE_TAILS[0]
 
 
-def scan_score_description(score_detector: str = DEFAULT_SCORE_DETECTOR) -> str:
-    """How the scan-level score is built with ``score_detector`` (written into ``summary.json``)."""
+def scan_score_description(score_detector: str = DEFAULT_SCORE_DETECTOR, score_tail: str = DEFAULT_SCORE_TAIL) -> str:
+    """How the scan-level score is built with ``score_detector`` and ``score_tail`` (written into ``summary.json``)."""
     from agg2exp_lightning.analysis.detectors import get_detector
 
     label = get_detector(score_detector).label.rstrip("s")
+    beyond = (" (beyond every reference score: an exponential tail fitted to the largest reference scores)"
+              if score_tail == "exponential" else "")
     return (f"per evidence family and class: conformal p-value of the {label} score against cross-fitted reference "
-            "scores (shares: a class the scan lacks counts as most anomalous; the other families: left out where not "
+            f"scores{beyond} (shares: a class the scan lacks counts as most anomalous; the other families: left out where not "
             "computable); Fisher's -2 sum log p over the scored families and classes, "
             "as -log10 of its chi-square tail (higher = more anomalous); calibrated p = share of reference scans "
             "at least as anomalous (conformal)")
@@ -259,15 +266,20 @@ def fisher_combination(p: np.ndarray) -> np.ndarray:
     Returns:
         ``[N]`` scores, higher = stronger combined evidence.
     """
-    from scipy.stats import chi2
+    from scipy.special import gammaln, logsumexp
 
     p = np.asarray(p, dtype=float)
     ok = np.isfinite(p)
     k = ok.sum(axis=1)
     x = -2.0 * np.where(ok, np.log(np.where(ok, p, 1.0)), 0.0).sum(axis=1)
     out = np.full(len(p), np.nan)
-    has = k > 0
-    out[has] = -chi2.logsf(x[has], 2 * k[has]) / np.log(10.0)
+    for r in np.flatnonzero(k > 0):
+        # a chi-square with 2k degrees of freedom has sf(x) = exp(-x/2) sum_{i<k} (x/2)^i / i!: its log in closed
+        # form, finite however small the p-values (scipy's logsf underflows to -inf near x ~ 1500)
+        i = np.arange(k[r])
+        half = x[r] / 2.0
+        terms = np.where(i == 0, 0.0, i * np.log(half) if half > 0 else -np.inf) - gammaln(i + 1.0)
+        out[r] = (half - logsumexp(terms)) / np.log(10.0) + 0.0  # + 0.0: no -0.0 for p = 1
     return out
 
 
@@ -298,13 +310,70 @@ def _loo_p(scores: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Reference scores the exponential tail is fitted to (the largest ``TAIL_K``; fewer finite ones: conformal p).
+TAIL_K = 5
+#: Smallest per-class p-value the tail gives (keeps Fisher's sum finite).
+_P_FLOOR = 1e-300
+
+
+def tail_p(scores: np.ndarray, reference: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Conformal p-values ``p`` of ``scores`` extended beyond the largest ``reference`` score by an exponential tail.
+
+    A conformal p-value cannot go below ``1 / (M + 1)``, however far a score lies beyond the reference scans,
+    so a fault that moves one feature of one class far counts no more than a clean scan's most unusual class.
+    Beyond the largest reference score ``r_1`` the tail is read from the reference itself (peaks over a
+    threshold with an exponential tail, a generalised Pareto of shape 0): with ``u`` the ``TAIL_K``-th largest
+    reference score and ``beta`` the mean excess of the larger ones over ``u``,
+    ``p = min(p, exp(-(s - r_1) / beta) / (M + 1))``, never below ``1e-300``. Scores within the reference's
+    range, ``+inf`` (a class the scan lacks: calibrated by how often the reference lacks it) and NaN keep
+    ``p``; so do all scores when the reference has fewer than ``TAIL_K + 1`` finite scores or no spread at
+    its top.
+
+    Args:
+        scores: ``[N]`` scores (higher = more anomalous).
+        reference: ``[M]`` the reference scores they were compared with (NaN and ``+inf`` allowed).
+        p: ``[N]`` their conformal p-values against ``reference``.
+
+    Returns:
+        ``[N]`` p-values, at most ``p``.
+    """
+    s, p = np.asarray(scores, dtype=float), np.asarray(p, dtype=float)
+    ref = np.asarray(reference, dtype=float)
+    m = int((~np.isnan(ref)).sum())
+    top = np.sort(ref[np.isfinite(ref)])[::-1]
+    if len(top) < TAIL_K + 1:
+        return p
+    beta = float(np.mean(top[: TAIL_K - 1] - top[TAIL_K - 1]))
+    far = np.isfinite(s) & (s > top[0])
+    if beta <= 0 or not far.any():
+        return p
+    out = p.copy()
+    log_tail = -(s[far] - top[0]) / beta - np.log(m + 1.0)
+    out[far] = np.minimum(p[far], np.maximum(np.exp(log_tail), _P_FLOOR))
+    return out
+
+
+def _loo_tail_p(scores: np.ndarray, tail: str) -> np.ndarray:
+    """:func:`_loo_p`, each finite score beyond all the others extended by :func:`tail_p` against them."""
+    p = _loo_p(scores)
+    if tail == "conformal":
+        return p
+    s = np.asarray(scores, dtype=float)
+    for j in np.flatnonzero(np.isfinite(s)):
+        others = np.delete(s, j)
+        if s[j] > np.max(others[~np.isnan(others)], initial=-np.inf):
+            p[j] = tail_p(s[j : j + 1], others, p[j : j + 1])[0]
+    return p
+
+
 def cross_fit_folds(m: int, n_folds: int, seed: int) -> np.ndarray:
     """``[m]`` fold index of each reference scan: balanced sizes, order seeded by ``seed``."""
     return np.random.default_rng(seed).permutation(np.arange(m) % n_folds)
 
 
 def _cross_fit_class(
-    ref: np.ndarray, audited: np.ndarray | None, *, folds: np.ndarray, random_state: int, detector: str = DEFAULT_DETECTOR
+    ref: np.ndarray, audited: np.ndarray | None, *, folds: np.ndarray, random_state: int, detector: str = DEFAULT_DETECTOR,
+    tail: str = "conformal",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
     """Cross-fitted scores of one class's shares.
 
@@ -316,18 +385,21 @@ def _cross_fit_class(
     """
     ref_x, ref_ok = _features(ref)
     aud = None if audited is None else _features(audited)
-    return _cross_fit(ref_x, ref_ok, aud, folds=folds, random_state=random_state, absent_most_anomalous=True, detector=detector)
+    return _cross_fit(ref_x, ref_ok, aud, folds=folds, random_state=random_state, absent_most_anomalous=True, detector=detector,
+                      tail=tail)
 
 
 def _cross_fit(
     ref_x: np.ndarray, ref_ok: np.ndarray, audited: tuple[np.ndarray, np.ndarray] | None, *, folds: np.ndarray,
-    random_state: int, absent_most_anomalous: bool, detector: str = DEFAULT_DETECTOR,
+    random_state: int, absent_most_anomalous: bool, detector: str = DEFAULT_DETECTOR, tail: str = "conformal",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
     """:func:`_cross_fit_class` on ready features ``[M, F]`` with the rows that can be scored.
 
     ``absent_most_anomalous``: a row that cannot be scored counts as ``+inf`` (a class the scan lacks,
     the shares' rule); otherwise it is left out: no reference score (NaN, not counted in ``M``) and
-    no p-value for an audited scan (the evidence families' rule).
+    no p-value for an audited scan (the evidence families' rule). ``tail="exponential"``: an audited scan
+    above every held-out reference score in every fold gets :func:`tail_p` of its mean score over the folds
+    against all the held-out reference scores.
     """
     fill = np.inf if absent_most_anomalous else np.nan
     oof = np.full(len(ref_x), fill)
@@ -337,6 +409,7 @@ def _cross_fit(
     if audited is not None:
         aud_x, aud_ok = audited
         counts = np.zeros(len(aud_x))
+        aud_mean = np.zeros(len(aud_x))
     for f in range(k):
         train, test = ref_ok & (folds != f), folds == f
         if train.sum() < 2:
@@ -353,10 +426,14 @@ def _cross_fit(
             aud_s = np.full(len(aud_x), fill)
             aud_s[aud_ok] = s[n_ref:]
             counts += (oof[test][None, :] >= aud_s[:, None]).sum(axis=1)  # NaN reference scores never count
+            aud_mean += aud_s / k
     audited_p = None
     if counts is not None:
         m = len(ref_x) if absent_most_anomalous else int(ref_ok.sum())
         audited_p = (1.0 + counts) / (m + 1.0)
+        if tail != "conformal":
+            beyond = counts == 0
+            audited_p[beyond] = tail_p(aud_mean[beyond], oof, audited_p[beyond])
         if not absent_most_anomalous:
             audited_p[~aud_ok] = np.nan
     return oof, oof_out, audited_p
@@ -374,6 +451,7 @@ def scan_anomaly_scores(
     shares: bool = True,
     detector: str = DEFAULT_DETECTOR,
     score_detector: str = DEFAULT_SCORE_DETECTOR,
+    score_tail: str = DEFAULT_SCORE_TAIL,
 ) -> ScanAnomalyResult:
     """One anomaly score per scan on a calibrated scale, and a flag with a known false-positive rate.
 
@@ -434,6 +512,10 @@ def scan_anomaly_scores(
             :data:`~agg2exp_lightning.analysis.detectors.DETECTORS`: only ``heldout_class_fpr`` depends on it.
         score_detector: the detector of every family's and class's score (the scores, not the
             calibration, depend on it); default :class:`~agg2exp_lightning.analysis.detectors.RobustDistance`.
+        score_tail: ``"exponential"`` (default): a per-class score beyond every reference score gets the
+            p-value of an exponential tail fitted to the top reference scores (:func:`tail_p`), so a feature far
+            outside clean variation counts for more than ``1 / (M + 1)``; ``"conformal"``: it stops there. The
+            calibration (step 4) is conformal either way.
 
     Returns:
         A :class:`ScanAnomalyResult`.
@@ -450,6 +532,9 @@ def scan_anomaly_scores(
         ((5,), True)
     """
     contamination = check_contamination(contamination)
+    from agg2exp_lightning.utils.options import look_up_option
+
+    score_tail = look_up_option("score_tail", score_tail, SCORE_TAILS)
     if not isinstance(n_folds, int) or n_folds < 2:
         raise ValueError(f"Expected `n_folds` to be an integer >= 2, got {n_folds!r}")
     mass = np.asarray(mass, dtype=float)
@@ -472,12 +557,12 @@ def scan_anomaly_scores(
     oof_outlier = np.zeros((m, a_count), dtype=bool)
     for i, name in enumerate(classes):
         fitted = _cross_fit_class(ref[:, i, :], None if self_reference else mass[:, i, :], folds=folds, random_state=random_state,
-                                  detector=score_detector)
+                                  detector=score_detector, tail=score_tail)
         if fitted is None:
             log.warning("class %r: too few %s with shares to cross-fit %d folds; left out of the scan-level score", name, what, n_folds)
             continue
         oof, oof_out, aud_p = fitted
-        ref_p[:, i] = _loo_p(oof)
+        ref_p[:, i] = _loo_tail_p(oof, score_tail)
         if detector != score_detector:  # the paper's rule is the per-class detector's own call
             oof_out = _cross_fit_class(ref[:, i, :], None, folds=folds, random_state=random_state, detector=detector)[1]
         oof_outlier[:, i] = oof_out
@@ -494,12 +579,13 @@ def scan_anomaly_scores(
             r_ok = np.isfinite(ref_x[:, i]).all(axis=1)
             a_ok = np.isfinite(aud_x[:, i]).all(axis=1)
             fitted = _cross_fit(np.nan_to_num(ref_x[:, i]), r_ok, None if self_reference else (np.nan_to_num(aud_x[:, i]), a_ok),
-                                folds=folds, random_state=random_state, absent_most_anomalous=False, detector=score_detector)
+                                folds=folds, random_state=random_state, absent_most_anomalous=False, detector=score_detector,
+                                tail=score_tail)
             if fitted is None:
                 log.warning("class %r: too few %s with %s evidence to cross-fit %d folds; left out of the scan-level score",
                             name, what, fam, n_folds)
                 continue
-            rp[:, i] = _loo_p(fitted[0])
+            rp[:, i] = _loo_tail_p(fitted[0], score_tail)
             fp[:, i] = rp[:, i] if self_reference else fitted[2]
         family_p[fam], reference_family_p[fam] = fp, rp
     used_ref = ([ref_p] if shares else []) + list(reference_family_p.values())

@@ -9,7 +9,7 @@
       "anomaly": {
         "method": "IsolationForest" | "LocalOutlierFactor", "random_state": int,   # the estimator's class
         "detector": str, "detector_label": str,     # analysis.detectors: name (--detector) and the report's plural
-        "score_detector": str,                      # the scan-level score's detector (--score-detector)
+        "score_detector": str, "score_tail": str,   # the scan-level score's detector and tail (--score-detector, --score-tail)
         "score": "-decision_function (higher = more anomalous)",
         "outlier": "predict == -1",
         "fitted_on": "audited scans" | "reference scans",
@@ -76,6 +76,7 @@ import pandas as pd
 
 from agg2exp_lightning.analysis.anomaly import (
     DEFAULT_FOLDS,
+    DEFAULT_SCORE_TAIL,
     MIN_REFERENCE_SCANS,
     AnomalyResult,
     ScanAnomalyResult,
@@ -131,6 +132,7 @@ class CohortAnalysis:
     notes: tuple[str, ...] = ()
     detector: str = DEFAULT_DETECTOR
     score_detector: str = DEFAULT_SCORE_DETECTOR
+    score_tail: str = DEFAULT_SCORE_TAIL
 
     def per_scan_frame(self) -> pd.DataFrame:
         """The audited table in the published column format plus, per class ``a`` (published
@@ -187,6 +189,7 @@ class CohortAnalysis:
                 "detector": self.detector,
                 "detector_label": get_detector(self.detector).label,
                 "score_detector": self.score_detector,
+                "score_tail": self.score_tail,
                 "random_state": self.random_state,
                 "score": "-decision_function (higher = more anomalous)",
                 "outlier": "predict == -1",
@@ -207,7 +210,7 @@ class CohortAnalysis:
     def _scan_summary(self) -> dict[str, Any]:
         """The calibrated scan-level score, the worklist and the score's rank tests."""
         scan, tests = self.scan, self.score_bias
-        block: dict[str, Any] = {"method": scan_score_description(self.score_detector), "notes": list(self.notes)}
+        block: dict[str, Any] = {"method": scan_score_description(self.score_detector, self.score_tail), "notes": list(self.notes)}
         if scan is not None:
             block.update({
                 "reference": "audited scans (their own reference)" if scan.self_reference else "reference scans",
@@ -290,6 +293,8 @@ def analyze_cohort(
             :data:`~agg2exp_lightning.analysis.detectors.DETECTORS` (default: the paper's Isolation Forest).
         score_detector: the detector of the scan-level score's families and classes (default the robust
             distance, :class:`~agg2exp_lightning.analysis.detectors.RobustDistance`).
+        score_tail: how a per-class score beyond every reference score is read (``"exponential"`` or
+            ``"conformal"``; :func:`~agg2exp_lightning.analysis.anomaly.tail_p`).
 
     Returns:
         A :class:`CohortAnalysis`.
@@ -327,7 +332,7 @@ def analyze_cohort(
         groups[a] = flags
     bias = bias_tests(table.metadata, groups, seed=seed)
     scan, worklist, notes = _scan_level(table, reference, settings.contamination, settings.random_state, detector, reference_notes,
-                                        settings.evidence, settings.score_detector)
+                                        settings.evidence, settings.score_detector, settings.score_tail)
     score_bias = None
     if scan is not None:
         from agg2exp_lightning.analysis.bias import N_BOOTSTRAP
@@ -360,13 +365,14 @@ def analyze_cohort(
         notes=tuple(notes),
         detector=detector,
         score_detector=settings.score_detector,
+        score_tail=settings.score_tail,
     )
 
 
 def _scan_level(table: ExplanationTable, reference: ExplanationTable | None, contamination: float,
                 random_state: int, detector: str = DEFAULT_DETECTOR, reference_notes: Sequence[str] = (),
                 evidence: Sequence[str] = ("shares",), score_detector: str = DEFAULT_SCORE_DETECTOR,
-                ) -> tuple[ScanAnomalyResult | None, list[dict[str, Any]], list[str]]:
+                score_tail: str = DEFAULT_SCORE_TAIL) -> tuple[ScanAnomalyResult | None, list[dict[str, Any]], list[str]]:
     """The calibrated scan-level score and worklist, falling back to the audited scans as their own
     reference when the reference set is too small; notes say what was done instead or skipped."""
     ref_mass = None if reference is None else reference.mass
@@ -404,7 +410,7 @@ def _scan_level(table: ExplanationTable, reference: ExplanationTable | None, con
         shares = True
     scan = scan_anomaly_scores(table.mass, table.classes, ref_mass, contamination=contamination, random_state=random_state,
                                families={f: (forest_features(a, f), None if r is None else forest_features(r, f)) for f, (a, r) in families.items()},
-                               shares=shares, detector=detector, score_detector=score_detector)
+                               shares=shares, detector=detector, score_detector=score_detector, score_tail=score_tail)
     left_out = missing_evidence({f: a for f, (a, _) in families.items()}, table.classes, list(families)) if families else None
     if scan.expected_fpr == 0:
         notes.append(f"{scan.n_reference} reference scans cannot calibrate a false-positive rate of {contamination:g}: no scan "

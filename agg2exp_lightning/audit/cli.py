@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE
+from agg2exp_lightning.analysis.anomaly import DEFAULT_CONTAMINATION, DEFAULT_RANDOM_STATE, DEFAULT_SCORE_TAIL
 from agg2exp_lightning.analysis.detectors import DEFAULT_DETECTOR, DEFAULT_SCORE_DETECTOR, DETECTORS
 from agg2exp_lightning.analysis.regions import PRESET_MERGES
 from agg2exp_lightning.audit_settings import AuditSettings, SettingError
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-detector", default=DEFAULT_SCORE_DETECTOR, metavar="NAME",
                    help=f"detector of the calibrated scan-level score, per evidence family and class, one of {', '.join(DETECTORS)} "
                         "(default %(default)s: mean squared robust z-score against the reference)")
+    p.add_argument("--score-tail", default=DEFAULT_SCORE_TAIL, metavar="NAME",
+                   help="per-class p of a score beyond every reference score: exponential (default: a tail fitted to the top "
+                        "reference scores, so a far-off feature counts) or conformal (stops at 1/(M+1))")
     p.add_argument("--contamination", type=float, default=DEFAULT_CONTAMINATION, metavar="C",
                    help="share of clean scans the scan-level flag may raise, in (0, 0.5] (default %(default)s)")
     p.add_argument("--evidence", metavar="FAMILIES",
@@ -114,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 SETTING_FLAGS: dict[str, str] = {
     "method": "method", "targets": "targets", "split": "split", "reference_split": "reference_split", "spacing": "spacing",
     "roi_size": "roi_size", "protocol": "protocol", "merges": "merge", "random_state": "random_state",
-    "contamination": "contamination", "detector": "detector", "score_detector": "score_detector", "evidence": "evidence", "n_dependencies": "dependencies",
+    "contamination": "contamination", "detector": "detector", "score_detector": "score_detector", "score_tail": "score_tail", "evidence": "evidence", "n_dependencies": "dependencies",
     "save_maps": "save_maps", "figures_for": "figures_for",
 }
 

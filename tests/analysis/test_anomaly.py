@@ -8,12 +8,14 @@ from scipy.stats import combine_pvalues, spearmanr
 from sklearn.ensemble import IsolationForest
 
 from agg2exp_lightning.analysis.anomaly import (
+    TAIL_K,
     class_anomaly_scores,
     conformal_p,
     cross_fit_folds,
     extreme_cases,
     fisher_combination,
     scan_anomaly_scores,
+    tail_p,
 )
 from agg2exp_lightning.analysis.cohort import analyze_cohort
 from agg2exp_lightning.analysis.tables import parse_explanation_table, read_explanation_table
@@ -104,7 +106,8 @@ def test_conformal_p_and_fisher_agree_with_independent_references():
 def test_per_class_p_values_are_cross_conformal_against_held_out_forests():
     rng = np.random.default_rng(1)
     ref, aud = _dirichlet(rng, 24), _dirichlet(rng, 6)
-    res = scan_anomaly_scores(aud, ["a", "b"], ref, n_folds=4, random_state=7, score_detector="isolation_forest")
+    res = scan_anomaly_scores(aud, ["a", "b"], ref, n_folds=4, random_state=7, score_detector="isolation_forest",
+                              score_tail="conformal")
     folds = cross_fit_folds(24, 4, 7)
     assert sorted(np.bincount(folds)) == [6, 6, 6, 6]
     for i in range(2):
@@ -184,6 +187,48 @@ def test_planted_scans_rank_first_and_are_flagged_against_a_reference(make_frame
     assert set(np.argsort(-res.score)[:6]) == set(range(40, 46))
     assert res.flagged[40:].all() and res.flagged[:40].mean() <= 0.15
     assert res.expected_fpr == pytest.approx(3 / 61) and not res.self_reference
+
+
+def test_fisher_combination_stays_finite_and_exact_for_tiny_p_values():
+    got = fisher_combination(np.array([[1e-300, np.nan], [1e-300, 1e-300], [1.0, 1.0], [0.5, np.nan]]))
+    # one p-value: the chi-square(2) tail at -2 ln p is p itself; two: p^2 (1 - ln p^2), by hand in log10
+    assert got[0] == pytest.approx(300.0, rel=1e-12) and got[3] == pytest.approx(np.log10(2.0), rel=1e-12)
+    assert got[1] == pytest.approx(600.0 - np.log10(1.0 + 600.0 * np.log(10.0)), rel=1e-12)
+    assert got[2] == 0.0 and np.isfinite(got).all()
+
+
+def test_tail_p_is_an_exponential_tail_beyond_the_largest_reference_score():
+    reference = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 9.0, 10.0, np.nan, np.inf])  # 10 scored (one +inf), one NaN
+    scores = np.array([8.0, 10.0, 12.0, 1e9, np.inf, np.nan])
+    p = conformal_p(scores, reference)
+    got = tail_p(scores, reference, p)
+    # by hand: the 5 largest finite scores are 10, 9, 7, 5, 4; u = 4, beta = mean(6, 5, 3, 1) = 3.75; M = 10 (NaN not counted)
+    assert TAIL_K == 5
+    np.testing.assert_array_equal(got[:2], p[:2])  # within the reference's range: conformal
+    assert got[2] == pytest.approx(np.exp(-(12.0 - 10.0) / 3.75) / 11, rel=1e-12) and got[2] < p[2]
+    assert got[3] == 1e-300  # floored: Fisher's sum stays finite
+    assert got[4] == p[4] and np.isnan(got[5])  # +inf (a missing class) keeps its calibrated p; NaN stays NaN
+    flat = np.ones(7)  # no spread at the top of the reference: conformal
+    np.testing.assert_array_equal(tail_p(np.array([5.0]), flat, np.array([0.125])), [0.125])
+    np.testing.assert_array_equal(tail_p(np.array([50.0]), reference[:5], np.array([1 / 6])), [1 / 6])  # too few scores
+
+
+def test_a_feature_far_outside_clean_variation_counts_with_the_exponential_tail():
+    rng = np.random.default_rng(4)
+    ref_mass, mass = _dirichlet(rng, 30), _dirichlet(rng, 20)
+    families = {"f": (rng.normal(0, 1, (20, 2, 3)), rng.normal(0, 1, (30, 2, 3)))}
+    families["f"][0][0, 0, 0] = 40.0  # scan 0: one feature of one class 40 sd away
+    families["f"][0][1, 0, 0] = 8.0  # scan 1: 8 sd away, also beyond every reference scan
+    conformal = scan_anomaly_scores(mass, ["a", "b"], ref_mass, families=families, score_tail="conformal")
+    tail = scan_anomaly_scores(mass, ["a", "b"], ref_mass, families=families)
+    assert conformal.family_p["f"][0, 0] == conformal.family_p["f"][1, 0] == pytest.approx(1 / 31)
+    assert tail.family_p["f"][0, 0] < tail.family_p["f"][1, 0] < 1 / 31  # how far now counts
+    assert tail.family_p["f"][0, 0] < 1e-30
+    assert tail.p_value[0] == pytest.approx(1 / 31) and np.argmax(tail.score) == 0
+    # the calibration stays conformal: the reference scans' own scores use the same tail, leaving themselves out
+    assert np.isfinite(tail.reference_score).all() and tail.reference_family_p["f"].min() >= 1e-300
+    with pytest.raises(ValueError, match="`score_tail`"):
+        scan_anomaly_scores(mass, ["a", "b"], ref_mass, score_tail="gpd")
 
 
 def test_a_missing_class_counts_as_most_anomalous_calibrated_by_the_reference():

@@ -116,7 +116,7 @@ def test_detector_flag_is_recorded_and_fingerprinted(tmp_path, make_frame, capsy
     assert not (tmp_path / "o2").exists()
 
 
-def test_score_detector_flag_is_recorded_fingerprinted_and_checked(tmp_path, make_frame, capsys):
+def test_score_detector_and_tail_flags_are_recorded_fingerprinted_and_checked(tmp_path, make_frame, capsys):
     make_frame(24, 2, seed=4).to_csv(tmp_path / "t.csv", index=False)
     out = tmp_path / "out"
     assert main(["--from-table", str(tmp_path / "t.csv"), "--out", str(out), "--score-detector", "local_outlier_factor", "-q"]) == 0
@@ -128,6 +128,13 @@ def test_score_detector_flag_is_recorded_fingerprinted_and_checked(tmp_path, mak
     assert "differs in: score_detector" in capsys.readouterr().err
     assert main(["--from-table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o2"), "--score-detector", "robust"]) == 2
     assert "`score_detector` to be one of" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    assert main(["--from-table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o3"), "--score-tail", "conformal", "-q"]) == 0
+    assert json.loads((tmp_path / "o3" / "audit.json").read_text())["config"]["score_tail"] == "conformal"
+    summary = json.loads((tmp_path / "o3" / "summary.json").read_text())
+    assert summary["anomaly"]["score_tail"] == "conformal" and "exponential tail" not in summary["scan_anomaly"]["method"]
+    assert "exponential tail" in json.loads((out / "summary.json").read_text())["scan_anomaly"]["method"]  # the default
+    assert main(["--from-table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o4"), "--score-tail", "pareto"]) == 2
+    assert "`score_tail` to be one of ['exponential', 'conformal'], but got 'pareto'" in capsys.readouterr().err
 
 
 def test_analyze_cohort_takes_the_settings_whole(make_frame):
