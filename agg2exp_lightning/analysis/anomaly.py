@@ -354,15 +354,15 @@ def tail_p(scores: np.ndarray, reference: np.ndarray, p: np.ndarray) -> np.ndarr
 
 
 def _loo_tail_p(scores: np.ndarray, tail: str) -> np.ndarray:
-    """:func:`_loo_p`, each finite score beyond all the others extended by :func:`tail_p` against them."""
+    """:func:`_loo_p`; the one finite score beyond all the others (if any) extended by :func:`tail_p` against them."""
     p = _loo_p(scores)
-    if tail == "conformal":
-        return p
     s = np.asarray(scores, dtype=float)
-    for j in np.flatnonzero(np.isfinite(s)):
-        others = np.delete(s, j)
-        if s[j] > np.max(others[~np.isnan(others)], initial=-np.inf):
-            p[j] = tail_p(s[j : j + 1], others, p[j : j + 1])[0]
+    if tail == "conformal" or not np.isfinite(s).any():
+        return p
+    j = int(np.nanargmax(np.where(np.isfinite(s), s, -np.inf)))
+    others = np.delete(s, j)
+    if s[j] > np.max(others[~np.isnan(others)], initial=-np.inf):  # strictly beyond every other score, +inf included
+        p[j] = tail_p(s[j : j + 1], others, p[j : j + 1])[0]
     return p
 
 

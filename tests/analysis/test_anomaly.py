@@ -145,7 +145,7 @@ def _robust_z2(train: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def test_the_default_score_detector_is_the_robust_distance_cross_fitted_like_the_forests():
     rng = np.random.default_rng(3)
     ref, aud = _dirichlet(rng, 24), _dirichlet(rng, 6)
-    res = scan_anomaly_scores(aud, ["a", "b"], ref, n_folds=4, random_state=7)
+    res = scan_anomaly_scores(aud, ["a", "b"], ref, n_folds=4, random_state=7, score_tail="conformal")  # the tail: tested below
     folds = cross_fit_folds(24, 4, 7)
     for i in range(2):
         oof, counts = np.empty(24), np.zeros(6)
