@@ -9,6 +9,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from agg2exp_lightning.analysis.anomaly import DEFAULT_SCORE_TAIL, SCORE_TAILS
 from agg2exp_lightning.analysis.detectors import DEFAULT_DETECTOR, DEFAULT_SCORE_DETECTOR
 from agg2exp_lightning.callbacks._plumbing import log_scalars, log_table
 from agg2exp_lightning.callbacks.contract import AnomalyCheck, ExplanationCheck, deliver, find_source, per_scan_dice
@@ -41,17 +42,22 @@ class AnomalyMonitor(Callback):
             (:data:`~agg2exp_lightning.analysis.detectors.DETECTORS`; default the paper's Isolation Forest).
         score_detector: the detector of the scan-level score, as the audit's ``--score-detector``
             (default the robust distance).
+        score_tail: how its per-class p reads a score beyond every reference score, as the audit's
+            ``--score-tail`` (``"exponential"``, default, or ``"conformal"``).
     """
 
     def __init__(self, random_state: int = 123, source: str | None = None, evidence: str | list[str] | None = None,
-                 detector: str = DEFAULT_DETECTOR, score_detector: str = DEFAULT_SCORE_DETECTOR) -> None:
+                 detector: str = DEFAULT_DETECTOR, score_detector: str = DEFAULT_SCORE_DETECTOR,
+                 score_tail: str = DEFAULT_SCORE_TAIL) -> None:
         super().__init__()
         from agg2exp_lightning.analysis.detectors import get_detector
         from agg2exp_lightning.analysis.evidence import parse_evidence
+        from agg2exp_lightning.utils.options import look_up_option
 
         self.evidence = parse_evidence(evidence)
         self.detector = get_detector(detector).name
         self.score_detector = get_detector(score_detector, "score_detector").name
+        self.score_tail = look_up_option("score_tail", score_tail, SCORE_TAILS)
         self.random_state = random_state
         self.source = source
         self.prefix = "agg2exp" if source is None else f"agg2exp/{source}"
@@ -98,7 +104,7 @@ class AnomalyMonitor(Callback):
         ref_evidence = check.reference_evidence if reference is not None else None
         scan = self.latest_scan = _scan_level(check.roi, targets, reference, self.random_state, self.evidence, check.evidence, ref_evidence,
                                               level=logging.DEBUG if self._skip_said else logging.INFO, detector=self.detector,
-                                              score_detector=self.score_detector)
+                                              score_detector=self.score_detector, score_tail=self.score_tail)
         self._skip_said = self._skip_said or scan is None
         if scan is not None:
             metrics[f"{self.prefix}/scan_flagged"] = float(scan.flagged.sum())
@@ -131,7 +137,8 @@ class AnomalyMonitor(Callback):
 def _scan_level(roi: np.ndarray, targets: list[str], reference: np.ndarray | None, random_state: int,
                 evidence: tuple[str, ...] = ("shares",), families: dict[str, np.ndarray] | None = None,
                 reference_families: dict[str, np.ndarray] | None = None, *, level: int = logging.INFO,
-                detector: str = DEFAULT_DETECTOR, score_detector: str = DEFAULT_SCORE_DETECTOR) -> Any:
+                detector: str = DEFAULT_DETECTOR, score_detector: str = DEFAULT_SCORE_DETECTOR,
+                score_tail: str = DEFAULT_SCORE_TAIL) -> Any:
     """The calibrated scan-level score (:func:`~agg2exp_lightning.analysis.anomaly.scan_anomaly_scores`)
     against the reference scans when there are enough, else the validation scans themselves; ``None``
     when neither has enough scans to cross-fit. The evidence families in ``evidence`` that the check
@@ -154,4 +161,4 @@ def _scan_level(roi: np.ndarray, targets: list[str], reference: np.ndarray | Non
         chosen[fam] = (forest_features(aud, fam), None if ref is None else forest_features(ref, fam))
     shares = "shares" in evidence or not chosen
     return scan_anomaly_scores(roi, targets, basis, random_state=random_state, families=chosen, shares=shares, detector=detector,
-                               score_detector=score_detector)
+                               score_detector=score_detector, score_tail=score_tail)

@@ -180,3 +180,6 @@ def test_anomaly_monitor_takes_the_detector_by_the_same_name():
     assert AnomalyMonitor(score_detector="isolation_forest").score_detector == "isolation_forest"
     with pytest.raises(ValueError, match=r"`score_detector`.*'forest'"):
         AnomalyMonitor(score_detector="forest")
+    assert AnomalyMonitor().score_tail == "exponential" and AnomalyMonitor(score_tail="conformal").score_tail == "conformal"
+    with pytest.raises(ValueError, match=r"`score_tail`.*'pareto'"):
+        AnomalyMonitor(score_tail="pareto")

@@ -102,6 +102,10 @@ def test_anomaly_monitor_exposes_the_calibrated_scan_level_score(tmp_path):
     expected = scan_anomaly_scores(roi, ["organ", "bone"], ref, random_state=123)
     np.testing.assert_allclose(monitor.latest_scan.score, expected.score)
     assert np.argmax(monitor.latest_scan.score) == 0 and monitor.history[-1]["scan_flagged"] == int(expected.flagged.sum())
+    conformal = AnomalyMonitor(score_tail="conformal")  # the audit's --score-tail, passed through
+    conformal.on_explanations(trainer, SimpleNamespace(), check)
+    np.testing.assert_allclose(conformal.latest_scan.score,
+                               scan_anomaly_scores(roi, ["organ", "bone"], ref, random_state=123, score_tail="conformal").score)
     # with evidence families the monitor scores them with the audit's code
     from agg2exp_lightning.analysis.evidence import forest_features
 
