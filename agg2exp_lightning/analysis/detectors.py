@@ -76,7 +76,8 @@ class RobustDistance:
 
     ``fit`` keeps, per feature, the median and a scale: ``1.4826 * MAD`` (the standard deviation of a normal
     feature), else the standard deviation where the MAD is 0 (a feature most reference rows share), else 1 (a
-    feature constant in the reference: one unit of difference counts as one scale). ``score`` of a row is
+    feature constant in the reference: one unit of difference counts as one scale; the evidence families give
+    counts in Anscombe units, where 1 is a Poisson count's noise). ``score`` of a row is
     ``mean_f z_f**2 - q / F``, with ``q`` the 97.5 % quantile of a chi-square with ``F`` degrees of freedom: above
     0 where a normal row would be with probability 2.5 % (the detector's own outlier call; the audit's
     calibration does not use it).
@@ -91,7 +92,9 @@ class RobustDistance:
         self.center = np.median(x, axis=0)
         mad = 1.4826 * np.median(np.abs(x - self.center), axis=0)
         sd = x.std(axis=0)
-        self.scale = np.where(mad > 0, mad, np.where(sd > 0, sd, 1.0))
+        # constant means equal values (np.ptp == 0), not sd == 0: the mean of equal floats can be off by an ulp,
+        # which gave a standard deviation of ~1e-16 and z-scores of ~1e16
+        self.scale = np.where(mad > 0, mad, np.where(np.ptp(x, axis=0) > 0, sd, 1.0))
         self.cut = float(chi2.ppf(0.975, x.shape[1])) / x.shape[1]
         return self
 

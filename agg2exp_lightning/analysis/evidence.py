@@ -24,9 +24,14 @@ and used to throw it away. Three more families, per explained class ``a``:
 
 Each family is scored like the shares (:func:`~agg2exp_lightning.analysis.anomaly.scan_anomaly_scores`:
 one cross-fitted Isolation Forest per family and class, a conformal p-value per family and class), and
-all p-values are combined and calibrated together. Scale-like features (volume, components, mass)
-enter the forests as ``log1p`` so that a halving counts the same for a small and a large structure
-(a general choice, made before any benchmark).
+all p-values are combined and calibrated together. Scale-like features (volume, mass) enter the
+detectors as ``log1p`` so that a halving counts the same for a small and a large structure (a general
+choice, made before any benchmark). Counts of things (connected components, voxels at the input's
+bounds) enter through Anscombe's transform ``2 sqrt(n + 3/8)``, under which a Poisson count has a
+standard deviation of about 1 whatever its mean: a count that is constant in the reference (no
+spread to scale by, so :class:`~agg2exp_lightning.analysis.detectors.RobustDistance` falls back to a
+scale of 1) is then measured in its own counting noise, where ``log1p`` made 1 -> 47 voxels worth
+only 3.2 such units.
 
 Missing evidence. A class that is not predicted has no confidence, entropy or components to speak of,
 and a scan without body voxels has no outside-the-body share: the family is **left out** for that scan
@@ -45,9 +50,12 @@ __all__ = [
     "ALL_EVIDENCE",
     "FAMILIES",
     "PAPER_EVIDENCE",
+    "TRANSFORMS",
     "EvidenceFeature",
+    "anscombe",
     "attribution_evidence",
     "family_matrix",
+    "forest_features",
     "image_evidence",
     "missing_evidence",
     "parse_evidence",
@@ -65,25 +73,25 @@ class EvidenceFeature:
     key: str
     words: str  # "{cls} volume": the class name goes in
     unit: str  # "ml", "" (a count or plain number), "nats" or "share" (a fraction in [0, 1])
-    log: bool  # enters the forest as log1p
+    transform: str  # how the detectors see it: "log1p", "anscombe" (a count) or "none" (see TRANSFORMS)
 
 
 #: The families beside the shares, and their features in record order.
 FAMILIES: dict[str, tuple[EvidenceFeature, ...]] = {
     "prediction": (
-        EvidenceFeature("volume_ml", "{cls} volume", "ml", True),
-        EvidenceFeature("components", "{cls} connected components", "", True),
-        EvidenceFeature("confidence", "{cls} mean softmax confidence", "", False),
-        EvidenceFeature("entropy", "{cls} mean softmax entropy", "nats", False),
+        EvidenceFeature("volume_ml", "{cls} volume", "ml", "log1p"),
+        EvidenceFeature("components", "{cls} connected components", "", "anscombe"),
+        EvidenceFeature("confidence", "{cls} mean softmax confidence", "", "none"),
+        EvidenceFeature("entropy", "{cls} mean softmax entropy", "nats", "none"),
     ),
     "attribution": (
-        EvidenceFeature("mass", "{cls} attribution mass", "", True),
-        EvidenceFeature("outside_body", "{cls} attribution share outside the body", "share", False),
+        EvidenceFeature("mass", "{cls} attribution mass", "", "log1p"),
+        EvidenceFeature("outside_body", "{cls} attribution share outside the body", "share", "none"),
     ),
     "image": (
-        EvidenceFeature("intensity_mean", "{cls} mean input intensity", "", False),
-        EvidenceFeature("intensity_sd", "{cls} input intensity standard deviation", "", False),
-        EvidenceFeature("at_input_bounds", "{cls} voxels at the input's lowest or highest value", "", True),
+        EvidenceFeature("intensity_mean", "{cls} mean input intensity", "", "none"),
+        EvidenceFeature("intensity_sd", "{cls} input intensity standard deviation", "", "none"),
+        EvidenceFeature("at_input_bounds", "{cls} voxels at the input's lowest or highest value", "", "anscombe"),
     ),
 }
 #: Every family, the default of ``--evidence``.
@@ -305,12 +313,24 @@ def family_matrix(values: Mapping[str, Sequence[float]] | None, family: str, n_c
                      for f in feats], axis=1)
 
 
+def anscombe(n: np.ndarray) -> np.ndarray:
+    """Anscombe's variance-stabilising transform of counts, ``2 sqrt(n + 3/8)`` (negative counts read as 0).
+
+    A Poisson count with mean ``lam`` has a standard deviation of ``1 + O(1/lam)`` after it (0.96 at
+    ``lam = 2``, 1.00 from 5 on), so one unit is one count's worth of noise at any mean.
+    """
+    return 2.0 * np.sqrt(np.clip(np.asarray(n, dtype=float), 0.0, None) + 0.375)
+
+
+#: How a feature's ``transform`` maps its raw values before the detectors see them.
+TRANSFORMS = {"none": lambda v: v, "log1p": lambda v: np.log1p(np.clip(v, 0.0, None)), "anscombe": anscombe}
+
+
 def forest_features(x: np.ndarray, family: str) -> np.ndarray:
-    """``[..., F]`` features as the forests see them (``log1p`` of the scale-like ones)."""
+    """``[..., F]`` features as the detectors see them (each feature through its ``transform``; NaN stays NaN)."""
     x = np.array(x, dtype=float, copy=True)
     for j, f in enumerate(FAMILIES[family]):
-        if f.log:
-            x[..., j] = np.log1p(np.clip(x[..., j], 0.0, None))
+        x[..., j] = TRANSFORMS[f.transform](x[..., j])
     return x
 
 

@@ -61,3 +61,32 @@ def test_family_combinations_known_answers(load_benchmark):
     assert np.argmax(out["fisher, every family"]) == 1 and np.argmax(out["largest standardised family"]) == 0
     s_ref = fisher(ref)
     np.testing.assert_allclose(out["largest standardised family"][0], (fisher(x)[0] - s_ref.mean()) / s_ref.std(), rtol=1e-9)
+
+
+def test_evidence_ceiling_auc_and_feature_table_known_answers(load_benchmark):
+    """Two-sided AUC by hand on tiny columns, and one record's features in the table's order."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    ceiling = load_benchmark("evidence_ceiling")
+    pos = np.array([True, True, False, False, False])
+    x = np.column_stack([[5.0, 4.0, 1.0, 2.0, 3.0],   # positives on top: 1.0
+                         [0.0, 1.0, 5.0, 6.0, 7.0],   # positives at the bottom: 1 - 0 = 1.0
+                         [1.0, 3.0, 2.0, 4.0, 0.0],   # 3 of the 6 pairs won: 0.5
+                         [1.0, 1.0, 1.0, 1.0, 1.0]])  # all tied: 0.5
+    np.testing.assert_allclose(ceiling.two_sided_auc(x, pos), [1.0, 1.0, 0.5, 0.5])
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(40, 3))
+    lab = rng.random(40) < 0.3
+    want = [max(a, 1 - a) for a in (roc_auc_score(lab, y[:, k]) for k in range(3))]
+    np.testing.assert_allclose(ceiling.two_sided_auc(y, lab), want, rtol=1e-12)
+    assert np.isnan(ceiling.two_sided_auc(np.array([[1.0], [np.nan], [0.0], [2.0], [3.0]]), pos)[0])
+    rec = {"id": "s", "classes": ["a", "b"], "regions": ["a", "b"], "mass": [[0.75, 0.25], [0.5, 0.5]], "dice": [0.9, 0.0],
+           "evidence": {"prediction": {"volume_ml": [9.0, 3.0], "components": [1.0, 2.0]}}}
+    table, names, dice = ceiling.feature_table([rec])
+    assert names[:4] == ["share of a in a", "share of a in b", "share of b in a", "share of b in b"]
+    np.testing.assert_allclose(table[0, :4], [0.75, 0.25, 0.5, 0.5])
+    assert names[4:6] == ["prediction: a volume", "prediction: a connected components"]
+    np.testing.assert_allclose(table[0, 4:6], [np.log(10.0), 2 * 1.375 ** 0.5])  # log1p volume, Anscombe count
+    assert np.isnan(table[0, 6])  # a feature the record lacks
+    np.testing.assert_allclose(dice, [[0.9, 0.0]])

@@ -31,6 +31,15 @@ def test_scale_is_the_mad_else_the_sd_else_one():
     assert det.score(np.array([[4.0, 6.0, 9.0]]))[0] == pytest.approx(z2 / 3 - chi2.ppf(0.975, 3) / 3, rel=1e-12)
 
 
+def test_a_constant_feature_whose_mean_rounds_off_still_gets_scale_one():
+    # the mean of 24 copies of 0.1 is off by an ulp, so np.std gives 1.4e-17, not 0: that is no spread to scale by
+    ref = np.column_stack([np.linspace(0.0, 1.0, 24), np.full(24, 0.1)])
+    assert np.std(ref[:, 1]) > 0  # the rounding this guards against
+    det = RobustDistance().fit(ref)
+    assert det.scale[1] == 1.0
+    assert det.score(np.array([[0.5, 1.1]]))[0] < 1.0  # one unit away: z = 1, not 1e17
+
+
 def test_a_few_wild_reference_rows_do_not_move_it():
     rng = np.random.default_rng(1)
     clean = rng.normal(0.0, 1.0, (40, 2))

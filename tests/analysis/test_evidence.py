@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from agg2exp_lightning.analysis.anomaly import describe_worklist_row, scan_anomaly_scores
 from agg2exp_lightning.analysis.cohort import analyze_cohort
 from agg2exp_lightning.analysis.evidence import (
+    anscombe,
     attribution_evidence,
     forest_features,
     image_evidence,
@@ -125,6 +126,36 @@ def test_evidence_selection_is_parsed_and_refused_by_name():
     assert parse_evidence(None) == ("shares", "prediction", "attribution", "image")
     with pytest.raises(ValueError, match="shares, prediction, attribution, image"):
         parse_evidence("shares,volume")
+
+
+def test_counts_enter_in_poisson_noise_units_and_sizes_as_log1p():
+    # Anscombe's transform: a Poisson count's standard deviation is about 1 at any mean (simulated here)
+    rng = np.random.default_rng(0)
+    for lam, sd in ((2.0, 0.96), (5.0, 1.0), (60.0, 1.0)):
+        assert np.std(anscombe(rng.poisson(lam, 200_000))) == pytest.approx(sd, abs=0.015)
+    assert anscombe(np.array([0.0, 1.0, -2.0])) == pytest.approx([2 * 0.375 ** 0.5, 2 * 1.375 ** 0.5, 2 * 0.375 ** 0.5])
+    # each feature through its own transform, by hand: prediction = volume, components, confidence, entropy
+    raw = np.array([[[99.0, 3.0, 0.9, 0.2], [np.nan, np.nan, np.nan, np.nan]]])
+    want = [[[np.log(100.0), 2 * 3.375 ** 0.5, 0.9, 0.2], [np.nan] * 4]]
+    np.testing.assert_allclose(forest_features(raw, "prediction"), want)
+    image = forest_features(np.array([[0.4, 0.1, 47.0]]), "image")  # mean, sd, voxels at the input's bounds
+    np.testing.assert_allclose(image, [[0.4, 0.1, 2 * 47.375 ** 0.5]])
+
+
+def test_a_count_constant_in_the_reference_is_measured_in_counting_noise():
+    # Reference: 24 scans whose class has exactly 1 voxel at the input's bounds (no spread to scale by, so the
+    # robust distance falls back to a scale of 1) and normal mean/sd; one audited scan has 47 such voxels.
+    from scipy.stats import chi2
+
+    from agg2exp_lightning.analysis.detectors import RobustDistance
+
+    rng = np.random.default_rng(1)
+    ref = np.stack([rng.normal(0.5, 0.01, 24), rng.normal(0.1, 0.01, 24), np.ones(24)], axis=1)
+    scan = np.array([[np.median(ref[:, 0]), np.median(ref[:, 1]), 47.0]])
+    got = RobustDistance().fit(forest_features(ref, "image")).score(forest_features(scan, "image"))[0]
+    z = 2 * (47.375 ** 0.5 - 1.375 ** 0.5)  # 11.4 Poisson standard deviations (log1p gave 3.2 of its units)
+    assert got == pytest.approx(z * z / 3 - chi2.ppf(0.975, 3) / 3)
+    assert got > 40
 
 
 def _cohort(rng, n, *, shrink=1.0, missing=()):
