@@ -55,7 +55,7 @@ SCANNER_COLUMNS = ("scanner_model", "manufacturer", "institute")
 log = logging.getLogger("audit_power")
 
 
-def _pool_meta(pool: Path) -> pd.DataFrame:
+def pool_meta(pool: Path) -> pd.DataFrame:
     return pd.read_csv(pool / "meta.csv", sep=";", encoding="utf-8-sig", dtype=str, keep_default_na=False)
 
 
@@ -63,7 +63,7 @@ def explain_pool(checkpoint: str, pool: Path, out: Path, *, method: str, targets
     """Explain every pool scan once (cached per split in ``out/explained/<split>``; a rerun reuses them)."""
     from agg2exp_lightning.audit.checkpoint_audit import run_checkpoint_audit
 
-    meta = _pool_meta(pool)
+    meta = pool_meta(pool)
     for split in ("test", "val", "train"):  # small splits first: a partial run still covers the pool evenly
         n = int((meta["split"] == split).sum())
         if not n:
@@ -89,7 +89,7 @@ def load_pool(pool: Path, out: Path, folder_name: str = "explained",
     ``attrs`` on every operation, which made each cohort's analysis take minutes.)"""
     from agg2exp_lightning.audit.scan_records import load_records, records_to_frame
 
-    meta = _pool_meta(pool)
+    meta = pool_meta(pool)
     frames, records = [], {}
     for split in splits:
         ids = meta.loc[meta["split"] == split, "image_id"].tolist()
@@ -122,7 +122,7 @@ def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.ones(len(positive)), np.zeros(len(negative))], s))
 
 
-def _table(frame: pd.DataFrame, rows: np.ndarray, classes: list[str], records: dict) -> object:
+def cohort_table(frame: pd.DataFrame, rows: np.ndarray, classes: list[str], records: dict) -> object:
     """The explanation table of ``frame.loc[rows]`` (truth columns dropped) with its records' evidence families."""
     from agg2exp_lightning.analysis.tables import parse_explanation_table
     from agg2exp_lightning.audit.scan_records import with_record_evidence
@@ -146,7 +146,7 @@ def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int
     audited = rng.choice(rest, size=min(n_audited, len(rest)), replace=False)
     truth = pool.loc[audited, ["patient", *TRUTH_COLUMNS]].reset_index(drop=True)
     records = records or {}
-    ref_table, aud_table = _table(pool, reference, classes, records), _table(pool, audited, classes, records)
+    ref_table, aud_table = cohort_table(pool, reference, classes, records), cohort_table(pool, audited, classes, records)
     options = {k: v for k, v in (("detector", detector), ("score_detector", score_detector), ("score_tail", score_tail)) if v}
     analysis = analyze_cohort(aud_table, ref_table, n_bootstrap=0, seed=seed, evidence=evidence, **options)
     scan = analysis.scan
@@ -162,7 +162,7 @@ def audit_cohort(pool: pd.DataFrame, seed: int, n_reference: int, n_audited: int
     if training is not None:  # the same audited cohort against the model's training scans as the reference
         train_frame, train_records = training
         rows = rng.choice(train_frame.index.to_numpy(), size=min(n_reference, len(train_frame)), replace=False)
-        train_scan = analyze_cohort(aud_table, _table(train_frame, rows, classes, train_records), n_bootstrap=0,
+        train_scan = analyze_cohort(aud_table, cohort_table(train_frame, rows, classes, train_records), n_bootstrap=0,
                                     seed=seed, evidence=evidence, **options).scan
         result["n_clean_flagged_training_reference"] = int(train_scan.flagged[is_clean].sum())
     for name in sorted(set(cond) - {"none"}) + ["degraded_scanner"]:

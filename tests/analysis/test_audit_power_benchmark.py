@@ -90,3 +90,43 @@ def test_evidence_ceiling_auc_and_feature_table_known_answers(load_benchmark):
     np.testing.assert_allclose(table[0, 4:6], [np.log(10.0), 2 * 1.375 ** 0.5])  # log1p volume, Anscombe count
     assert np.isnan(table[0, 6])  # a feature the record lacks
     np.testing.assert_allclose(dice, [[0.9, 0.0]])
+
+
+def test_unseen_faults_known_answers(load_benchmark, tmp_path):
+    """Each fault by hand on a tiny volume; the faulty pool is written in the pool's layout with one meta row per copy."""
+    import nibabel as nib
+    import numpy as np
+
+    uf = load_benchmark("unseen_faults")
+    ct = np.arange(4 * 7 * 8, dtype=np.float32).reshape(4, 7, 8) - 100.0
+    heart = np.zeros(ct.shape, np.uint8)
+    heart[1, 2, 3] = 1
+    masks = {"heart": heart, "ribs": np.ones(ct.shape, np.uint8)}
+    out, same = uf.hu_offset(ct, masks, 40.0)
+    np.testing.assert_allclose(out, ct + 40.0)
+    assert same is masks
+    out, _ = uf.motion_ghost(ct, masks, 0.3)
+    assert out[0, 0, 0] == pytest.approx(0.7 * ct[0, 0, 0] + 0.3 * ct[0, 2, 0])  # row 0 gets row 0 - 5 mod 7 = 2
+    assert out[0, 6, 0] == pytest.approx(0.7 * ct[0, 6, 0] + 0.3 * ct[0, 1, 0])
+    out, cut = uf.short_coverage(ct, masks, 0.25)
+    assert out.shape == (4, 7, 6) and cut["heart"].shape == (4, 7, 6) and out[0, 0, 5] == ct[0, 0, 5]
+    out, _ = uf.fov_truncation(ct, masks, 0.25)
+    assert (out[0] == uf.AIR_HU).all() and (out[3] == uf.AIR_HU).all() and (out[1:3] == ct[1:3]).all()
+    out, _ = uf.contrast_phase(ct, masks, 250.0)
+    k = np.ravel_multi_index((1, 2, 3), ct.shape)
+    assert out[1, 2, 3] == ct[1, 2, 3] + 250.0 and (np.delete(out.ravel(), k) == np.delete(ct.ravel(), k)).all()
+    assert uf.fault_id("s0005", "short_coverage 12 %") == "s0005_short_coverage_0p125"
+
+    pool = tmp_path / "pool"
+    (pool / "s0001" / "segmentations").mkdir(parents=True)
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    nib.save(nib.Nifti1Image(ct.astype(np.int16), affine), pool / "s0001" / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(heart, affine), pool / "s0001" / "segmentations" / "heart.nii.gz")
+    (pool / "meta.csv").write_text("image_id;age;split;planted_condition;degraded\ns0001;50;val;none;0\n", encoding="utf-8")
+    truth = uf.write_faulty_pool(pool, ["s0001"], tmp_path / "faulty")
+    assert len(truth) == len(uf.FAULTS) and set(truth.values()) == set(uf.FAULTS)
+    sid = uf.fault_id("s0001", "short_coverage 25 %")
+    img = nib.load(tmp_path / "faulty" / sid / "ct.nii.gz")
+    assert img.shape == (4, 7, 6) and nib.load(tmp_path / "faulty" / sid / "segmentations" / "heart.nii.gz").shape == (4, 7, 6)
+    meta = (tmp_path / "faulty" / "meta.csv").read_text().splitlines()
+    assert meta[0] == "image_id;age;split;planted_condition;degraded" and f"{sid};50;test;none;0" in meta
