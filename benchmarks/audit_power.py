@@ -56,6 +56,7 @@ log = logging.getLogger("audit_power")
 
 
 def pool_meta(pool: Path) -> pd.DataFrame:
+    """The pool's ``meta.csv`` (generator layout: ``;``-separated, every column as text)."""
     return pd.read_csv(pool / "meta.csv", sep=";", encoding="utf-8-sig", dtype=str, keep_default_na=False)
 
 

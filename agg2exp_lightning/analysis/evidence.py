@@ -23,8 +23,8 @@ and used to throw it away. Three more families, per explained class ``a``:
   amount depends on the field of view.
 
 Each family is scored like the shares (:func:`~agg2exp_lightning.analysis.anomaly.scan_anomaly_scores`:
-one cross-fitted Isolation Forest per family and class, a conformal p-value per family and class), and
-all p-values are combined and calibrated together. Scale-like features (volume, mass) enter the
+one set of cross-fitted detectors per family and class, the scan-level score's detector, by default the
+robust distance; a p-value per family and class), and all p-values are combined and calibrated together. Scale-like features (volume, mass) enter the
 detectors as ``log1p`` so that a halving counts the same for a small and a large structure (a general
 choice, made before any benchmark). Counts of things (connected components, voxels at the input's
 bounds) enter through Anscombe's transform ``2 sqrt(n + 3/8)``, under which a Poisson count has a
