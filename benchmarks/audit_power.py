@@ -217,6 +217,19 @@ def null_false_alarms(analysis, n_permutations: int, seed: int, null_chi2_permut
             "false_alarm_rate_pooled_family": alarms["pooled"] / n_permutations}
 
 
+def start_run(checkpoint: str) -> str | None:
+    """W&B off, Lightning's logging quiet, and the one file the glob ``checkpoint`` names (``None``, said on stderr, otherwise)."""
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "agg2exp_lightning.audit.scan_prediction"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    matches = sorted(glob.glob(checkpoint))
+    if len(matches) != 1:
+        print(f"--checkpoint {checkpoint!r}: expected exactly one file, found {matches}", file=sys.stderr)
+        return None
+    return matches[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="trained checkpoint (a glob is expanded)")
@@ -243,18 +256,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the model's training data: its train split is explained to measure the training-split reference "
                              "(default %(default)s; 'none' to skip)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("WANDB_MODE", "disabled")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("lightning", "lightning.pytorch", "agg2exp_lightning.audit.scan_prediction"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    checkpoint = start_run(args.checkpoint)
+    if checkpoint is None:
+        return 2
 
     from agg2exp_lightning.data.phantom import PLANTED_CONDITIONS
     from agg2exp_lightning.data.synthetic import generate_cohort
 
-    matches = sorted(glob.glob(args.checkpoint))
-    if len(matches) != 1:
-        print(f"--checkpoint {args.checkpoint!r}: expected exactly one file, found {matches}", file=sys.stderr)
-        return 2
     targets = None if args.targets == ["all"] else list(args.targets)
     out = Path(args.out)
     t_start = time.perf_counter()
@@ -263,13 +271,13 @@ def main(argv: list[str] | None = None) -> int:
                                conditions=conditions, degraded_scanner=args.degraded_scanner, progress=False)
     t_gen = time.perf_counter()
     if not args.analyse_only:
-        explain_pool(matches[0], pool_dir, out, method=args.method, targets=targets)
+        explain_pool(checkpoint, pool_dir, out, method=args.method, targets=targets)
     pool, pool_records = load_pool(pool_dir, out)
     training = None
     train_dir = Path(args.training_data)
     if args.training_data != "none" and (train_dir / "meta.csv").is_file():
         if not args.analyse_only:
-            explain_training(matches[0], train_dir, out, method=args.method, targets=targets)
+            explain_training(checkpoint, train_dir, out, method=args.method, targets=targets)
         if (out / "explained_training" / "scans").is_dir():
             training = load_pool(train_dir, out, folder_name="explained_training", splits=("train",))
     elif args.training_data != "none":
@@ -292,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     t_null = time.perf_counter()
     summary = {
         "command": " ".join(sys.argv if argv is None else ["benchmarks/audit_power.py", *argv]),
-        "checkpoint": matches[0], "method": args.method, "targets": targets or "all", "n_pool": int(len(pool)),
+        "checkpoint": checkpoint, "method": args.method, "targets": targets or "all", "n_pool": int(len(pool)),
         "classes": classes, "per_seed": per_seed, "null": null,
         "seconds": {"generate": t_gen - t_start, "explain": t_explain - t_gen, "audit_cohorts": t_audit - t_explain,
                     "null_permutations": t_null - t_audit, "total": t_null - t_start},

@@ -30,10 +30,8 @@ analysis (:func:`~agg2exp_lightning.analysis.cohort.analyze_cohort`) scores them
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -161,13 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="vanilla_gradient")
     p.add_argument("--results", type=Path, default=ap.ROOT / "benchmarks" / "results" / "unseen_faults_cpu.md")
     args = p.parse_args(argv)
-    os.environ.setdefault("WANDB_MODE", "disabled")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("lightning", "lightning.pytorch", "agg2exp_lightning.audit.scan_prediction"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    matches = sorted(glob.glob(args.checkpoint))
-    if len(matches) != 1:
-        print(f"--checkpoint {args.checkpoint!r}: expected exactly one file, found {matches}", file=sys.stderr)
+    checkpoint = ap.start_run(args.checkpoint)
+    if checkpoint is None:
         return 2
     pool_dir = args.out / "pool"
     if not (pool_dir / "meta.csv").is_file():
@@ -178,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     clean_ids = sorted(pool.loc[(pool["planted_condition"] == "none") & (pool["degraded"].astype(str) != "1"), "patient"])
     sources = sorted(np.random.default_rng(0).choice(clean_ids, size=args.n_sources, replace=False).tolist())
     truth = write_faulty_pool(pool_dir, sources, args.out / "unseen_pool")
-    run_checkpoint_audit(matches[0], args.out / "explained_unseen", data=str(args.out / "unseen_pool"), split="test",
+    run_checkpoint_audit(checkpoint, args.out / "explained_unseen", data=str(args.out / "unseen_pool"), split="test",
                          method=args.method, targets=None, reference_split=None, accelerator="cpu")
     t_explain = time.perf_counter()
     faulty, faulty_records = ap.load_pool(args.out / "unseen_pool", args.out, folder_name="explained_unseen", splits=("test",))
@@ -211,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     t_end = time.perf_counter()
     n_clean = int(len(candidates) - min(args.n_reference, len(candidates) - 2))
     lines = [hardware_line(), "",
-             f"`python benchmarks/unseen_faults.py --checkpoint {matches[0]} --out {args.out}`: {len(sources)} clean pool scans "
+             f"`python benchmarks/unseen_faults.py --checkpoint {checkpoint} --out {args.out}`: {len(sources)} clean pool scans "
              f"per fault, {args.seeds} cohorts of {args.n_reference} reference + {n_clean} clean audited scans (the sources left out); "
              f"method {args.method}. ROC AUC faulty vs clean, mean (min) over the cohorts", "",
              "| fault | " + " | ".join(VARIANTS) + " | flagged at the default threshold (default score) |",
