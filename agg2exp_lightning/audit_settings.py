@@ -38,8 +38,8 @@ from agg2exp_lightning.analysis.anomaly import (
     DEFAULT_CONTAMINATION,
     DEFAULT_RANDOM_STATE,
     DEFAULT_SCORE_TAIL,
-    SCORE_TAILS,
     check_contamination,
+    check_score_tail,
 )
 from agg2exp_lightning.analysis.detectors import DEFAULT_DETECTOR, DEFAULT_SCORE_DETECTOR, get_detector
 from agg2exp_lightning.protocols import DEFAULT_PROTOCOL, Protocol, resolve_protocol
@@ -213,9 +213,7 @@ class AuditSettings:
         self._put("detector", get_detector(self.detector).name)
 
     def _check_score_tail(self) -> None:
-        from agg2exp_lightning.utils.options import look_up_option
-
-        self._put("score_tail", look_up_option("score_tail", self.score_tail, SCORE_TAILS))
+        self._put("score_tail", check_score_tail(self.score_tail))
 
     def _check_score_detector(self) -> None:
         self._put("score_detector", get_detector(self.score_detector, "score_detector").name)

@@ -9,7 +9,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from agg2exp_lightning.analysis.anomaly import DEFAULT_SCORE_TAIL, SCORE_TAILS
+from agg2exp_lightning.analysis.anomaly import DEFAULT_SCORE_TAIL, check_score_tail
 from agg2exp_lightning.analysis.detectors import DEFAULT_DETECTOR, DEFAULT_SCORE_DETECTOR
 from agg2exp_lightning.callbacks._plumbing import log_scalars, log_table
 from agg2exp_lightning.callbacks.contract import AnomalyCheck, ExplanationCheck, deliver, find_source, per_scan_dice
@@ -52,12 +52,10 @@ class AnomalyMonitor(Callback):
         super().__init__()
         from agg2exp_lightning.analysis.detectors import get_detector
         from agg2exp_lightning.analysis.evidence import parse_evidence
-        from agg2exp_lightning.utils.options import look_up_option
-
         self.evidence = parse_evidence(evidence)
         self.detector = get_detector(detector).name
         self.score_detector = get_detector(score_detector, "score_detector").name
-        self.score_tail = look_up_option("score_tail", score_tail, SCORE_TAILS)
+        self.score_tail = check_score_tail(score_tail)
         self.random_state = random_state
         self.source = source
         self.prefix = "agg2exp" if source is None else f"agg2exp/{source}"

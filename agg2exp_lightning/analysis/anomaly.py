@@ -238,6 +238,17 @@ class ScanAnomalyResult:
         return int(np.isfinite(self.reference_score).sum())
 
 
+def check_score_tail(value: object, name: str = "score_tail") -> str:
+    """``value`` as one of :data:`SCORE_TAILS` (the one check the audit, its settings and the monitor share).
+
+    Raises:
+        ValueError: naming ``name``, the valid tails and a "did you mean".
+    """
+    from agg2exp_lightning.utils.options import look_up_option
+
+    return look_up_option(name, value, SCORE_TAILS)
+
+
 def check_contamination(value: object, name: str = "contamination") -> float:
     """``value`` as a float in ``(0, 0.5]``.
 
@@ -532,9 +543,7 @@ def scan_anomaly_scores(
         ((5,), True)
     """
     contamination = check_contamination(contamination)
-    from agg2exp_lightning.utils.options import look_up_option
-
-    score_tail = look_up_option("score_tail", score_tail, SCORE_TAILS)
+    score_tail = check_score_tail(score_tail)
     if not isinstance(n_folds, int) or n_folds < 2:
         raise ValueError(f"Expected `n_folds` to be an integer >= 2, got {n_folds!r}")
     mass = np.asarray(mass, dtype=float)
